@@ -1,0 +1,17 @@
+//! vballoon: virtio-balloon fast (de)inflation and free-page-hinted live migration, in userspace.
+//!
+//! Guest RAM is a real mmap'd region ([`memory`]); guest and host talk over spec-exact split
+//! virtqueues laid out in it ([`virtq`]). Layers, lowest first: `memory`, `virtq`, `pages`,
+//! `guest`, `device`, `migration`, `machine`; `python` holds the PyO3 bindings and is the only
+//! module that knows about Python.
+
+pub mod device;
+pub mod guest;
+pub mod machine;
+pub mod memory;
+pub mod migration;
+pub mod pages;
+pub mod virtq;
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,48 @@
+//! Errors of the guest-memory layer.
+
+use std::io;
+
+/// A guest-memory operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The access does not lie inside guest RAM.
+    #[error("guest access [{addr:#x}, +{len:#x}) is outside guest RAM of {size:#x} bytes")]
+    OutOfRange {
+        /// First guest-physical byte asked for.
+        addr: u64,
+        /// Length asked for.
+        len: u64,
+        /// Size of guest RAM.
+        size: u64,
+    },
+    /// An atomic access was not naturally aligned.
+    #[error("guest address {addr:#x} is not {align}-byte aligned")]
+    Misaligned {
+        /// The address.
+        addr: u64,
+        /// The alignment required.
+        align: u64,
+    },
+    /// A page operation was given a range that is not whole pages.
+    #[error("range [{addr:#x}, +{len:#x}) is not page aligned")]
+    NotPageAligned {
+        /// Start of the range.
+        addr: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Guest RAM size is zero, not a multiple of 4 KiB, or too large.
+    #[error("guest RAM size {size:#x} must be a positive multiple of 4 KiB up to 1 TiB")]
+    BadSize {
+        /// The size asked for.
+        size: u64,
+    },
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The operation.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}

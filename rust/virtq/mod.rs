@@ -1,0 +1,1 @@
+//! (virtq: under construction)
