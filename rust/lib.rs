@@ -8,6 +8,7 @@
 pub mod device;
 pub mod guest;
 pub mod machine;
+pub mod error;
 pub mod memory;
 pub mod migration;
 pub mod pages;

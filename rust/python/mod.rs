@@ -1,4 +1,12 @@
 //! Python bindings (`vballoon._native`): the only module that imports pyo3.
+//!
+//! Each wrapper converts arguments, calls the core with the GIL released for long work, and maps
+//! errors through the one `From<Error> for PyErr` in `errors.rs`.
+
+mod buffer;
+mod convert;
+mod errors;
+mod memory;
 
 use pyo3::prelude::*;
 
@@ -7,5 +15,11 @@ use pyo3::prelude::*;
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    m.add_class::<memory::PyGuestMemory>()?;
+    m.add_class::<memory::GuestView>()?;
+    m.add_function(wrap_pyfunction!(memory::rss_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(memory::peak_rss_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(memory::parse_size, m)?)?;
     Ok(())
 }

@@ -1,0 +1,20 @@
+//! The crate's error: one enum over every layer's error family.
+//!
+//! Each layer has its own typed error; this enum is what crosses layer boundaries that mix them
+//! (the machine, the bindings), and what the Python bindings map to exception classes.
+
+use crate::memory::MemoryError;
+
+/// Any vballoon error, by family.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// An argument given by a caller (not the guest) is invalid.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
