@@ -5,10 +5,11 @@
 //! `guest`, `device`, `migration`, `machine`; `python` holds the PyO3 bindings and is the only
 //! module that knows about Python.
 
+pub mod abi;
 pub mod device;
+pub mod error;
 pub mod guest;
 pub mod machine;
-pub mod error;
 pub mod memory;
 pub mod migration;
 pub mod pages;

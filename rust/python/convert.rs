@@ -8,7 +8,9 @@ use super::errors::config_err;
 /// Parses `"8GiB"`, `"512 MiB"`, `"4096"`, `"1.5G"` (binary units; `B` optional) into bytes.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let num: f64 = num.replace('_', "").parse().ok()?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -27,8 +29,15 @@ pub fn parse_size(s: &str) -> Option<u64> {
 #[allow(dead_code)] // used by the migration bindings
 pub fn parse_rate(s: &str) -> Option<u64> {
     let t = s.trim().to_ascii_lowercase();
-    for (suffix, mult) in [("gbit", 1e9 / 8.0), ("mbit", 1e6 / 8.0), ("kbit", 1e3 / 8.0)] {
-        if let Some(n) = t.strip_suffix(suffix).or_else(|| t.strip_suffix(&format!("{suffix}/s"))) {
+    for (suffix, mult) in [
+        ("gbit", 1e9 / 8.0),
+        ("mbit", 1e6 / 8.0),
+        ("kbit", 1e3 / 8.0),
+    ] {
+        if let Some(n) = t
+            .strip_suffix(suffix)
+            .or_else(|| t.strip_suffix(&format!("{suffix}/s")))
+        {
             let v = n.trim().parse::<f64>().ok()? * mult;
             return (v.is_finite() && v >= 0.0).then_some(v as u64);
         }
@@ -42,8 +51,11 @@ pub fn size_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
         let s = s.to_str()?;
         return parse_size(s).ok_or_else(|| config_err(format!("{what}: cannot parse size {s:?}")));
     }
-    obj.extract::<u64>()
-        .map_err(|_| config_err(format!("{what}: expected a non-negative int or a size string")))
+    obj.extract::<u64>().map_err(|_| {
+        config_err(format!(
+            "{what}: expected a non-negative int or a size string"
+        ))
+    })
 }
 
 /// A rate argument in bytes per second: an int or a string such as `"10Gbit"`.
@@ -53,8 +65,11 @@ pub fn rate_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
         let s = s.to_str()?;
         return parse_rate(s).ok_or_else(|| config_err(format!("{what}: cannot parse rate {s:?}")));
     }
-    obj.extract::<u64>()
-        .map_err(|_| config_err(format!("{what}: expected bytes per second or a rate string")))
+    obj.extract::<u64>().map_err(|_| {
+        config_err(format!(
+            "{what}: expected bytes per second or a rate string"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -7,9 +7,24 @@ use pyo3::prelude::*;
 use crate::error::Error;
 use crate::memory::MemoryError;
 
-create_exception!(vballoon, VBalloonError, PyException, "Base class of every vballoon error.");
-create_exception!(vballoon, ConfigError, VBalloonError, "An argument is invalid (size, name, range).");
-create_exception!(vballoon, GuestMemoryError, VBalloonError, "A guest-memory access or operation failed.");
+create_exception!(
+    vballoon,
+    VBalloonError,
+    PyException,
+    "Base class of every vballoon error."
+);
+create_exception!(
+    vballoon,
+    ConfigError,
+    VBalloonError,
+    "An argument is invalid (size, name, range)."
+);
+create_exception!(
+    vballoon,
+    GuestMemoryError,
+    VBalloonError,
+    "A guest-memory access or operation failed."
+);
 
 /// Registers the exception classes on the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -4,9 +4,9 @@ use std::ffi::c_int;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use pyo3::ffi;
 
 use super::buffer::{fill_view, release_view};
 use super::convert::size_arg;
@@ -20,7 +20,8 @@ pub struct PyGuestMemory {
 }
 
 fn parse_backing(s: &str) -> PyResult<Backing> {
-    Backing::parse(s).ok_or_else(|| config_err(format!("backing must be 'anonymous' or 'memfd', not {s:?}")))
+    Backing::parse(s)
+        .ok_or_else(|| config_err(format!("backing must be 'anonymous' or 'memfd', not {s:?}")))
 }
 
 #[pymethods]
@@ -31,7 +32,9 @@ impl PyGuestMemory {
         let size = size_arg(size, "size")?;
         let backing = parse_backing(backing)?;
         let mem = py.detach(|| GuestMemory::new(size, backing))?;
-        Ok(PyGuestMemory { inner: Arc::new(mem) })
+        Ok(PyGuestMemory {
+            inner: Arc::new(mem),
+        })
     }
 
     /// Maps an existing memfd (for example one inherited from another process) as guest RAM.
@@ -39,13 +42,17 @@ impl PyGuestMemory {
     fn from_memfd(fd: i32, size: &Bound<'_, PyAny>) -> PyResult<Self> {
         let size = size_arg(size, "size")?;
         if fd < 0 {
-            return Err(config_err(format!("fd must be a valid file descriptor, not {fd}")));
+            return Err(config_err(format!(
+                "fd must be a valid file descriptor, not {fd}"
+            )));
         }
         // SAFETY: we only borrow the caller's descriptor long enough to duplicate it.
         let owned: OwnedFd = unsafe { BorrowedFd::borrow_raw(fd) }
             .try_clone_to_owned()
             .map_err(|e| config_err(format!("cannot duplicate fd {fd}: {e}")))?;
-        Ok(PyGuestMemory { inner: Arc::new(GuestMemory::from_memfd(owned, size)?) })
+        Ok(PyGuestMemory {
+            inner: Arc::new(GuestMemory::from_memfd(owned, size)?),
+        })
     }
 
     /// Size of guest RAM in bytes.
@@ -72,12 +79,19 @@ impl PyGuestMemory {
         self.inner.memfd()
     }
 
-    fn read<'py>(&self, py: Python<'py>, addr: u64, length: usize) -> PyResult<Bound<'py, PyBytes>> {
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        addr: u64,
+        length: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         if !self.inner.contains(GuestAddress(addr), length as u64) {
             // Produce the typed out-of-range error before allocating.
             self.inner.host_ptr(GuestAddress(addr), length as u64)?;
         }
-        PyBytes::new_with(py, length, |buf| Ok(self.inner.read(GuestAddress(addr), buf)?))
+        PyBytes::new_with(py, length, |buf| {
+            Ok(self.inner.read(GuestAddress(addr), buf)?)
+        })
     }
 
     fn write(&self, addr: u64, data: &[u8]) -> PyResult<()> {
@@ -126,7 +140,12 @@ impl PyGuestMemory {
     }
 
     #[pyo3(signature = (addr = 0, length = None))]
-    fn resident_pages(&self, py: Python<'_>, addr: u64, length: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+    fn resident_pages(
+        &self,
+        py: Python<'_>,
+        addr: u64,
+        length: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u64> {
         let length = match length {
             Some(l) => size_arg(l, "length")?,
             None => self.inner.size().saturating_sub(addr),
@@ -144,7 +163,12 @@ impl PyGuestMemory {
         let length = size_arg(length, "length")?;
         let ptr = self.inner.host_ptr(GuestAddress(addr), length)?;
         let len = usize::try_from(length).map_err(|_| config_err("view too large"))?;
-        Ok(GuestView { mem: Arc::clone(&self.inner), ptr: ptr as usize, len, addr })
+        Ok(GuestView {
+            mem: Arc::clone(&self.inner),
+            ptr: ptr as usize,
+            len,
+            addr,
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -152,7 +176,10 @@ impl PyGuestMemory {
             "GuestMemory(size={}, backing={:?}, resident={})",
             self.inner.size(),
             self.inner.backing().name(),
-            self.inner.resident_pages(GuestAddress(0), self.inner.size()).unwrap_or(0) * memory::PAGE_SIZE
+            self.inner
+                .resident_pages(GuestAddress(0), self.inner.size())
+                .unwrap_or(0)
+                * memory::PAGE_SIZE
         )
     }
 
@@ -187,7 +214,11 @@ impl GuestView {
 
     /// # Safety
     /// Called by CPython with a valid `Py_buffer`.
-    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
         let (ptr, len) = (slf.get().ptr as *mut u8, slf.get().len);
         // SAFETY: `ptr..ptr+len` is inside the mapping, which `slf` keeps alive through its Arc
         // for as long as the buffer holds a reference to `slf`.
