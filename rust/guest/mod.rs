@@ -4,12 +4,20 @@
 //! - [`buddy`]: the page allocator ([`BuddyAllocator`]), orders 0..=10 as Linux, with the free
 //!   lists a balloon driver walks to answer "which pages are free", and the isolation and
 //!   "reported" marks of free page reporting.
+//! - [`kernel`]: [`Guest`], which owns the RAM handle and the allocator, routes every write
+//!   through a dirty hook for live migration, and keeps the balloon statistics.
+//! - [`workload`]: [`Workload`], reproducible scenarios: fill, free with stale data left behind,
+//!   fragment, page cache, dirtying at a rate.
 
 pub mod buddy;
 mod error;
 pub mod hash;
+pub mod kernel;
 pub mod rng;
+pub mod workload;
 
 pub use buddy::{BuddyAllocator, MAX_ORDER, MAX_PAGE_ORDER, PAGEBLOCK_ORDER};
 pub use error::GuestError;
+pub use kernel::{DirtyHook, Guest, GuestStats};
 pub use rng::Rng;
+pub use workload::{Allocation, Fill, Workload};
