@@ -8,11 +8,13 @@
 //!
 //! | array | bytes per page | holds |
 //! |---|---|---|
-//! | `next` | 4 | next block on the same free list (meaningful for free block heads) |
-//! | `prev` | 4 | previous block on it, for O(1) unlinking of a buddy being merged |
+//! | `links` | 8 | next and previous block on the same free list, as page offsets (meaningful for free block heads; `prev` makes unlinking a buddy being merged O(1)) |
 //! | `tag` | 1 | per block head: order, state (free / allocated / isolated), "reported" |
 //!
 //! So **9 bytes per 4 KiB page** (0.22%): 18 MiB for an 8 GiB guest, 288 MiB for 128 GiB.
+//! Both links of a page share one `u64`, so unlinking touches one cache line; and the arrays
+//! come zeroed from calloc, so setting up a guest of 4 MiB blocks faults in only every other
+//! page of `links` (about 5 bytes per page of RSS until memory gets fragmented).
 //! Pages inside a block carry tag 0; only a block's first page says what the block is.
 //!
 //! Behaviour follows Linux where it is visible to a balloon driver or a migration: an allocation
@@ -65,8 +67,8 @@ const REPORTED: u8 = 0x40;
 pub struct BuddyAllocator {
     first: u64,
     end: u64,
-    next: Vec<u32>,
-    prev: Vec<u32>,
+    /// Per page: `next | prev << 32`, the neighbours of the free block starting there.
+    links: Vec<u64>,
     tag: Vec<u8>,
     heads: [u32; MAX_ORDER as usize],
     tails: [u32; MAX_ORDER as usize],
@@ -112,8 +114,7 @@ impl BuddyAllocator {
         let mut alloc = BuddyAllocator {
             first: first.0,
             end: first.0 + pages,
-            next: vec![0; n],
-            prev: vec![0; n],
+            links: vec![0; n],
             tag: vec![INTERIOR; n],
             heads: [NIL; MAX_ORDER as usize],
             tails: [NIL; MAX_ORDER as usize],
@@ -191,6 +192,28 @@ impl BuddyAllocator {
         (self.nonempty != 0).then(|| 15 - self.nonempty.leading_zeros() as u8)
     }
 
+    fn next(&self, i: u32) -> u32 {
+        self.links[i as usize] as u32
+    }
+
+    fn prev(&self, i: u32) -> u32 {
+        (self.links[i as usize] >> 32) as u32
+    }
+
+    fn set_links(&mut self, i: u32, next: u32, prev: u32) {
+        self.links[i as usize] = next as u64 | (prev as u64) << 32;
+    }
+
+    fn set_next(&mut self, i: u32, next: u32) {
+        let l = &mut self.links[i as usize];
+        *l = (*l & !0xffff_ffff) | next as u64;
+    }
+
+    fn set_prev(&mut self, i: u32, prev: u32) {
+        let l = &mut self.links[i as usize];
+        *l = (*l & 0xffff_ffff) | (prev as u64) << 32;
+    }
+
     fn index(&self, pfn: u64) -> u32 {
         (pfn - self.first) as u32
     }
@@ -206,19 +229,17 @@ impl BuddyAllocator {
         self.tag[iu] = FREE | order | if reported { REPORTED } else { 0 };
         if end == End::Front || self.heads[o] == NIL {
             let h = self.heads[o];
-            self.next[iu] = h;
-            self.prev[iu] = NIL;
+            self.set_links(i, h, NIL);
             if h == NIL {
                 self.tails[o] = i;
             } else {
-                self.prev[h as usize] = i;
+                self.set_prev(h, i);
             }
             self.heads[o] = i;
         } else {
             let t = self.tails[o];
-            self.next[iu] = NIL;
-            self.prev[iu] = t;
-            self.next[t as usize] = i;
+            self.set_links(i, NIL, t);
+            self.set_next(t, i);
             self.tails[o] = i;
         }
         self.counts[o] += 1;
@@ -234,16 +255,16 @@ impl BuddyAllocator {
         let o = order as usize;
         let iu = i as usize;
         let size = 1u64 << order;
-        let (n, p) = (self.next[iu], self.prev[iu]);
+        let (n, p) = (self.next(i), self.prev(i));
         if p == NIL {
             self.heads[o] = n;
         } else {
-            self.next[p as usize] = n;
+            self.set_next(p, n);
         }
         if n == NIL {
             self.tails[o] = p;
         } else {
-            self.prev[n as usize] = p;
+            self.set_prev(n, p);
         }
         if self.tag[iu] & REPORTED != 0 {
             self.reported_pages -= size;
@@ -598,7 +619,7 @@ impl BuddyAllocator {
                 if pfn & ((1 << order) - 1) != 0 || pfn + (1 << order) > self.end {
                     return Err(format!("pfn {pfn:#x} order {order} misaligned or past end"));
                 }
-                if self.prev[at as usize] != prev {
+                if self.prev(at) != prev {
                     return Err(format!("pfn {pfn:#x} has a wrong prev link"));
                 }
                 if t & REPORTED != 0 {
@@ -627,7 +648,7 @@ impl BuddyAllocator {
                     return Err(format!("list {order} loops"));
                 }
                 prev = at;
-                at = self.next[at as usize];
+                at = self.next(at);
             }
             if self.tails[o] != prev {
                 return Err(format!("list {order} has a wrong tail"));
@@ -683,7 +704,7 @@ impl Iterator for FreeList<'_> {
             return None;
         }
         let pfn = self.alloc.pfn_of(self.at);
-        self.at = self.alloc.next[self.at as usize];
+        self.at = self.alloc.next(self.at);
         Some(pfn)
     }
 }
