@@ -11,13 +11,19 @@ use std::sync::Arc;
 use super::buddy::BuddyAllocator;
 use super::error::GuestError;
 use super::hash::hash64;
+use crate::abi::{
+    VIRTIO_BALLOON_S_AVAIL, VIRTIO_BALLOON_S_CACHES, VIRTIO_BALLOON_S_HTLB_PGALLOC,
+    VIRTIO_BALLOON_S_HTLB_PGFAIL, VIRTIO_BALLOON_S_MAJFLT, VIRTIO_BALLOON_S_MEMFREE,
+    VIRTIO_BALLOON_S_MEMTOT, VIRTIO_BALLOON_S_MINFLT, VIRTIO_BALLOON_S_NR,
+    VIRTIO_BALLOON_S_SWAP_IN, VIRTIO_BALLOON_S_SWAP_OUT,
+};
 use crate::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 
 /// Called with (first page, number of pages) after every write the guest model makes.
 pub type DirtyHook = Arc<dyn Fn(Pfn, u64) + Send + Sync>;
 
-/// What the guest knows about its memory, one field per balloon statistic (virtio spec §5.5.6.3,
-/// tags `VIRTIO_BALLOON_S_*`). Sizes are in bytes, the rest are counts.
+/// What the guest knows about its memory, one field per balloon statistic (tags
+/// `VIRTIO_BALLOON_S_*` in [`crate::abi`]). Sizes are in bytes, the rest are counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestStats {
     /// `SWAP_IN` (tag 0): the model has no swap, so 0.
@@ -41,6 +47,24 @@ pub struct GuestStats {
     pub hugetlb_allocations: u64,
     /// `HTLB_PGFAIL` (tag 9): 0.
     pub hugetlb_failures: u64,
+}
+
+impl GuestStats {
+    /// The statistics as (tag, value) pairs in tag order, ready for the stats queue.
+    pub fn entries(&self) -> [(u16, u64); VIRTIO_BALLOON_S_NR as usize] {
+        [
+            (VIRTIO_BALLOON_S_SWAP_IN, self.swap_in),
+            (VIRTIO_BALLOON_S_SWAP_OUT, self.swap_out),
+            (VIRTIO_BALLOON_S_MAJFLT, self.major_faults),
+            (VIRTIO_BALLOON_S_MINFLT, self.minor_faults),
+            (VIRTIO_BALLOON_S_MEMFREE, self.free_memory),
+            (VIRTIO_BALLOON_S_MEMTOT, self.total_memory),
+            (VIRTIO_BALLOON_S_AVAIL, self.available_memory),
+            (VIRTIO_BALLOON_S_CACHES, self.disk_caches),
+            (VIRTIO_BALLOON_S_HTLB_PGALLOC, self.hugetlb_allocations),
+            (VIRTIO_BALLOON_S_HTLB_PGFAIL, self.hugetlb_failures),
+        ]
+    }
 }
 
 /// A guest: its RAM, its page allocator, a page cache, and the accounting a balloon driver
@@ -287,5 +311,8 @@ mod tests {
         assert_eq!(g.stats().disk_caches, 0);
         g.adjust_managed_pages(-24);
         assert_eq!(g.stats().total_memory, 1000 * PAGE_SIZE);
+        let e = g.stats().entries();
+        assert!(e.iter().enumerate().all(|(i, &(tag, _))| tag as usize == i));
+        assert_eq!(e[VIRTIO_BALLOON_S_MEMTOT as usize].1, 1000 * PAGE_SIZE);
     }
 }
