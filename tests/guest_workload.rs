@@ -65,11 +65,17 @@ fn test_memory_heavy_job_leaves_stale_free_pages_and_untouched_rest() {
 
 #[test]
 fn test_fragmentation_knob_bounds_free_block_order() {
-    for knob in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
+    for (knob, share) in [
+        (0.0, 0.4),
+        (0.25, 0.4),
+        (0.5, 0.25),
+        (0.75, 0.4),
+        (0.9, 0.1),
+        (1.0, 0.5),
+    ] {
         let mut g = guest(32 * MIB, Backing::Anonymous);
         let mut w = Workload::new(11).with_fill(Fill::Byte(0xee));
         let all = g.allocator().free_pages() * PAGE_SIZE;
-        let share = 0.4;
         let freed = w.fragment(&mut g, all, share, knob).unwrap();
         let k = fragment_max_order(knob);
         assert!(
@@ -84,6 +90,11 @@ fn test_fragmentation_knob_bounds_free_block_order() {
             (got - share).abs() < slack,
             "knob {knob}: freed share {got}"
         );
+        if knob == 1.0 {
+            // Every other page, exactly: all free blocks are single pages.
+            assert_eq!(freed, all / PAGE_SIZE / 2);
+            assert_eq!(g.allocator().free_blocks(0), freed);
+        }
         // The allocator's own free-list walk agrees with the workload's view.
         let mut walked = 0;
         g.allocator()
@@ -154,4 +165,41 @@ fn test_bad_parameters_are_errors() {
         w.allocate(&mut g, 2 * MIB, 0),
         Err(GuestError::OutOfMemory { .. })
     ));
+}
+
+/// Workload speeds on a 1 GiB guest. Not a timed test: run it by hand in release,
+/// `cargo test --release --no-default-features --test guest_workload -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_workload_speeds() {
+    use std::time::Instant;
+    let mut g = guest(1 << 30, Backing::Anonymous);
+    let mut w = Workload::new(1).with_fill(Fill::Byte(1));
+    let t = Instant::now();
+    let pages = w.allocate(&mut g, 128 * MIB, 0).unwrap();
+    eprintln!(
+        "byte fill {:.2} µs/page",
+        t.elapsed().as_secs_f64() / pages as f64 * 1e6
+    );
+    let mut w = Workload::new(1);
+    let t = Instant::now();
+    let pages = w.allocate(&mut g, 768 * MIB, 0).unwrap();
+    let fill = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let sums = w.checksums(&g).unwrap();
+    let sum = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    w.free_share(&mut g, 0.5).unwrap();
+    let free = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    w.dirty_pages(&mut g, 100_000).unwrap();
+    let dirty = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{pages} pages: allocate + random fill {:.2} µs/page (incl. first-touch fault), checksum \
+         {:.2} µs/page, free half {:.0} ns/block, dirty {:.2} µs/write",
+        fill / pages as f64 * 1e6,
+        sum / sums.len() as f64 * 1e6,
+        free / (pages / 2) as f64 * 1e9,
+        dirty / 1e5 * 1e6
+    );
 }

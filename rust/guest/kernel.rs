@@ -20,6 +20,9 @@ use crate::abi::{
 use crate::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 
 /// Called with (first page, number of pages) after every write the guest model makes.
+///
+/// Called *after* the bytes are in guest RAM: a dirty-log consumer that clears a page's bit and
+/// then copies the page either copies the new bytes or sees the bit set again, never neither.
 pub type DirtyHook = Arc<dyn Fn(Pfn, u64) + Send + Sync>;
 
 /// What the guest knows about its memory, one field per balloon statistic (tags
@@ -194,10 +197,12 @@ impl Guest {
     /// Notes that the host discarded `npages` pages from `pfn` (an acknowledged inflate): the
     /// next write to each is a first touch again.
     pub fn note_discarded(&mut self, pfn: Pfn, npages: u64) {
-        for p in pfn.0..pfn.0.saturating_add(npages) {
-            if let Some(w) = self.touched.get_mut((p / 64) as usize) {
-                *w &= !(1u64 << (p % 64));
-            }
+        let end = pfn
+            .0
+            .saturating_add(npages)
+            .min(self.touched.len() as u64 * 64);
+        for p in pfn.0..end {
+            self.touched[(p / 64) as usize] &= !(1u64 << (p % 64));
         }
     }
 
