@@ -3,6 +3,7 @@
 //! Each layer has its own typed error; this enum is what crosses layer boundaries that mix them
 //! (the machine, the bindings), and what the Python bindings map to exception classes.
 
+use crate::guest::GuestError;
 use crate::memory::MemoryError;
 
 /// Any vballoon error, by family.
@@ -11,6 +12,9 @@ pub enum Error {
     /// Guest memory.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The guest model (page allocator, workload).
+    #[error(transparent)]
+    Guest(#[from] GuestError),
     /// An argument given by a caller (not the guest) is invalid.
     #[error("{0}")]
     Config(String),

@@ -32,6 +32,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VBalloonError", py.get_type::<VBalloonError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("GuestMemoryError", py.get_type::<GuestMemoryError>())?;
+    m.add("GuestError", py.get_type::<GuestError>())?;
     Ok(())
 }
 
@@ -40,6 +41,7 @@ impl From<Error> for PyErr {
         let msg = err.to_string();
         match err {
             Error::Memory(_) => GuestMemoryError::new_err(msg),
+            Error::Guest(_) => GuestError::new_err(msg),
             Error::Config(_) => ConfigError::new_err(msg),
         }
     }
