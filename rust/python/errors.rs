@@ -1,10 +1,14 @@
 //! The one mapping from Rust errors to Python exceptions.
+//!
+//! Every error family of the core has its own exception class under `VBalloonError`; the
+//! `From<Error> for PyErr` below is the only place that decides which.
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
 use crate::error::Error;
+use crate::guest::GuestError as CoreGuestError;
 use crate::memory::MemoryError;
 
 create_exception!(
@@ -13,27 +17,26 @@ create_exception!(
     PyException,
     "Base class of every vballoon error."
 );
-create_exception!(
-    vballoon,
-    ConfigError,
-    VBalloonError,
-    "An argument is invalid (size, name, range)."
-);
-create_exception!(
-    vballoon,
-    GuestMemoryError,
-    VBalloonError,
-    "A guest-memory access or operation failed."
-);
 
-/// Registers the exception classes on the module.
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    m.add("VBalloonError", py.get_type::<VBalloonError>())?;
-    m.add("ConfigError", py.get_type::<ConfigError>())?;
-    m.add("GuestMemoryError", py.get_type::<GuestMemoryError>())?;
-    m.add("GuestError", py.get_type::<GuestError>())?;
-    Ok(())
+/// Declares the family exceptions (subclasses of `VBalloonError`) and registers them.
+macro_rules! families {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        $(create_exception!(vballoon, $name, VBalloonError, $doc);)*
+
+        /// Registers the exception classes on the module.
+        pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+            let py = m.py();
+            m.add("VBalloonError", py.get_type::<VBalloonError>())?;
+            $(m.add(stringify!($name), py.get_type::<$name>())?;)*
+            Ok(())
+        }
+    };
+}
+
+families! {
+    ConfigError: "An argument is invalid (size, name, range).",
+    GuestMemoryError: "A guest-memory access or operation failed.",
+    GuestError: "The guest model refused an operation (allocator, workload).",
 }
 
 impl From<Error> for PyErr {
@@ -47,11 +50,18 @@ impl From<Error> for PyErr {
     }
 }
 
-impl From<MemoryError> for PyErr {
-    fn from(err: MemoryError) -> PyErr {
-        Error::from(err).into()
-    }
+/// Lets binding code use `?` on a layer's own error type.
+macro_rules! via_crate_error {
+    ($($ty:ty),*) => {
+        $(impl From<$ty> for PyErr {
+            fn from(err: $ty) -> PyErr {
+                Error::from(err).into()
+            }
+        })*
+    };
 }
+
+via_crate_error!(MemoryError, CoreGuestError);
 
 /// A [`ConfigError`] with `msg`.
 pub fn config_err(msg: impl Into<String>) -> PyErr {
