@@ -164,7 +164,7 @@ impl PyGuestMemory {
         let ptr = self.inner.host_ptr(GuestAddress(addr), length)?;
         let len = usize::try_from(length).map_err(|_| config_err("view too large"))?;
         Ok(GuestView {
-            mem: Arc::clone(&self.inner),
+            _mem: Arc::clone(&self.inner),
             ptr: ptr as usize,
             len,
             addr,
@@ -194,7 +194,8 @@ impl PyGuestMemory {
 /// kernel dirty tracker (userfaultfd write-protect) does.
 #[pyclass(name = "GuestView", module = "vballoon", frozen)]
 pub struct GuestView {
-    mem: Arc<GuestMemory>,
+    /// Keeps the mapping alive while Python holds the view or a buffer of it.
+    _mem: Arc<GuestMemory>,
     ptr: usize,
     len: usize,
     addr: u64,
