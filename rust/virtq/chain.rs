@@ -172,6 +172,9 @@ impl DescriptorChain {
     }
 
     /// Appends the bytes of every readable buffer, in order, to `out`.
+    ///
+    /// A guest may describe up to 4 GiB in one chain: check [`DescriptorChain::readable_len`]
+    /// against what the request can sensibly hold before reading it all.
     pub fn read_into(&self, mem: &GuestMemory, out: &mut Vec<u8>) -> Result<()> {
         let start = out.len();
         // Bounded by 2^32 in total, checked when the chain was popped.
@@ -185,7 +188,8 @@ impl DescriptorChain {
         Ok(())
     }
 
-    /// The bytes of every readable buffer, concatenated.
+    /// The bytes of every readable buffer, concatenated (see [`DescriptorChain::read_into`] on
+    /// sizes).
     pub fn read_all(&self, mem: &GuestMemory) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         self.read_into(mem, &mut v)?;

@@ -218,7 +218,7 @@ impl DeviceQueue {
     }
 
     /// Steps back over the last popped chain so the next pop returns it again (for a device that
-    /// popped a request it cannot serve yet).
+    /// popped a request it cannot serve yet). Only valid right after a successful pop.
     pub fn undo_pop(&mut self) {
         self.next_avail -= Wrapping(1);
     }

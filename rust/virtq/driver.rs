@@ -115,7 +115,7 @@ impl DriverQueue {
 
     /// Reserves `area` for indirect tables. Chains of 2..=`entries_per_chain` buffers then go
     /// through a table when VIRTIO_F_INDIRECT_DESC was negotiated; without the feature the area
-    /// is ignored.
+    /// is ignored. The area must not overlap the rings or any buffer (not checked).
     pub fn set_indirect_area(&mut self, area: IndirectArea) -> Result<()> {
         if !area.base.is_aligned(DESC_TABLE_ALIGN) {
             return Err(VirtqError::MisalignedRing {

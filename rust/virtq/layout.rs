@@ -153,8 +153,8 @@ impl QueueLayout {
         QueueLayout::new(size, base, GuestAddress(avail), GuestAddress(used))
     }
 
-    /// Bytes [`QueueLayout::place`] uses for a queue of `size` entries (without event fields
-    /// trimmed: both are always reserved).
+    /// Bytes [`QueueLayout::place`] uses for a queue of `size` entries, event fields included
+    /// (they are always reserved, whether or not EVENT_IDX is negotiated).
     pub fn placed_bytes(size: u16) -> u64 {
         let used = align_up(
             desc_table_bytes(size) + avail_ring_bytes(size),

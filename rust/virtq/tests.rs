@@ -292,3 +292,12 @@ fn test_pair_footprint_and_bounds() {
     ));
     assert!(pair(mem, GuestAddress(0), 64, v1()).is_ok());
 }
+
+#[test]
+fn test_queue_ends_move_across_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<DriverQueue>();
+    assert_send::<DeviceQueue>();
+    assert_send::<DescriptorChain>();
+    assert_send::<Notifier>();
+}
