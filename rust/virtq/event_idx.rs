@@ -1,0 +1,60 @@
+//! The event-index notification test (§2.7.7.2, §2.7.10).
+
+use std::num::Wrapping;
+
+/// Whether moving a ring index from `old_idx` to `new_idx` passed `event_idx`, so the other side
+/// asked to be notified.
+///
+/// True when `event_idx` lies in `[old_idx, new_idx)` in the 16-bit circular index space: the
+/// spec's `(u16)(new_idx - event_idx - 1) < (u16)(new_idx - old_idx)`.
+#[inline]
+pub fn need_event(event_idx: u16, new_idx: u16, old_idx: u16) -> bool {
+    let (e, n, o) = (Wrapping(event_idx), Wrapping(new_idx), Wrapping(old_idx));
+    (n - e - Wrapping(1)).0 < (n - o).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_spec_example_used_event_zero() {
+        // §2.7.10: used_event 0 means "notify after the first buffer" (index 0 -> 1).
+        assert!(need_event(0, 1, 0));
+        assert!(!need_event(0, 0, 0));
+        // ... and again after the 65536th, when the index wraps back past 0.
+        assert!(need_event(0, 1, 65535));
+    }
+
+    #[test]
+    fn test_window_is_half_open() {
+        assert!(need_event(5, 6, 5));
+        assert!(need_event(5, 10, 3));
+        assert!(!need_event(5, 5, 3));
+        assert!(!need_event(10, 10, 11));
+        assert!(!need_event(2, 10, 3));
+    }
+
+    #[test]
+    fn test_wrap_around() {
+        assert!(need_event(65535, 2, 65530));
+        assert!(need_event(0, 2, 65530));
+        assert!(!need_event(3, 2, 65530));
+        assert!(!need_event(1, 5, 5));
+    }
+
+    #[test]
+    fn test_matches_interval_definition() {
+        // Exhaustive over a small window of every distance around a few bases.
+        for base in [0u16, 1, 32767, 32768, 65535] {
+            for d_new in 0u16..70 {
+                for d_ev in 0u16..70 {
+                    let old = base;
+                    let new = base.wrapping_add(d_new);
+                    let ev = base.wrapping_add(d_ev);
+                    assert_eq!(need_event(ev, new, old), d_ev < d_new, "{ev} {new} {old}");
+                }
+            }
+        }
+    }
+}
