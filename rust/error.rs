@@ -5,6 +5,7 @@
 
 use crate::guest::GuestError;
 use crate::memory::MemoryError;
+use crate::virtq::VirtqError;
 
 /// Any vballoon error, by family.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +16,9 @@ pub enum Error {
     /// The guest model (page allocator, workload).
     #[error(transparent)]
     Guest(#[from] GuestError),
+    /// A virtqueue: a ring the guest corrupted, a full queue, a notification failure.
+    #[error(transparent)]
+    Virtq(#[from] VirtqError),
     /// An argument given by a caller (not the guest) is invalid.
     #[error("{0}")]
     Config(String),

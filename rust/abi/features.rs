@@ -33,17 +33,7 @@ pub const V3_VIRTIO_BALLOON_F_PAGE_BITMAP: u32 = 3;
 /// Seed v3 ABI mode: MISC_VQ as the patch numbered it (collides with PAGE_POISON).
 pub const V3_VIRTIO_BALLOON_F_MISC_VQ: u32 = 4;
 
-/// §6: the device uses the 1.x (little-endian, split-layout) interface.
-pub const VIRTIO_F_VERSION_1: u32 = 32;
-/// §2.7.5.3: indirect descriptor tables.
-pub const VIRTIO_F_INDIRECT_DESC: u32 = 28;
-/// §2.7.10: used_event / avail_event notification suppression.
-pub const VIRTIO_F_EVENT_IDX: u32 = 29;
-
-/// The bit for feature number `bit`.
-pub const fn bit(bit: u32) -> u64 {
-    1 << bit
-}
+pub use crate::virtq::defs::feature as bit;
 
 /// Which numbering of the seed's features is on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use crate::error::Error;
 use crate::guest::GuestError as CoreGuestError;
 use crate::memory::MemoryError;
+use crate::virtq::VirtqError;
 
 create_exception!(
     vballoon,
@@ -37,6 +38,7 @@ families! {
     ConfigError: "An argument is invalid (size, name, range).",
     GuestMemoryError: "A guest-memory access or operation failed.",
     GuestError: "The guest model refused an operation (allocator, workload).",
+    VirtqueueError: "A virtqueue operation failed or the guest broke the ring protocol.",
 }
 
 impl From<Error> for PyErr {
@@ -45,6 +47,7 @@ impl From<Error> for PyErr {
         match err {
             Error::Memory(_) => GuestMemoryError::new_err(msg),
             Error::Guest(_) => GuestError::new_err(msg),
+            Error::Virtq(_) => VirtqueueError::new_err(msg),
             Error::Config(_) => ConfigError::new_err(msg),
         }
     }
@@ -61,7 +64,7 @@ macro_rules! via_crate_error {
     };
 }
 
-via_crate_error!(MemoryError, CoreGuestError);
+via_crate_error!(MemoryError, CoreGuestError, VirtqError);
 
 /// A [`ConfigError`] with `msg`.
 pub fn config_err(msg: impl Into<String>) -> PyErr {

@@ -7,6 +7,7 @@ mod buffer;
 mod convert;
 mod errors;
 mod memory;
+mod virtq;
 
 use pyo3::prelude::*;
 
@@ -21,5 +22,11 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memory::rss_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(memory::peak_rss_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(memory::parse_size, m)?)?;
+    m.add_class::<virtq::PyQueueLayout>()?;
+    m.add_class::<virtq::PyVirtqDriver>()?;
+    m.add_class::<virtq::PyVirtqDevice>()?;
+    m.add_class::<virtq::PyChain>()?;
+    m.add_function(wrap_pyfunction!(virtq::virtqueue_pair, m)?)?;
+    m.add_function(wrap_pyfunction!(virtq::pump_queue, m)?)?;
     Ok(())
 }
