@@ -132,7 +132,33 @@ impl PageSet {
 
     /// Word `i` with bits past `npages` masked off.
     pub(crate) fn word(&self, i: usize) -> u64 {
-        self.words[i] & runs::valid_mask(i, self.npages)
+        let w = self.words[i];
+        if i + 1 == self.words.len() {
+            w & runs::valid_mask(i, self.npages)
+        } else {
+            w
+        }
+    }
+
+    /// Index of the first word at or after `from` that holds a page.
+    pub(crate) fn next_nonzero_word(&self, from: usize) -> Option<usize> {
+        let i = from + self.words.get(from..)?.iter().position(|&w| w != 0)?;
+        if self.word(i) != 0 {
+            Some(i)
+        } else {
+            None // only the masked last word can be non-zero yet empty
+        }
+    }
+
+    /// Index of the last word before `to` that holds a page.
+    pub(crate) fn prev_nonzero_word(&self, to: usize) -> Option<usize> {
+        let to = to.min(self.words.len());
+        let i = self.words[..to].iter().rposition(|&w| w != 0)?;
+        if self.word(i) != 0 {
+            Some(i)
+        } else {
+            self.words[..i].iter().rposition(|&w| w != 0)
+        }
     }
 
     /// Whether `pfn` is in the set (false for PFNs past the end).
@@ -235,7 +261,7 @@ impl PageSet {
 
     /// Highest PFN in the set.
     pub fn last(&self) -> Option<u64> {
-        let i = (0..self.words.len()).rev().find(|&i| self.word(i) != 0)?;
+        let i = self.prev_nonzero_word(self.words.len())?;
         Some(i as u64 * WORD_BITS + 63 - u64::from(self.word(i).leading_zeros()))
     }
 
@@ -294,7 +320,12 @@ impl PageSet {
 
 impl PartialEq for PageSet {
     fn eq(&self, other: &PageSet) -> bool {
-        self.npages == other.npages && (0..self.words.len()).all(|i| self.word(i) == other.word(i))
+        let Some(last) = self.words.len().checked_sub(1) else {
+            return self.npages == other.npages;
+        };
+        self.npages == other.npages
+            && self.words[..last] == other.words[..last]
+            && self.word(last) == other.word(last)
     }
 }
 

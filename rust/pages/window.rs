@@ -72,18 +72,10 @@ pub(crate) fn for_each_window(pages: Pages<'_>, mut f: impl FnMut(&Window<'_>)) 
     match pages {
         Pages::Set(set) => {
             let words = set.words();
-            let mut i = 0;
-            loop {
-                while i < words.len() && set.word(i) == 0 {
-                    i += 1;
-                }
-                if i >= words.len() {
-                    return;
-                }
-                let mut j = words.len().min(i + WINDOW_WORDS) - 1;
-                while set.word(j) == 0 {
-                    j -= 1;
-                }
+            let mut from = 0;
+            while let Some(i) = set.next_nonzero_word(from) {
+                // Word `i` holds a page, so the backward search stops at `i` at the latest.
+                let j = set.prev_nonzero_word(i + WINDOW_WORDS).unwrap_or(i);
                 let start = i as u64 * WORD_BITS;
                 let end = ((j + 1) as u64 * WORD_BITS).min(set.npages());
                 f(&Window {
@@ -91,7 +83,7 @@ pub(crate) fn for_each_window(pages: Pages<'_>, mut f: impl FnMut(&Window<'_>)) 
                     words: &words[i..=j],
                     nbits: end - start,
                 });
-                i = j + 1;
+                from = j + 1;
             }
         }
         Pages::Runs(list) => {
