@@ -154,11 +154,11 @@ proptest! {
         let set = PageSet::from_runs(n, runs.iter().copied()).unwrap();
         for m in encode(Encoding::Pfn, &set).unwrap() {
             prop_assert_eq!(m.segments.len(), 1);
-            prop_assert!(m.len() <= PFN_ARRAY_MAX_LEN && m.len() % 4 == 0 && m.len() > 0);
+            prop_assert!(m.len() <= PFN_ARRAY_MAX_LEN && m.len() % 4 == 0 && !m.is_empty());
         }
         for m in encode(Encoding::Extents, &set).unwrap() {
             prop_assert_eq!(m.segments.len(), 1);
-            prop_assert!(m.len() <= EXTENTS_MAX_MESSAGE_LEN && m.len() % 8 == 0 && m.len() > 0);
+            prop_assert!(m.len() <= EXTENTS_MAX_MESSAGE_LEN && m.len() % 8 == 0 && !m.is_empty());
         }
         for m in encode(Encoding::Bitmap, &set).unwrap() {
             let h = BmapHeader::from_bytes(m.segments[0].as_slice().try_into().unwrap());
