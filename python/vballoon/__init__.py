@@ -4,26 +4,7 @@ A Rust core (guest memory, split virtqueues, page-set encodings, the balloon dev
 a pre-copy migration engine) with a thin Python API for scripting guest/host scenarios.
 """
 
-from vballoon._native import (
-    ConfigError,
-    GuestMemory,
-    GuestMemoryError,
-    GuestView,
-    VBalloonError,
-    __version__,
-    parse_size,
-    peak_rss_bytes,
-    rss_bytes,
-)
+from vballoon import _native
+from vballoon._native import *  # noqa: F403  (the native API is the public API)
 
-__all__ = [
-    "ConfigError",
-    "GuestMemory",
-    "GuestMemoryError",
-    "GuestView",
-    "VBalloonError",
-    "__version__",
-    "parse_size",
-    "peak_rss_bytes",
-    "rss_bytes",
-]
+__all__ = list(_native.__all__)
