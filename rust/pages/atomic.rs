@@ -99,11 +99,7 @@ impl AtomicPageBitmap {
     }
 
     fn collect(&self, read: impl Fn(&AtomicU64) -> u64) -> PageSet {
-        let words = self.words.iter().map(read).collect();
-        match PageSet::from_words(self.npages, words) {
-            Ok(set) => set,
-            Err(e) => unreachable!("word count fixed at construction: {e}"),
-        }
+        PageSet::from_words_sized(self.npages, self.words.iter().map(read).collect())
     }
 }
 

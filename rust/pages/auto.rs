@@ -12,8 +12,8 @@
 //! | 0 | body kind: [`AUTO_KIND_BITMAP`] (1) or [`AUTO_KIND_EXTENTS`] (2) |
 //! | 1..8 | reserved, zero (the decoder rejects anything else, so they can be given a meaning later) |
 //!
-//! The body follows: for a bitmap, a whole [`bitmap`](super::bitmap) message (32-byte header,
-//! then the pieces, `cmd = 0`); for extents, one [`extents`](super::extents) segment. The
+//! The body follows: for a bitmap, a whole [`bitmap`] message (32-byte header,
+//! then the pieces, `cmd = 0`); for extents, one [`extents`] segment. The
 //! header keeps the body 8-byte aligned when a sender lays the message out in one buffer.
 //!
 //! # Choice

@@ -82,18 +82,24 @@ impl PageSet {
     /// A set over `npages` pages from raw words (bit `i` of word `w` = PFN `64·w + i`).
     ///
     /// `words` must be exactly `ceil(npages / 64)` long; bits past `npages` are cleared.
-    pub fn from_words(npages: u64, mut words: Vec<u64>) -> Result<PageSet, PagesError> {
+    pub fn from_words(npages: u64, words: Vec<u64>) -> Result<PageSet, PagesError> {
         if words.len() as u64 != runs::words_for(npages) {
             return Err(PagesError::WordCount {
                 words: words.len(),
                 npages,
             });
         }
+        Ok(PageSet::from_words_sized(npages, words))
+    }
+
+    /// A set from words already known to be `ceil(npages / 64)` long; clears the tail bits.
+    pub(crate) fn from_words_sized(npages: u64, mut words: Vec<u64>) -> PageSet {
+        debug_assert_eq!(words.len() as u64, runs::words_for(npages));
         let n = words.len();
         if let Some(last) = words.last_mut() {
             *last &= runs::valid_mask(n - 1, npages);
         }
-        Ok(PageSet { words, npages })
+        PageSet { words, npages }
     }
 
     /// Number of pages the set ranges over (the exclusive PFN bound).
