@@ -1,1 +1,7 @@
-//! (migration: under construction)
+//! Pre-copy live migration (wip).
+
+pub mod bitmap;
+pub mod crc;
+pub mod dirty;
+pub mod error;
+mod uffd;
