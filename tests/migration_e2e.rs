@@ -390,3 +390,87 @@ fn test_cancel_stops_the_migration_and_resumes_nothing_unpaused() {
     assert_eq!(wl.pauses.load(Ordering::Relaxed), 0);
     assert_eq!(dst.resident_pages(GuestAddress(0), dst.size()).unwrap(), 0);
 }
+
+/// A guest whose hint for a page arrives after STOP, under the old command id, when the page
+/// was already rewritten: the id check must drop it, or the page would be skipped in round 2.
+struct LateGuest<'a> {
+    inner: QueuedHints,
+    feed: HintFeed,
+    mem: &'a GuestMemory,
+    log: &'a DirtyLog,
+    page: u64,
+    round: u32,
+    first_id: u32,
+}
+
+impl HintSource for LateGuest<'_> {
+    fn start(&mut self, round: u32) -> Result<(), MigrationError> {
+        self.inner.start(round)?;
+        self.round = round;
+        if round == 1 {
+            self.first_id = self.feed.cmd_id();
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+        self.inner.poll(out)
+    }
+
+    fn stop(&mut self) -> Result<(), MigrationError> {
+        self.inner.stop()?;
+        if self.round == 1 {
+            self.mem
+                .fill(Pfn(self.page).addr(), PAGE_SIZE, 0x77)
+                .unwrap();
+            self.log.mark(Pfn(self.page), 1);
+            self.feed.report(self.first_id, self.page, 1); // in flight, now stale
+        }
+        Ok(())
+    }
+
+    fn done(&mut self) {
+        self.inner.done()
+    }
+}
+
+#[test]
+fn test_hints_under_a_stale_command_id_are_ignored() {
+    let src = GuestMemory::new(32 * MIB, Backing::Anonymous).unwrap();
+    let page = 100;
+    src.fill(Pfn(page).addr(), PAGE_SIZE, 0x11).unwrap();
+    let log = DirtyLog::for_memory(&src);
+    let dst = GuestMemory::new(32 * MIB, Backing::Anonymous).unwrap();
+    let (inner, feed) = QueuedHints::new();
+    let mut hints = LateGuest {
+        inner,
+        feed: feed.clone(),
+        mem: &src,
+        log: &log,
+        page,
+        round: 0,
+        first_id: 0,
+    };
+    let cfg = MigrationConfig {
+        bandwidth_bytes_per_s: 0,
+        downtime_target: Duration::ZERO, // one dirty page is enough for a second live round
+        dirty_tracking: DirtyTracking::Explicit,
+        ..MigrationConfig::default()
+    };
+    let (a, b) = in_process_pair(TIMEOUT).unwrap();
+    let r = thread::scope(|s| {
+        let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
+        let r = Source::new(&src, &log, &NoGuest, cfg)
+            .with_hints(&mut hints)
+            .run(a)
+            .unwrap();
+        d.join().unwrap().unwrap();
+        r
+    });
+    assert!(r.rounds >= 3, "{:?}", r.per_round);
+    assert!(!r.per_round[1].stop_and_copy);
+    assert_eq!(feed.stale_pages(), 1, "the late hint was dropped");
+    assert_eq!(r.hinted_pages, 0);
+    assert_eq!(feed.cmd_id(), CMD_ID_DONE);
+    assert_eq!(dst.read_u8(Pfn(page).addr()).unwrap(), 0x77);
+}

@@ -26,6 +26,38 @@
 //! })?;
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Across two processes (or machines) over TCP, start the destination first:
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use vballoon::memory::{Backing, GuestMemory};
+//! # use vballoon::migration::*;
+//! // destination process
+//! let dst = GuestMemory::new(8 << 30, Backing::Anonymous)?;
+//! let listener = tcp_listen("0.0.0.0:4444")?;
+//! let conn = tcp_accept(&listener, Duration::from_secs(60))?;
+//! let report = Destination::new(&dst, DestConfig::default()).receive(conn)?;
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use vballoon::memory::{Backing, GuestMemory};
+//! # use vballoon::migration::*;
+//! # let src = GuestMemory::new(8 << 30, Backing::Anonymous)?;
+//! # let log = DirtyLog::for_memory(&src);
+//! // source process
+//! let conn = tcp_connect("dest-host:4444", Duration::from_secs(10))?;
+//! let result = Source::new(&src, &log, &NoGuest, MigrationConfig::default()).run(conn)?;
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The bandwidth limit is applied by the source to the bytes it writes, on any channel.
+//! [`DirtyTracking::Auto`] (the default) uses the kernel tracker where the kernel has it
+//! (Linux 6.7+): it also catches writes that bypass the log, at a setup cost of roughly
+//! 50-100 ms per 8 GiB (write-protect markers for every page), and falls back to the
+//! explicit log with the reason recorded in [`MigrationResult::dirty_backend`].
 
 pub mod bitmap;
 pub mod crc;
@@ -42,7 +74,9 @@ pub use bitmap::{AtomicBitmap, PageBitmap};
 pub use dest::{verify, DestConfig, DestReport, Destination, VerifyReport};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};
 pub use error::{MigrationError, RejectReason, StreamError};
-pub use hints::{HintGuard, HintSource, StaticHints};
+pub use hints::{
+    HintFeed, HintGuard, HintSource, QueuedHints, StaticHints, CMD_ID_DONE, CMD_ID_MIN, CMD_ID_STOP,
+};
 pub use source::{GuestControl, MigrationConfig, MigrationResult, NoGuest, RoundStats, Source};
 pub use transport::{
     in_process_pair, tcp_accept, tcp_connect, tcp_listen, Channel, RateLimited, TokenBucket,
