@@ -1,0 +1,266 @@
+//! The destination: reads the stream into its own guest RAM, and verification.
+//!
+//! Data records are copied into place. Zero runs cost nothing for pages this destination never
+//! wrote (a fresh mapping reads as zero); pages it did write in an earlier round are discarded
+//! (`MADV_DONTNEED` / hole punch), which both zeroes them and gives the memory back. On any
+//! error the destination discards all of its RAM, tells the source why if it still can, and
+//! returns a typed error.
+
+use std::time::{Duration, Instant};
+
+use super::bitmap::PageBitmap;
+use super::error::MigrationError;
+use super::stream::{encode_reply, Frame, Header, Record, ReplyCode, StreamReader};
+use super::transport::{map_io_error, Channel};
+use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
+
+/// Settings of a destination.
+#[derive(Clone, Debug)]
+pub struct DestConfig {
+    /// Timeout of every read and write on the channel.
+    pub io_timeout: Duration,
+    /// Most bytes of guest RAM the destination may populate (None: all of it). Exceeding it
+    /// fails the migration with [`MigrationError::DestinationFull`].
+    pub max_resident_bytes: Option<u64>,
+    /// Whether the RAM is a fresh mapping (every page reads as zero and is unpopulated). If
+    /// not, zero runs are applied by discarding their pages.
+    pub fresh: bool,
+}
+
+impl Default for DestConfig {
+    fn default() -> DestConfig {
+        DestConfig {
+            io_timeout: Duration::from_secs(10),
+            max_resident_bytes: None,
+            fresh: true,
+        }
+    }
+}
+
+/// What a destination received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestReport {
+    /// The stream header.
+    pub header: Header,
+    /// Rounds received.
+    pub rounds: u32,
+    /// Data records applied (a page sent in two rounds counts twice).
+    pub data_pages: u64,
+    /// Pages covered by zero runs.
+    pub zero_pages: u64,
+    /// Pages discarded because a zero run covered a page written earlier (or RAM not fresh).
+    pub zero_pages_discarded: u64,
+    /// Distinct pages populated at the end.
+    pub pages_populated: u64,
+    /// Stream bytes received.
+    pub bytes_received: u64,
+    /// From the header to the end frame.
+    pub duration: Duration,
+}
+
+/// One migration's destination side, writing into `mem`.
+#[derive(Debug)]
+pub struct Destination<'a> {
+    mem: &'a GuestMemory,
+    cfg: DestConfig,
+}
+
+impl<'a> Destination<'a> {
+    /// A destination that writes the incoming guest into `mem`.
+    pub fn new(mem: &'a GuestMemory, cfg: DestConfig) -> Destination<'a> {
+        Destination { mem, cfg }
+    }
+
+    /// Receives one migration from `chan`; returns once everything is applied and confirmed.
+    ///
+    /// On error all of `mem` is discarded and the source is sent a rejection (best effort).
+    pub fn receive(&mut self, mut chan: impl Channel) -> Result<DestReport, MigrationError> {
+        let io = self.cfg.io_timeout;
+        chan.set_timeouts(Some(io), Some(io))
+            .map_err(|source| MigrationError::Io {
+                op: "set channel timeouts",
+                source,
+            })?;
+        let res = self.receive_inner(&mut chan);
+        if let Err(e) = &res {
+            // Partial state must not survive: the guest runs on the source, not here.
+            let _ = self.mem.discard(GuestAddress(0), self.mem.size());
+            let detail = match e {
+                MigrationError::GuestTooLarge { dest_size, .. } => *dest_size,
+                MigrationError::DestinationFull { budget, .. } => *budget,
+                _ => 0,
+            };
+            if !matches!(e, MigrationError::ConnectionLost { .. }) {
+                let _ = chan.write_all(&encode_reply(ReplyCode::Reject(e.reject_reason()), detail));
+            }
+            let _ = chan.shutdown();
+        }
+        res
+    }
+
+    fn receive_inner(&mut self, chan: &mut dyn Channel) -> Result<DestReport, MigrationError> {
+        let io_timeout = self.cfg.io_timeout;
+        let mem = self.mem;
+        let mut reader = StreamReader::start(chan, io_timeout)?;
+        let t0 = Instant::now();
+        let header = *reader.header();
+        if header.guest_size > mem.size() {
+            return Err(MigrationError::GuestTooLarge {
+                source_size: header.guest_size,
+                dest_size: mem.size(),
+            });
+        }
+        chan.write_all(&encode_reply(ReplyCode::Accept, mem.size()))
+            .map_err(|e| map_io_error("send accept", io_timeout, e))?;
+        let budget = self
+            .cfg
+            .max_resident_bytes
+            .map_or(u64::MAX, |b| b / PAGE_SIZE);
+        let mut written = PageBitmap::new(header.pages());
+        let mut populated = 0u64;
+        let mut discarded = 0u64;
+        let mut data_pages = 0u64;
+        loop {
+            match reader.next_frame(chan)? {
+                Frame::Batch(batch) => {
+                    for rec in batch.records() {
+                        match rec {
+                            Record::Data { pfn, bytes } => {
+                                if !written.get(pfn) {
+                                    if populated >= budget {
+                                        return Err(MigrationError::DestinationFull {
+                                            needed: populated + 1,
+                                            budget,
+                                        });
+                                    }
+                                    written.set(pfn);
+                                    populated += 1;
+                                }
+                                mem.write(GuestAddress(pfn * PAGE_SIZE), bytes)?;
+                                data_pages += 1;
+                            }
+                            Record::Zero { first, count } => {
+                                if self.cfg.fresh {
+                                    // Only pages we wrote can hold anything but zeros.
+                                    let end = first + count;
+                                    let mut at = first;
+                                    while let Some(s) = written.next_one(at).filter(|&s| s < end) {
+                                        let e = written.next_zero(s).min(end);
+                                        mem.discard(
+                                            GuestAddress(s * PAGE_SIZE),
+                                            (e - s) * PAGE_SIZE,
+                                        )?;
+                                        let n = written.clear_range(s, e - s);
+                                        populated -= n;
+                                        discarded += n;
+                                        at = e;
+                                    }
+                                } else {
+                                    mem.discard(
+                                        GuestAddress(first * PAGE_SIZE),
+                                        count * PAGE_SIZE,
+                                    )?;
+                                    populated -= written.clear_range(first, count);
+                                    discarded += count;
+                                }
+                            }
+                        }
+                    }
+                }
+                Frame::Round(_) => {}
+                Frame::End(totals) => {
+                    chan.write_all(&encode_reply(ReplyCode::Done, data_pages))
+                        .map_err(|e| map_io_error("send done", io_timeout, e))?;
+                    return Ok(DestReport {
+                        header,
+                        rounds: totals.rounds,
+                        data_pages,
+                        zero_pages: totals.zero_pages,
+                        zero_pages_discarded: discarded,
+                        pages_populated: populated,
+                        bytes_received: reader.received().bytes,
+                        duration: t0.elapsed(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// How a destination's RAM compares with the source's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Pages the guest uses (the `used` bitmap).
+    pub used_pages: u64,
+    /// Used pages byte-identical on both sides.
+    pub used_identical: u64,
+    /// Used pages that differ (or lie past the end of the destination).
+    pub used_mismatched: u64,
+    /// Up to 16 mismatching used pages, for the error message.
+    pub first_mismatches: Vec<u64>,
+    /// Free pages (not in `used`).
+    pub free_pages: u64,
+    /// Free pages that differ; allowed, since free pages need not be sent.
+    pub free_differ: u64,
+}
+
+impl VerifyReport {
+    /// Whether every used page arrived intact.
+    pub fn ok(&self) -> bool {
+        self.used_mismatched == 0
+    }
+}
+
+/// Compares `src` and `dst` page by page: every page in `used` must be byte-identical; free
+/// pages are counted as identical or different. Pages unpopulated on both sides are equal
+/// (both zero) and are not read.
+pub fn verify(
+    src: &GuestMemory,
+    dst: &GuestMemory,
+    used: &PageBitmap,
+) -> Result<VerifyReport, MigrationError> {
+    const CHUNK: u64 = 4096;
+    let pages = src.pages();
+    let common = pages.min(dst.pages());
+    let mut r = VerifyReport::default();
+    let mut a = vec![0u8; PAGE_SIZE as usize];
+    let mut b = vec![0u8; PAGE_SIZE as usize];
+    let mut chunk = 0;
+    while chunk < common {
+        let end = (chunk + CHUNK).min(common);
+        let (at, len) = (GuestAddress(chunk * PAGE_SIZE), (end - chunk) * PAGE_SIZE);
+        let (ra, rb) = (src.residency(at, len)?, dst.residency(at, len)?);
+        for p in chunk..end {
+            let i = (p - chunk) as usize;
+            let same = if ra[i] & 1 == 0 && rb[i] & 1 == 0 {
+                true
+            } else {
+                let addr = GuestAddress(p * PAGE_SIZE);
+                src.read(addr, &mut a)?;
+                dst.read(addr, &mut b)?;
+                a == b
+            };
+            if used.get(p) {
+                r.used_pages += 1;
+                if same {
+                    r.used_identical += 1;
+                } else {
+                    r.used_mismatched += 1;
+                    if r.first_mismatches.len() < 16 {
+                        r.first_mismatches.push(p);
+                    }
+                }
+            } else {
+                r.free_pages += 1;
+                r.free_differ += u64::from(!same);
+            }
+        }
+        chunk = end;
+    }
+    // Pages the destination does not have at all.
+    let missing_used = used.count_range(common, pages - common);
+    r.used_pages += missing_used;
+    r.used_mismatched += missing_used;
+    r.free_pages += (pages - common) - missing_used;
+    Ok(r)
+}

@@ -1,0 +1,564 @@
+//! The pre-copy source: rounds over a migration bitmap, then stop-and-copy.
+//!
+//! 1. Dirty logging on ([`DirtyTracker::start`]), header sent, destination accepts.
+//! 2. Round 1's bitmap is every page of guest RAM. Each round: round marker; hints started
+//!    (new request); the bitmap is sent chunk by chunk, hints polled and applied to *this*
+//!    round's bitmap before each chunk; hints stopped; dirty log synced into the next round's
+//!    bitmap.
+//! 3. When the dirty bytes left fit the downtime target at the link rate (or after
+//!    `max_rounds`), the guest is paused, the log synced a last time and the rest sent; the
+//!    destination's DONE reply ends the downtime. On any failure after the pause the guest is
+//!    resumed; on success it stays paused (the destination now runs it).
+//!
+//! Sending a page: pages the host knows are unpopulated (mincore says non-resident, checked
+//! *before* any read, since a read maps the zero page) go as zero runs unread; other pages are
+//! checked for zero (zero run) or copied into a data record.
+//!
+//! Frames are handed to a writer thread through a short queue, so the rate-limited link drains
+//! while the engine reads the next pages, as a NIC would.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::bitmap::PageBitmap;
+use super::dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking};
+use super::error::MigrationError;
+use super::hints::{HintGuard, HintSource};
+use super::stream::{
+    read_reply, Header, ReplyCode, Sink, StreamWriter, FLAG_HINTED, FLAG_SKIP_UNPOPULATED,
+};
+use super::transport::{map_io_error, Channel, RateLimited, TEN_GBIT};
+use crate::memory::{process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
+
+/// Pauses and resumes the guest's vCPUs (here: its workload threads).
+///
+/// `pause` must return only once the guest has stopped writing its memory.
+pub trait GuestControl: Send + Sync {
+    /// Stops the guest; returns when no guest write is in flight.
+    fn pause(&self);
+    /// Lets the guest run again.
+    fn resume(&self);
+}
+
+/// A guest with nothing to pause (an idle guest, or one driven by the caller).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoGuest;
+
+impl GuestControl for NoGuest {
+    fn pause(&self) {}
+    fn resume(&self) {}
+}
+
+/// Settings of one migration.
+#[derive(Clone, Debug)]
+pub struct MigrationConfig {
+    /// Link bandwidth in bytes per second, enforced on the stream (0 = unlimited).
+    pub bandwidth_bytes_per_s: u64,
+    /// Largest pause the guest may see: stop-and-copy starts when the dirty bytes left would
+    /// take at most this long at the link rate.
+    pub downtime_target: Duration,
+    /// Rounds after which stop-and-copy is forced even if the guest dirties too fast.
+    pub max_rounds: u32,
+    /// Which dirty tracking to use.
+    pub dirty_tracking: DirtyTracking,
+    /// Send all-zero pages as zero runs instead of data.
+    pub zero_detection: bool,
+    /// Send pages mincore reports non-resident as zero runs without reading them.
+    pub skip_unpopulated: bool,
+    /// Timeout of every read and write on the channel (a stalled peer fails after this).
+    pub io_timeout: Duration,
+    /// Set to true to cancel the migration (checked between chunks).
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> MigrationConfig {
+        MigrationConfig {
+            bandwidth_bytes_per_s: TEN_GBIT,
+            downtime_target: Duration::from_millis(300),
+            max_rounds: 30,
+            dirty_tracking: DirtyTracking::Auto,
+            zero_detection: true,
+            skip_unpopulated: true,
+            io_timeout: Duration::from_secs(10),
+            cancel: None,
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Round number (1-based; the stop-and-copy round is the last).
+    pub round: u32,
+    /// Whether this was the stop-and-copy round (guest paused).
+    pub stop_and_copy: bool,
+    /// Pages in the round's bitmap when it started.
+    pub pages_in_bitmap: u64,
+    /// Pages not sent because a hint cleared them.
+    pub hinted_pages: u64,
+    /// Pages sent as zero without being read (not populated on the host).
+    pub unpopulated_pages: u64,
+    /// Pages read and found to be zero.
+    pub zero_pages: u64,
+    /// Pages sent with their contents.
+    pub data_pages: u64,
+    /// Stream bytes produced by the round.
+    pub bytes: u64,
+    /// Wall time of the round.
+    pub duration: Duration,
+    /// Pages found dirty at the sync that ended the round.
+    pub dirty_after: u64,
+}
+
+/// The outcome of a successful migration.
+#[derive(Clone, Debug)]
+pub struct MigrationResult {
+    /// From start to the destination's DONE.
+    pub total_time: Duration,
+    /// Rounds, the stop-and-copy round included.
+    pub rounds: u32,
+    /// Whether the dirty set converged below the downtime target (false: `max_rounds` hit).
+    pub converged: bool,
+    /// Bytes that crossed the link (stream, header included).
+    pub bytes_sent: u64,
+    /// Pages sent with their contents.
+    pub data_pages: u64,
+    /// Pages read and sent as zero.
+    pub zero_pages: u64,
+    /// Pages skipped because the guest hinted them free.
+    pub hinted_pages: u64,
+    /// Pages sent as zero without being read (never populated, or discarded).
+    pub unpopulated_pages: u64,
+    /// Pages the engine read (data + zero).
+    pub pages_read: u64,
+    /// From pausing the guest to the destination holding everything.
+    pub downtime: Duration,
+    /// Peak RSS of the whole process at the end (VmHWM).
+    pub peak_rss_bytes: u64,
+    /// The dirty tracking backend used.
+    pub dirty_backend: DirtyBackend,
+    /// Per-round figures.
+    pub per_round: Vec<RoundStats>,
+}
+
+/// One migration's source side: borrows the guest and runs to completion in [`Source::run`].
+pub struct Source<'a> {
+    mem: &'a GuestMemory,
+    log: &'a DirtyLog,
+    guest: &'a dyn GuestControl,
+    hints: Option<&'a mut dyn HintSource>,
+    config: MigrationConfig,
+}
+
+impl std::fmt::Debug for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("guest_size", &self.mem.size())
+            .field("hints", &self.hints.is_some())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Pages per chunk: hints are polled and residency is checked once per chunk (16 MiB).
+const CHUNK_PAGES: u64 = 4096;
+/// Frames queued for the writer thread.
+const QUEUE_DEPTH: usize = 4;
+
+impl<'a> Source<'a> {
+    /// A source for `mem`, whose writers mark `log`, paused through `guest`.
+    pub fn new(
+        mem: &'a GuestMemory,
+        log: &'a DirtyLog,
+        guest: &'a dyn GuestControl,
+        config: MigrationConfig,
+    ) -> Source<'a> {
+        Source {
+            mem,
+            log,
+            guest,
+            hints: None,
+            config,
+        }
+    }
+
+    /// Uses `hints` to skip the guest's free pages.
+    pub fn with_hints(mut self, hints: &'a mut dyn HintSource) -> Source<'a> {
+        self.hints = Some(hints);
+        self
+    }
+
+    /// Migrates the guest over `chan`. Returns when the destination confirmed, or on error.
+    ///
+    /// On error the guest keeps running (resumed if it was paused), its memory untouched, the
+    /// channel is shut down and the hint source told DONE.
+    pub fn run(self, chan: impl Channel) -> Result<MigrationResult, MigrationError> {
+        let t0 = Instant::now();
+        let Source {
+            mem,
+            log,
+            guest,
+            hints,
+            config,
+        } = self;
+        let mut chan = RateLimited::new(chan, config.bandwidth_bytes_per_s);
+        let io = config.io_timeout;
+        chan.set_timeouts(Some(io), Some(io))
+            .map_err(|source| MigrationError::Io {
+                op: "set channel timeouts",
+                source,
+            })?;
+        let mut hints = HintGuard::new(hints);
+        let mut pause = PauseGuard {
+            guest,
+            paused_at: None,
+            keep_paused: false,
+        };
+        let mut engine = Engine {
+            mem,
+            cfg: &config,
+            stats: Vec::new(),
+        };
+        let res = engine.migrate(log, &mut chan, &mut hints, &mut pause, t0);
+        match res {
+            Ok(mut r) => {
+                pause.keep_paused = true;
+                r.bytes_sent = chan.bytes_sent();
+                r.peak_rss_bytes = process_peak_rss_bytes().unwrap_or(0);
+                Ok(r)
+            }
+            Err(e) => {
+                let e = reason_from_peer(&mut chan, e);
+                let _ = chan.shutdown();
+                Err(e)
+            }
+        }
+        // `hints` drops here (DONE), then `pause` (resume unless kept paused).
+    }
+}
+
+/// After a send failure, the destination may have said why before closing: prefer its reason.
+fn reason_from_peer(chan: &mut dyn Channel, e: MigrationError) -> MigrationError {
+    if !matches!(
+        e,
+        MigrationError::ConnectionLost { .. } | MigrationError::Io { .. }
+    ) {
+        return e;
+    }
+    let short = Duration::from_millis(200);
+    if chan.set_timeouts(Some(short), Some(short)).is_err() {
+        return e;
+    }
+    match read_reply(chan, short) {
+        Ok((ReplyCode::Reject(reason), detail)) => MigrationError::Rejected { reason, detail },
+        _ => e,
+    }
+}
+
+struct PauseGuard<'a> {
+    guest: &'a dyn GuestControl,
+    paused_at: Option<Instant>,
+    keep_paused: bool,
+}
+
+impl PauseGuard<'_> {
+    fn pause(&mut self) -> Instant {
+        self.guest.pause();
+        let now = Instant::now();
+        self.paused_at = Some(now);
+        now
+    }
+}
+
+impl Drop for PauseGuard<'_> {
+    fn drop(&mut self) {
+        if self.paused_at.is_some() && !self.keep_paused {
+            self.guest.resume();
+        }
+    }
+}
+
+/// The writer thread's end of the frame queue: frames go out, emptied buffers come back.
+struct QueueSink {
+    tx: SyncSender<Vec<u8>>,
+    spare: Receiver<Vec<u8>>,
+    sent: u64,
+}
+
+impl Sink for QueueSink {
+    fn send_frame(&mut self, frame: &mut Vec<u8>) -> io::Result<()> {
+        let mut next = self.spare.try_recv().unwrap_or_default();
+        next.clear();
+        std::mem::swap(frame, &mut next);
+        self.sent += next.len() as u64;
+        self.tx
+            .send(next)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "link writer stopped"))
+    }
+
+    fn flush_frames(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Engine<'e> {
+    mem: &'e GuestMemory,
+    cfg: &'e MigrationConfig,
+    stats: Vec<RoundStats>,
+}
+
+impl Engine<'_> {
+    fn check_cancel(&self) -> Result<(), MigrationError> {
+        match &self.cfg.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(MigrationError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    fn migrate(
+        &mut self,
+        log: &DirtyLog,
+        chan: &mut RateLimited<impl Channel>,
+        hints: &mut HintGuard<'_>,
+        pause: &mut PauseGuard<'_>,
+        t0: Instant,
+    ) -> Result<MigrationResult, MigrationError> {
+        let mem = self.mem;
+        let io_timeout = self.cfg.io_timeout;
+        let io = |op| move |e| map_io_error(op, io_timeout, e);
+        let mut flags = 0;
+        if hints.source().is_some() {
+            flags |= FLAG_HINTED;
+        }
+        if self.cfg.skip_unpopulated {
+            flags |= FLAG_SKIP_UNPOPULATED;
+        }
+        let header = Header {
+            guest_size: mem.size(),
+            flags,
+        };
+        // Dirty logging goes on before anything is read or any hint is requested.
+        let mut tracker = DirtyTracker::start(mem, log, self.cfg.dirty_tracking)?;
+        let mut w = StreamWriter::new(&header);
+        w.write_header(chan, &header).map_err(io("write header"))?;
+        match read_reply(chan, io_timeout)? {
+            (ReplyCode::Accept, _) => {}
+            (ReplyCode::Reject(reason), detail) => {
+                return Err(MigrationError::Rejected { reason, detail })
+            }
+            (ReplyCode::Done, _) => return Err(MigrationError::BadReply { magic: 0, code: 2 }),
+        }
+
+        let (downtime_start, converged) = std::thread::scope(|s| {
+            let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_DEPTH);
+            let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
+            let link = &mut *chan;
+            let writer = s.spawn(move || -> io::Result<()> {
+                for frame in rx {
+                    io::Write::write_all(link, &frame)?;
+                    let _ = spare_tx.send(frame);
+                }
+                io::Write::flush(link)
+            });
+            let mut sink = QueueSink {
+                tx,
+                spare: spare_rx,
+                sent: 0,
+            };
+            let res = self.rounds(&mut tracker, &mut w, &mut sink, hints, pause);
+            drop(sink); // closes the queue: the writer drains it and returns
+            let wres = writer
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("link writer panicked")));
+            match (res, wres) {
+                // The writer's own error (timeout, reset) is the real cause of a failed send.
+                (_, Err(e)) => Err(map_io_error("send stream", io_timeout, e)),
+                (r, Ok(())) => r,
+            }
+        })?;
+        // The destination answers once it has applied everything.
+        let downtime = match read_reply(chan, io_timeout)? {
+            (ReplyCode::Done, _) => downtime_start.elapsed(),
+            (ReplyCode::Reject(reason), detail) => {
+                return Err(MigrationError::Rejected { reason, detail })
+            }
+            (ReplyCode::Accept, _) => return Err(MigrationError::BadReply { magic: 0, code: 1 }),
+        };
+        let stats = std::mem::take(&mut self.stats);
+        let sum = |f: fn(&RoundStats) -> u64| stats.iter().map(f).sum::<u64>();
+        Ok(MigrationResult {
+            total_time: t0.elapsed(),
+            rounds: stats.len() as u32,
+            converged,
+            bytes_sent: 0,
+            data_pages: sum(|r| r.data_pages),
+            zero_pages: sum(|r| r.zero_pages),
+            hinted_pages: sum(|r| r.hinted_pages),
+            unpopulated_pages: sum(|r| r.unpopulated_pages),
+            pages_read: sum(|r| r.data_pages + r.zero_pages),
+            downtime,
+            peak_rss_bytes: 0,
+            dirty_backend: tracker.backend().clone(),
+            per_round: stats,
+        })
+    }
+
+    /// Runs the live rounds and the stop-and-copy round; returns (pause instant, converged).
+    fn rounds(
+        &mut self,
+        tracker: &mut DirtyTracker<'_>,
+        w: &mut StreamWriter,
+        sink: &mut QueueSink,
+        hints: &mut HintGuard<'_>,
+        pause: &mut PauseGuard<'_>,
+    ) -> Result<(Instant, bool), MigrationError> {
+        let io_timeout = self.cfg.io_timeout;
+        let io = |op| move |e| map_io_error(op, io_timeout, e);
+        let pages = self.mem.pages();
+        let mut set = PageBitmap::full(pages);
+        let mut round = 1u32;
+        let converged = loop {
+            self.check_cancel()?;
+            let t = Instant::now();
+            let bytes0 = sink.sent;
+            w.round(sink, round).map_err(io("send round marker"))?;
+            let mut st = RoundStats {
+                round,
+                pages_in_bitmap: set.count_ones(),
+                ..RoundStats::default()
+            };
+            let mut source = hints.source();
+            if let Some(h) = source.as_deref_mut() {
+                h.start(round)?;
+            }
+            let sent = self.send_set(&mut set, source.as_deref_mut(), w, sink, &mut st);
+            // Hinting stops before the dirty log is synced, on every path.
+            let stopped = source.map_or(Ok(()), |h| h.stop());
+            sent?;
+            stopped?;
+            w.flush_batch(sink).map_err(io("send batch"))?;
+            set.clear_all();
+            tracker.sync_into(&mut set)?;
+            st.dirty_after = set.count_ones();
+            st.duration = t.elapsed();
+            st.bytes = sink.sent - bytes0;
+            let rate = match self.cfg.bandwidth_bytes_per_s {
+                0 => (st.bytes as f64 / st.duration.as_secs_f64().max(1e-6)).max(100e6),
+                bw => bw as f64,
+            };
+            let budget = rate * self.cfg.downtime_target.as_secs_f64();
+            let dirty_bytes = (st.dirty_after * PAGE_SIZE) as f64;
+            self.stats.push(st);
+            if dirty_bytes <= budget {
+                break true;
+            }
+            if round >= self.cfg.max_rounds.max(1) {
+                break false;
+            }
+            round += 1;
+        };
+        // Stop and copy.
+        self.check_cancel()?;
+        let paused_at = pause.pause();
+        let t = Instant::now();
+        let bytes0 = sink.sent;
+        tracker.sync_into(&mut set)?;
+        round += 1;
+        let mut st = RoundStats {
+            round,
+            stop_and_copy: true,
+            pages_in_bitmap: set.count_ones(),
+            ..RoundStats::default()
+        };
+        w.round(sink, round).map_err(io("send round marker"))?;
+        self.send_set(&mut set, None, w, sink, &mut st)?;
+        w.finish(sink).map_err(io("send end frame"))?;
+        st.duration = t.elapsed();
+        st.bytes = sink.sent - bytes0;
+        self.stats.push(st);
+        Ok((paused_at, converged))
+    }
+
+    /// Sends every page whose bit is set in `set`, applying hints before each chunk.
+    fn send_set(
+        &mut self,
+        set: &mut PageBitmap,
+        mut hints: Option<&mut (dyn HintSource + '_)>,
+        w: &mut StreamWriter,
+        sink: &mut QueueSink,
+        st: &mut RoundStats,
+    ) -> Result<(), MigrationError> {
+        let io_timeout = self.cfg.io_timeout;
+        let io = |e| map_io_error("send batch", io_timeout, e);
+        let mem = self.mem;
+        let pages = set.len();
+        let mut run: Option<(u64, u64)> = None; // pending zero run
+        let mut hints_finished = false;
+        let mut chunk = 0;
+        while chunk < pages {
+            self.check_cancel()?;
+            let end = (chunk + CHUNK_PAGES).min(pages);
+            if let Some(h) = hints.as_deref_mut().filter(|_| !hints_finished) {
+                let cursor = chunk;
+                let hinted = &mut st.hinted_pages;
+                hints_finished = h.poll(&mut |first, n| {
+                    // Pages before the cursor are already sent; clearing them changes nothing.
+                    let lo = first.max(cursor);
+                    let hi = first.saturating_add(n).min(pages);
+                    if hi > lo {
+                        *hinted += set.clear_range(lo, hi - lo);
+                    }
+                })?;
+            }
+            if set.count_range(chunk, end - chunk) == 0 {
+                chunk = end;
+                continue;
+            }
+            let resident = if self.cfg.skip_unpopulated {
+                Some(mem.residency(GuestAddress(chunk * PAGE_SIZE), (end - chunk) * PAGE_SIZE)?)
+            } else {
+                None
+            };
+            let mut p = chunk;
+            while let Some(pfn) = set.next_one(p).filter(|&x| x < end) {
+                p = pfn + 1;
+                let addr = GuestAddress(pfn * PAGE_SIZE);
+                let unpopulated = resident
+                    .as_ref()
+                    .is_some_and(|r| r[(pfn - chunk) as usize] & 1 == 0);
+                let zero = if unpopulated {
+                    st.unpopulated_pages += 1;
+                    true
+                } else if self.cfg.zero_detection && mem.is_zero(addr, PAGE_SIZE)? {
+                    st.zero_pages += 1;
+                    true
+                } else {
+                    false
+                };
+                if zero {
+                    match &mut run {
+                        Some((f, c)) if *f + *c == pfn => *c += 1,
+                        _ => {
+                            if let Some((f, c)) = run.replace((pfn, 1)) {
+                                w.zero_run(sink, f, c).map_err(io)?;
+                            }
+                        }
+                    }
+                } else {
+                    let slot = w.data_slot(sink, pfn).map_err(io)?;
+                    mem.read(addr, slot)?;
+                    st.data_pages += 1;
+                }
+            }
+            chunk = end;
+        }
+        if let Some((f, c)) = run {
+            w.zero_run(sink, f, c).map_err(io)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! Shared helpers of the migration integration tests: a guest with a workload thread, a
+//! fault-injecting channel, checksums.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
+use vballoon::migration::crc::crc32c_append;
+use vballoon::migration::{Channel, DirtyLog, GuestControl, PageBitmap};
+
+pub const MIB: u64 = 1 << 20;
+
+/// splitmix64: small, fast, good enough for test data.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// A guest laid out for tests: used pages (random data, some zero-filled but populated),
+/// free pages holding stale data, and never-touched pages.
+pub struct TestGuest {
+    pub used: PageBitmap,
+    pub free_stale: PageBitmap,
+}
+
+/// Fills `mem`: `used_mib` of used data in 64 KiB extents, `stale_mib` of free-but-written
+/// extents, 1 in 8 used extents zero-filled (populated zeros).
+pub fn populate(mem: &GuestMemory, used_mib: u64, stale_mib: u64, seed: u64) -> TestGuest {
+    let pages = mem.pages();
+    let mut rng = Rng(seed);
+    let mut used = PageBitmap::new(pages);
+    let mut free_stale = PageBitmap::new(pages);
+    let mut buf = vec![0u8; 16 * PAGE_SIZE as usize];
+    for (target, mib) in [(0, used_mib), (1, stale_mib)] {
+        let mut left = mib * MIB / PAGE_SIZE;
+        while left > 0 {
+            let first = rng.below(pages / 16) * 16;
+            if used.count_range(first, 16) + free_stale.count_range(first, 16) > 0 {
+                continue;
+            }
+            let zero = target == 0 && rng.below(8) == 0;
+            if zero {
+                buf.fill(0);
+            } else {
+                rng.fill(&mut buf);
+            }
+            mem.write(Pfn(first).addr(), &buf).unwrap();
+            if target == 0 {
+                used.set_range(first, 16);
+            } else {
+                free_stale.set_range(first, 16);
+            }
+            left = left.saturating_sub(16);
+        }
+    }
+    TestGuest { used, free_stale }
+}
+
+/// The guest's free pages: everything not used.
+pub fn free_bitmap(used: &PageBitmap) -> PageBitmap {
+    let mut free = PageBitmap::full(used.len());
+    for (s, n) in used.runs() {
+        free.clear_range(s, n);
+    }
+    free
+}
+
+/// CRC of all of guest RAM (reads every page).
+pub fn checksum(mem: &GuestMemory) -> u32 {
+    let mut buf = vec![0u8; MIB as usize];
+    let mut crc = 0;
+    for at in (0..mem.size()).step_by(MIB as usize) {
+        let n = (mem.size() - at).min(MIB) as usize;
+        mem.read(GuestAddress(at), &mut buf[..n]).unwrap();
+        crc = crc32c_append(crc, &buf[..n]);
+    }
+    crc
+}
+
+/// A workload thread's controls: writes random used pages until stopped; paused through
+/// [`GuestControl`] (pause returns only when no write is in flight).
+pub struct Workload {
+    gate: Mutex<bool>,
+    stop: AtomicBool,
+    pub writes: AtomicU64,
+    pub pauses: AtomicU32,
+    pub resumes: AtomicU32,
+    /// Whether writes are marked in the dirty log (false: only kernel tracking sees them).
+    pub mark: bool,
+}
+
+impl Workload {
+    pub fn new(mark: bool) -> Workload {
+        Workload {
+            gate: Mutex::new(false),
+            stop: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            pauses: AtomicU32::new(0),
+            resumes: AtomicU32::new(0),
+            mark,
+        }
+    }
+
+    /// Runs the workload until [`Workload::stop`]: one page of `used` every `period`.
+    pub fn run(&self, mem: &GuestMemory, log: &DirtyLog, used: &PageBitmap, period: Duration) {
+        let pages: Vec<u64> = used.iter_ones().collect();
+        let mut rng = Rng(0x5eed);
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        while !self.stop.load(Ordering::Acquire) {
+            {
+                let paused = self.gate.lock().unwrap();
+                if !*paused {
+                    let pfn = pages[rng.below(pages.len() as u64) as usize];
+                    rng.fill(&mut page);
+                    mem.write(Pfn(pfn).addr(), &page).unwrap();
+                    if self.mark {
+                        log.mark(Pfn(pfn), 1); // after the write
+                    }
+                    self.writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            std::thread::sleep(period);
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.gate.lock().unwrap()
+    }
+}
+
+impl GuestControl for Workload {
+    fn pause(&self) {
+        *self.gate.lock().unwrap() = true;
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn resume(&self) {
+        *self.gate.lock().unwrap() = false;
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How a [`Faulty`] channel misbehaves.
+#[derive(Clone, Default)]
+pub struct Faults {
+    /// Drop the connection (shut the socket down) once this many bytes were written.
+    pub drop_after: Option<u64>,
+    /// Flip one bit of the written byte at this stream offset.
+    pub corrupt_at: Option<u64>,
+    /// Drop the connection at the first write after this flag is set.
+    pub drop_when: Option<Arc<AtomicBool>>,
+}
+
+/// A channel that injects [`Faults`] into what is written through it.
+pub struct Faulty<C> {
+    pub inner: C,
+    pub faults: Faults,
+    pub written: u64,
+}
+
+impl<C: Channel> Faulty<C> {
+    pub fn new(inner: C, faults: Faults) -> Faulty<C> {
+        Faulty {
+            inner,
+            faults,
+            written: 0,
+        }
+    }
+
+    fn dropped(&self) -> io::Error {
+        let _ = self.inner.shutdown();
+        io::Error::new(io::ErrorKind::BrokenPipe, "injected connection drop")
+    }
+}
+
+impl<C: Channel> Read for Faulty<C> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<C: Channel> Write for Faulty<C> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(flag) = &self.faults.drop_when {
+            if flag.load(Ordering::Acquire) {
+                return Err(self.dropped());
+            }
+        }
+        let mut n = buf.len();
+        if let Some(limit) = self.faults.drop_after {
+            if self.written >= limit {
+                return Err(self.dropped());
+            }
+            n = n.min((limit - self.written) as usize);
+        }
+        let n = match self.faults.corrupt_at {
+            Some(at) if at >= self.written && at < self.written + n as u64 => {
+                let mut copy = buf[..n].to_vec();
+                copy[(at - self.written) as usize] ^= 0x10;
+                self.inner.write(&copy)?
+            }
+            _ => self.inner.write(&buf[..n])?,
+        };
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<C: Channel> Channel for Faulty<C> {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
+        self.inner.set_timeouts(read, write)
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        self.inner.shutdown()
+    }
+}
