@@ -5,6 +5,8 @@
 
 use crate::guest::GuestError;
 use crate::memory::MemoryError;
+use crate::migration::MigrationError;
+use crate::pages::PagesError;
 use crate::virtq::VirtqError;
 
 /// Any vballoon error, by family.
@@ -19,6 +21,12 @@ pub enum Error {
     /// A virtqueue: a ring the guest corrupted, a full queue, a notification failure.
     #[error(transparent)]
     Virtq(#[from] VirtqError),
+    /// A page-set encoding: a malformed or hostile message.
+    #[error(transparent)]
+    Pages(#[from] PagesError),
+    /// Live migration.
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
     /// An argument given by a caller (not the guest) is invalid.
     #[error("{0}")]
     Config(String),

@@ -10,6 +10,8 @@ use pyo3::prelude::*;
 use crate::error::Error;
 use crate::guest::GuestError as CoreGuestError;
 use crate::memory::MemoryError;
+use crate::migration::MigrationError as CoreMigrationError;
+use crate::pages::PagesError;
 use crate::virtq::VirtqError;
 
 create_exception!(
@@ -39,6 +41,8 @@ families! {
     GuestMemoryError: "A guest-memory access or operation failed.",
     GuestError: "The guest model refused an operation (allocator, workload).",
     VirtqueueError: "A virtqueue operation failed or the guest broke the ring protocol.",
+    EncodingError: "A page-set message is malformed or hostile.",
+    MigrationError: "A live migration failed (stream, transport, timeout, destination).",
 }
 
 impl From<Error> for PyErr {
@@ -48,6 +52,8 @@ impl From<Error> for PyErr {
             Error::Memory(_) => GuestMemoryError::new_err(msg),
             Error::Guest(_) => GuestError::new_err(msg),
             Error::Virtq(_) => VirtqueueError::new_err(msg),
+            Error::Pages(_) => EncodingError::new_err(msg),
+            Error::Migration(_) => MigrationError::new_err(msg),
             Error::Config(_) => ConfigError::new_err(msg),
         }
     }
@@ -64,7 +70,13 @@ macro_rules! via_crate_error {
     };
 }
 
-via_crate_error!(MemoryError, CoreGuestError, VirtqError);
+via_crate_error!(
+    MemoryError,
+    CoreGuestError,
+    VirtqError,
+    PagesError,
+    CoreMigrationError
+);
 
 /// A [`ConfigError`] with `msg`.
 pub fn config_err(msg: impl Into<String>) -> PyErr {
