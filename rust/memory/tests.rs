@@ -20,8 +20,9 @@ fn test_discarded_pages_read_back_as_zero() {
 #[test]
 fn test_memfd_discard_visible_through_second_mapping() {
     let mem = GuestMemory::new(2 * MIB, Backing::Memfd).unwrap();
-    // SAFETY-free: duplicate the fd the way a second process would receive it.
+    // Duplicate the fd the way a second process would receive it.
     let fd = mem.memfd().unwrap();
+    // SAFETY: `fd` is the memfd `mem` owns, open for the whole borrow.
     let dup: OwnedFd = unsafe { BorrowedFd::borrow_raw(fd) }
         .try_clone_to_owned()
         .unwrap();

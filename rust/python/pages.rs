@@ -52,9 +52,7 @@ impl PyPageSet {
     #[new]
     #[pyo3(signature = (npages, runs = Vec::new()))]
     fn new(npages: u64, runs: Vec<(u64, u64)>) -> PyResult<Self> {
-        Ok(PyPageSet::wrap(
-            PageSet::from_runs(npages, runs)?,
-        ))
+        Ok(PyPageSet::wrap(PageSet::from_runs(npages, runs)?))
     }
 
     /// Number of pages the set can hold.
@@ -132,7 +130,7 @@ impl PyPageSet {
         };
         // SAFETY: the word vector never changes length after construction, so `ptr` stays valid
         // while `slf` (which owns the set through its Arc) is alive, which the view ensures.
-        unsafe { fill_view(view, flags, ptr, len, false, c"Q", 8, slf.into_any()) }
+        unsafe { fill_view(view, flags, ptr, len, false, (c"Q", 8), slf.into_any()) }
     }
 
     /// # Safety
@@ -158,9 +156,7 @@ pub fn encode_pages<'py>(
 ) -> PyResult<Vec<Vec<Bound<'py, PyBytes>>>> {
     let enc = encoding(encoding_name)?;
     let set = pages.read();
-    let msgs = py
-        .detach(|| pages::encode(enc, &*set))
-        ?;
+    let msgs = py.detach(|| pages::encode(enc, &*set))?;
     Ok(msgs
         .iter()
         .map(|m| m.segments.iter().map(|s| PyBytes::new(py, s)).collect())
