@@ -22,6 +22,7 @@ fn test_memfd_discard_visible_through_second_mapping() {
     let mem = GuestMemory::new(2 * MIB, Backing::Memfd).unwrap();
     // SAFETY-free: duplicate the fd the way a second process would receive it.
     let fd = mem.memfd().unwrap();
+    // SAFETY: `mem` owns `fd` and keeps it open for the whole test.
     let dup: OwnedFd = unsafe { BorrowedFd::borrow_raw(fd) }
         .try_clone_to_owned()
         .unwrap();
