@@ -208,10 +208,11 @@ impl Transport {
             return Err(TransportError::StatusCleared { old, new: value });
         }
         let mut new = value;
-        if new & VIRTIO_CONFIG_S_FEATURES_OK != 0 && old & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-            if self.check_features(self.driver_features()).is_err() {
-                new &= !VIRTIO_CONFIG_S_FEATURES_OK;
-            }
+        if new & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && old & VIRTIO_CONFIG_S_FEATURES_OK == 0
+            && self.check_features(self.driver_features()).is_err()
+        {
+            new &= !VIRTIO_CONFIG_S_FEATURES_OK;
         }
         if new & VIRTIO_CONFIG_S_DRIVER_OK != 0 && new & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
             return Err(TransportError::DriverOkWithoutFeatures { status: new });
