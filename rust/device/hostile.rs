@@ -261,6 +261,66 @@ impl Harness {
     }
 }
 
+/// Well-formed inputs for every configuration a selector byte can pick: rings holding one valid
+/// message on the inflate and deflate queues and a stats buffer, so a fuzzer starts from
+/// buffers the device accepts.
+pub fn seed_inputs() -> Vec<Vec<u8>> {
+    use crate::device::stats::encode as encode_stats;
+    use crate::pages::encode;
+    use crate::virtq::{DriverQueue, Segment};
+    let mut seeds = Vec::new();
+    for selector in [0u8, 1, 2, 3, 4, 5, 6, 7, 0x0d, 0x15, 0x45, 0x84] {
+        let cfg = Harness::config_for(selector);
+        let Ok(mem) = GuestMemory::new(HARNESS_PAGES * PAGE_SIZE, Backing::Anonymous) else {
+            continue;
+        };
+        let mem = Arc::new(mem);
+        let features = cfg.device_features();
+        let q = crate::abi::BalloonFeatures::new(features, cfg.abi).queues();
+        let enc = crate::transport::wire::encoding_for(crate::abi::BalloonFeatures::new(
+            features, cfg.abi,
+        ));
+        let mut at = 0x4000u64;
+        for i in 0..q.count {
+            let Ok(layout) =
+                QueueLayout::place(GuestAddress(harness_queue_addr(i)), HARNESS_QUEUE_SIZE)
+            else {
+                continue;
+            };
+            let Ok(mut dq) = DriverQueue::new(Arc::clone(&mem), layout, features) else {
+                continue;
+            };
+            let segments: Vec<Vec<u8>> = if Some(i) == q.stats {
+                let mut b = Vec::new();
+                encode_stats(&[(4, 1 << 20), (5, 2 << 20)], &mut b);
+                vec![b]
+            } else {
+                let runs: &[(u64, u64)] = &[(8, 3), (13, 1), (20, 4)];
+                match encode(enc, runs) {
+                    Ok(m) if !m.is_empty() => m[0].segments.clone(),
+                    _ => continue,
+                }
+            };
+            let mut segs = Vec::new();
+            for s in &segments {
+                let _ = mem.write(GuestAddress(at), s);
+                segs.push(Segment::readable(GuestAddress(at), s.len() as u32));
+                at += (s.len() as u64).next_multiple_of(64);
+            }
+            let _ = dq.add(&segs);
+        }
+        let mut image = vec![0u8; mem.size() as usize];
+        if mem.read(GuestAddress(0), &mut image).is_err() {
+            continue;
+        }
+        let used = image.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+        let mut input = vec![selector];
+        input.extend_from_slice(&image[..used]);
+        seeds.push(input);
+    }
+    seeds
+}
+
 /// Plays the driver's part of initialisation: accept everything offered, set up every queue at
 /// [`harness_queue_addr`], DRIVER_OK.
 fn negotiate(t: &Transport) -> Result<(), crate::transport::TransportError> {
@@ -282,6 +342,30 @@ fn negotiate(t: &Transport) -> Result<(), crate::transport::TransportError> {
 mod tests {
     use super::*;
     use crate::guest::Rng;
+
+    #[test]
+    fn test_seed_inputs_are_served() {
+        let h = Harness::new().expect("canaries placed");
+        for seed in seed_inputs() {
+            let out = h.run(&seed);
+            assert!(out.buffers >= 2, "selector {:#x}: {out:?}", seed[0]);
+            assert!(!out.needs_reset, "selector {:#x}: {out:?}", seed[0]);
+            assert!(h.guarded().canaries_intact());
+        }
+    }
+
+    /// Writes [`seed_inputs`] into the fuzz corpus: `cargo test --no-default-features --lib
+    /// write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/device_queues");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, s) in seed_inputs().iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i:02}")), s).unwrap();
+        }
+    }
 
     #[test]
     fn test_random_guests_never_escape() {
