@@ -130,17 +130,20 @@ impl GuardedMemory {
         let clen = (CANARY_PAGES * PAGE_SIZE) as usize;
         let mut keep = Vec::new();
         for _ in 0..16 {
-            // Mappings are placed top-down: map the upper canary first, and guest RAM usually
-            // lands right below it.
-            let Some(above) = Canary::map_anywhere(clen) else {
-                continue;
-            };
+            // Mappings are placed top-down: map the upper canary first, and small guests land
+            // right below it; large ones are THP-aligned, which leaves room above them.
+            let pre = Canary::map_anywhere(clen);
             let mem = GuestMemory::new(size, backing).ok()?;
             let base = mem.host_ptr(GuestAddress(0), 0).ok()? as usize;
+            let end = base + size as usize;
+            let above = match pre {
+                Some(c) if c.base as usize == end => Some(c),
+                _ => Canary::map_at(end, clen),
+            };
             let below = base
                 .checked_sub(clen)
                 .and_then(|at| Canary::map_at(at, clen));
-            if let (true, Some(below)) = (base + size as usize == above.base as usize, below) {
+            if let (Some(above), Some(below)) = (above, below) {
                 return Some(GuardedMemory {
                     mem: Arc::new(mem),
                     below,
@@ -148,7 +151,7 @@ impl GuardedMemory {
                 });
             }
             // Keep the failed try mapped so the next lands elsewhere.
-            keep.push((mem, above));
+            keep.push(mem);
         }
         None
     }
