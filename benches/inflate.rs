@@ -67,7 +67,7 @@ fn main() {
             "VBALLOON_BENCH_FRAG_INFLATE_GIB",
             guest_gib * 0.375,
         )),
-        rounds: rounds.min(2).max(1),
+        rounds: rounds.clamp(1, 2),
         fragmentation: Some(Fragmentation {
             knob: env_f64("VBALLOON_BENCH_FRAG_KNOB", 1.0),
             free_share: 0.5,

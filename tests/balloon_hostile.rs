@@ -155,13 +155,15 @@ fn auto(kind: u8, rest: Vec<(Vec<u8>, bool)>) -> Vec<(Vec<u8>, bool)> {
 }
 
 type Check = fn(&BalloonError) -> bool;
+/// A message as (bytes, device-writable) segments.
+type Msg = Vec<(Vec<u8>, bool)>;
 
 fn decode_err(e: &BalloonError, f: impl Fn(&PagesError) -> bool) -> bool {
     matches!(e, BalloonError::Decode { source, .. } if f(source))
 }
 
 /// The hostile messages of `enc`, each with the error it must get.
-fn hostile(enc: Encoding) -> Vec<(&'static str, Vec<(Vec<u8>, bool)>, Check)> {
+fn hostile(enc: Encoding) -> Vec<(&'static str, Msg, Check)> {
     let writable: Check = |e| matches!(e, BalloonError::WritableSegment { .. });
     match enc {
         Encoding::Pfn => vec![
