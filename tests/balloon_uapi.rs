@@ -41,7 +41,7 @@ fn test_feature_bits_match_uapi() {
         VBALLOON_F_PAGE_EXTENTS,
         VBALLOON_F_PAGE_AUTO,
     ] {
-        assert!(b >= 16 && b < 24, "{b}");
+        assert!((16..24).contains(&b), "{b}");
     }
 }
 
