@@ -82,7 +82,10 @@ via_crate_error!(
     CoreGuestError,
     VirtqError,
     PagesError,
-    CoreMigrationError
+    CoreMigrationError,
+    CoreBalloonError,
+    DriverError,
+    TransportError
 );
 
 /// A [`ConfigError`] with `msg`.
