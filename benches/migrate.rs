@@ -36,6 +36,7 @@ use vballoon::memory::{
     is_zero_raw, process_peak_rss_bytes, Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE,
 };
 use vballoon::migration::*;
+use vballoon::pages::PageSet;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -58,10 +59,10 @@ impl Rng {
 }
 
 /// Writes `used` bytes of random data in random extents; returns the used-page bitmap.
-fn populate(mem: &GuestMemory, used: u64, seed: u64) -> PageBitmap {
+fn populate(mem: &GuestMemory, used: u64, seed: u64) -> PageSet {
     let pages = mem.pages();
     let mut rng = Rng(seed);
-    let mut map = PageBitmap::new(pages);
+    let mut map = PageSet::new(pages);
     let mut buf = vec![0u8; 2 * MIB as usize];
     let mut left = used / PAGE_SIZE;
     while left > 0 {
@@ -73,7 +74,7 @@ fn populate(mem: &GuestMemory, used: u64, seed: u64) -> PageBitmap {
         rng.fill(&mut buf[..(len * PAGE_SIZE) as usize]);
         mem.write(Pfn(first).addr(), &buf[..(len * PAGE_SIZE) as usize])
             .unwrap();
-        map.set_range(first, len);
+        map.insert_range(first, len);
         left -= len;
     }
     map
@@ -181,9 +182,9 @@ fn migrate_once(size: u64, used_bytes: u64, stale_all: bool, v: Variant, seed: u
     let used = populate(&src, used_bytes, seed);
     let log = DirtyLog::for_memory(&src);
     let dst = GuestMemory::new(size, Backing::Anonymous).unwrap();
-    let mut free = PageBitmap::full(src.pages());
+    let mut free = PageSet::full(src.pages());
     for (s, n) in used.runs() {
-        free.clear_range(s, n);
+        free.remove_range(s, n);
     }
     let mut hints = StaticHints::new(free);
     let cfg = MigrationConfig {

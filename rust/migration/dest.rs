@@ -8,11 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::bitmap::PageBitmap;
 use super::error::MigrationError;
 use super::stream::{encode_reply, Frame, Header, Record, ReplyCode, StreamReader};
 use super::transport::{map_io_error, Channel};
 use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::pages::PageSet;
 
 /// Settings of a destination.
 #[derive(Clone, Debug)]
@@ -116,7 +116,7 @@ impl<'a> Destination<'a> {
             .cfg
             .max_resident_bytes
             .map_or(u64::MAX, |b| b / PAGE_SIZE);
-        let mut written = PageBitmap::new(header.pages());
+        let mut written = PageSet::new(header.pages());
         let mut populated = 0u64;
         let mut discarded = 0u64;
         let mut data_pages = 0u64;
@@ -126,14 +126,14 @@ impl<'a> Destination<'a> {
                     for rec in batch.records() {
                         match rec {
                             Record::Data { pfn, bytes } => {
-                                if !written.get(pfn) {
+                                if !written.contains(pfn) {
                                     if populated >= budget {
                                         return Err(MigrationError::DestinationFull {
                                             needed: populated + 1,
                                             budget,
                                         });
                                     }
-                                    written.set(pfn);
+                                    written.insert(pfn);
                                     populated += 1;
                                 }
                                 mem.write(GuestAddress(pfn * PAGE_SIZE), bytes)?;
@@ -143,24 +143,19 @@ impl<'a> Destination<'a> {
                                 if self.cfg.fresh {
                                     // Only pages we wrote can hold anything but zeros.
                                     let end = first + count;
-                                    let mut at = first;
-                                    while let Some(s) = written.next_one(at).filter(|&s| s < end) {
-                                        let e = written.next_zero(s).min(end);
-                                        mem.discard(
-                                            GuestAddress(s * PAGE_SIZE),
-                                            (e - s) * PAGE_SIZE,
-                                        )?;
-                                        let n = written.clear_range(s, e - s);
+                                    for (s, n) in written.runs_in(first, end) {
+                                        mem.discard(GuestAddress(s * PAGE_SIZE), n * PAGE_SIZE)?;
                                         populated -= n;
                                         discarded += n;
-                                        at = e;
                                     }
+                                    written.remove_range(first, count);
                                 } else {
                                     mem.discard(
                                         GuestAddress(first * PAGE_SIZE),
                                         count * PAGE_SIZE,
                                     )?;
-                                    populated -= written.clear_range(first, count);
+                                    populated -= written.count_range(first, count);
+                                    written.remove_range(first, count);
                                     discarded += count;
                                 }
                             }
@@ -217,7 +212,7 @@ impl VerifyReport {
 pub fn verify(
     src: &GuestMemory,
     dst: &GuestMemory,
-    used: &PageBitmap,
+    used: &PageSet,
 ) -> Result<VerifyReport, MigrationError> {
     const CHUNK: u64 = 4096;
     let pages = src.pages();
@@ -240,7 +235,7 @@ pub fn verify(
                 dst.read(addr, &mut b)?;
                 a == b
             };
-            if used.get(p) {
+            if used.contains(p) {
                 r.used_pages += 1;
                 if same {
                     r.used_identical += 1;

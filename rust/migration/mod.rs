@@ -59,7 +59,6 @@
 //! 50-100 ms per 8 GiB (write-protect markers for every page), and falls back to the
 //! explicit log with the reason recorded in [`MigrationResult::dirty_backend`].
 
-pub mod bitmap;
 pub mod crc;
 mod dest;
 pub mod dirty;
@@ -70,7 +69,6 @@ pub mod stream;
 pub mod transport;
 mod uffd;
 
-pub use bitmap::{AtomicBitmap, PageBitmap};
 pub use dest::{verify, DestConfig, DestReport, Destination, VerifyReport};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};
 pub use error::{MigrationError, RejectReason, StreamError};

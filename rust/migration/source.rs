@@ -23,7 +23,6 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bitmap::PageBitmap;
 use super::dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking};
 use super::error::MigrationError;
 use super::hints::{HintGuard, HintSource};
@@ -32,6 +31,7 @@ use super::stream::{
 };
 use super::transport::{map_io_error, Channel, RateLimited, TEN_GBIT};
 use crate::memory::{process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::pages::PageSet;
 
 /// Pauses and resumes the guest's vCPUs (here: its workload threads).
 ///
@@ -419,7 +419,7 @@ impl Engine<'_> {
         let io_timeout = self.cfg.io_timeout;
         let io = |op| move |e| map_io_error(op, io_timeout, e);
         let pages = self.mem.pages();
-        let mut set = PageBitmap::full(pages);
+        let mut set = PageSet::full(pages);
         let mut round = 1u32;
         let converged = loop {
             self.check_cancel()?;
@@ -428,7 +428,7 @@ impl Engine<'_> {
             w.round(sink, round).map_err(io("send round marker"))?;
             let mut st = RoundStats {
                 round,
-                pages_in_bitmap: set.count_ones(),
+                pages_in_bitmap: set.count(),
                 ..RoundStats::default()
             };
             let mut source = hints.source();
@@ -441,9 +441,9 @@ impl Engine<'_> {
             sent?;
             stopped?;
             w.flush_batch(sink).map_err(io("send batch"))?;
-            set.clear_all();
+            set.clear();
             tracker.sync_into(&mut set)?;
-            st.dirty_after = set.count_ones();
+            st.dirty_after = set.count();
             st.duration = t.elapsed();
             st.bytes = sink.sent - bytes0;
             let rate = match self.cfg.bandwidth_bytes_per_s {
@@ -471,7 +471,7 @@ impl Engine<'_> {
         let mut st = RoundStats {
             round,
             stop_and_copy: true,
-            pages_in_bitmap: set.count_ones(),
+            pages_in_bitmap: set.count(),
             ..RoundStats::default()
         };
         w.round(sink, round).map_err(io("send round marker"))?;
@@ -486,7 +486,7 @@ impl Engine<'_> {
     /// Sends every page whose bit is set in `set`, applying hints before each chunk.
     fn send_set(
         &mut self,
-        set: &mut PageBitmap,
+        set: &mut PageSet,
         mut hints: Option<&mut (dyn HintSource + '_)>,
         w: &mut StreamWriter,
         sink: &mut QueueSink,
@@ -495,7 +495,7 @@ impl Engine<'_> {
         let io_timeout = self.cfg.io_timeout;
         let io = |e| map_io_error("send batch", io_timeout, e);
         let mem = self.mem;
-        let pages = set.len();
+        let pages = set.npages();
         let mut run: Option<(u64, u64)> = None; // pending zero run
         let mut hints_finished = false;
         let mut chunk = 0;
@@ -510,7 +510,8 @@ impl Engine<'_> {
                     let lo = first.max(cursor);
                     let hi = first.saturating_add(n).min(pages);
                     if hi > lo {
-                        *hinted += set.clear_range(lo, hi - lo);
+                        *hinted += set.count_range(lo, hi - lo);
+                        set.remove_range(lo, hi - lo);
                     }
                 })?;
             }
@@ -523,9 +524,7 @@ impl Engine<'_> {
             } else {
                 None
             };
-            let mut p = chunk;
-            while let Some(pfn) = set.next_one(p).filter(|&x| x < end) {
-                p = pfn + 1;
+            for pfn in set.runs_in(chunk, end).flat_map(|(s, n)| s..s + n) {
                 let addr = GuestAddress(pfn * PAGE_SIZE);
                 let unpopulated = resident
                     .as_ref()
