@@ -22,6 +22,9 @@ pub enum Error {
     /// An argument given by a caller (not the guest) is invalid.
     #[error("{0}")]
     Config(String),
+    /// A live migration, or one side of it.
+    #[error(transparent)]
+    Migration(#[from] crate::migration::MigrationError),
 }
 
 /// Result with the crate's [`Error`].

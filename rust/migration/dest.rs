@@ -9,8 +9,9 @@
 use std::time::{Duration, Instant};
 
 use super::error::MigrationError;
-use super::stream::{encode_reply, Frame, Header, Record, ReplyCode, StreamReader};
+use super::stream::{encode_reply, Frame, Header, Record, ReplyCode, StreamReader, FLAG_VERIFY};
 use super::transport::{map_io_error, Channel};
+use crate::guest::hash::hash64;
 use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::PageSet;
 
@@ -25,6 +26,9 @@ pub struct DestConfig {
     /// Whether the RAM is a fresh mapping (every page reads as zero and is unpopulated). If
     /// not, zero runs are applied by discarding their pages.
     pub fresh: bool,
+    /// How long a listening destination waits for the source to connect
+    /// ([`machine::listen`](crate::machine::listen)).
+    pub accept_timeout: Duration,
 }
 
 impl Default for DestConfig {
@@ -33,6 +37,7 @@ impl Default for DestConfig {
             io_timeout: Duration::from_secs(10),
             max_resident_bytes: None,
             fresh: true,
+            accept_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -56,6 +61,26 @@ pub struct DestReport {
     pub bytes_received: u64,
     /// From the header to the end frame.
     pub duration: Duration,
+    /// The verify trailer's outcome, if the source sent one.
+    pub verify: Option<RemoteVerify>,
+}
+
+/// The outcome of a verify trailer: the source's checksums of used pages against this RAM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteVerify {
+    /// Used pages checksummed by the source.
+    pub pages_checked: u64,
+    /// Pages whose checksum differs here (must be 0).
+    pub mismatched: u64,
+    /// Up to 16 of them (destination side only).
+    pub first_mismatches: Vec<u64>,
+}
+
+impl RemoteVerify {
+    /// Whether every used page arrived intact.
+    pub fn ok(&self) -> bool {
+        self.mismatched == 0
+    }
 }
 
 /// One migration's destination side, writing into `mem`.
@@ -166,7 +191,7 @@ impl<'a> Destination<'a> {
                 Frame::End(totals) => {
                     chan.write_all(&encode_reply(ReplyCode::Done, data_pages))
                         .map_err(|e| map_io_error("send done", io_timeout, e))?;
-                    return Ok(DestReport {
+                    let mut report = DestReport {
                         header,
                         rounds: totals.rounds,
                         data_pages,
@@ -175,8 +200,50 @@ impl<'a> Destination<'a> {
                         pages_populated: populated,
                         bytes_received: reader.received().bytes,
                         duration: t0.elapsed(),
-                    });
+                        verify: None,
+                    };
+                    if header.flags & FLAG_VERIFY != 0 {
+                        report.verify = Some(self.check_trailer(&mut reader, chan)?);
+                    }
+                    return Ok(report);
                 }
+                // The reader hands these out only after the end frame.
+                Frame::Verify(_) | Frame::VerifyEnd(_) => {}
+            }
+        }
+    }
+
+    /// Reads the verify trailer, compares each checksum with this RAM, answers VERIFIED.
+    fn check_trailer(
+        &self,
+        reader: &mut StreamReader,
+        chan: &mut dyn Channel,
+    ) -> Result<RemoteVerify, MigrationError> {
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        let mut v = RemoteVerify::default();
+        loop {
+            match reader.next_frame(chan)? {
+                Frame::Verify(batch) => {
+                    for run in batch.runs() {
+                        for (pfn, sum) in run.pages() {
+                            self.mem.read(GuestAddress(pfn * PAGE_SIZE), &mut page)?;
+                            v.pages_checked += 1;
+                            if hash64(&page) != sum {
+                                v.mismatched += 1;
+                                if v.first_mismatches.len() < 16 {
+                                    v.first_mismatches.push(pfn);
+                                }
+                            }
+                        }
+                    }
+                }
+                Frame::VerifyEnd(_) => {
+                    chan.write_all(&encode_reply(ReplyCode::Verified, v.mismatched))
+                        .map_err(|e| map_io_error("send verified", self.cfg.io_timeout, e))?;
+                    return Ok(v);
+                }
+                // The reader allows only verify frames after the end frame.
+                Frame::Batch(_) | Frame::Round(_) | Frame::End(_) => {}
             }
         }
     }

@@ -69,7 +69,7 @@ pub mod stream;
 pub mod transport;
 mod uffd;
 
-pub use dest::{verify, DestConfig, DestReport, Destination, VerifyReport};
+pub use dest::{verify, DestConfig, DestReport, Destination, RemoteVerify, VerifyReport};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};
 pub use error::{MigrationError, RejectReason, StreamError};
 pub use hints::{

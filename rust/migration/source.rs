@@ -23,13 +23,16 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::dest::RemoteVerify;
 use super::dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking};
 use super::error::MigrationError;
 use super::hints::{HintGuard, HintSource};
 use super::stream::{
     read_reply, Header, ReplyCode, Sink, StreamWriter, FLAG_HINTED, FLAG_SKIP_UNPOPULATED,
+    FLAG_VERIFY, REPLY_MAGIC,
 };
 use super::transport::{map_io_error, Channel, RateLimited, TEN_GBIT};
+use crate::guest::hash::hash64;
 use crate::memory::{process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::PageSet;
 
@@ -143,6 +146,9 @@ pub struct MigrationResult {
     pub dirty_backend: DirtyBackend,
     /// Per-round figures.
     pub per_round: Vec<RoundStats>,
+    /// The destination's verdict on the verify trailer, if one was sent
+    /// ([`Source::with_remote_verify`]); `first_mismatches` stays empty on this side.
+    pub remote_verify: Option<RemoteVerify>,
 }
 
 /// One migration's source side: borrows the guest and runs to completion in [`Source::run`].
@@ -151,6 +157,7 @@ pub struct Source<'a> {
     log: &'a DirtyLog,
     guest: &'a dyn GuestControl,
     hints: Option<&'a mut dyn HintSource>,
+    used: Option<&'a dyn Fn() -> PageSet>,
     config: MigrationConfig,
 }
 
@@ -159,6 +166,7 @@ impl std::fmt::Debug for Source<'_> {
         f.debug_struct("Source")
             .field("guest_size", &self.mem.size())
             .field("hints", &self.hints.is_some())
+            .field("remote_verify", &self.used.is_some())
             .field("config", &self.config)
             .finish()
     }
@@ -182,6 +190,7 @@ impl<'a> Source<'a> {
             log,
             guest,
             hints: None,
+            used: None,
             config,
         }
     }
@@ -189,6 +198,14 @@ impl<'a> Source<'a> {
     /// Uses `hints` to skip the guest's free pages.
     pub fn with_hints(mut self, hints: &'a mut dyn HintSource) -> Source<'a> {
         self.hints = Some(hints);
+        self
+    }
+
+    /// After the migration, sends the destination a checksum of every page in `used()` (the
+    /// pages the guest uses, computed with the guest paused) and gets back how many differ: the
+    /// stream's verify trailer ([`FLAG_VERIFY`]).
+    pub fn with_remote_verify(mut self, used: &'a dyn Fn() -> PageSet) -> Source<'a> {
+        self.used = Some(used);
         self
     }
 
@@ -203,6 +220,7 @@ impl<'a> Source<'a> {
             log,
             guest,
             hints,
+            used,
             config,
         } = self;
         let mut chan = RateLimited::new(chan, config.bandwidth_bytes_per_s);
@@ -223,11 +241,10 @@ impl<'a> Source<'a> {
             cfg: &config,
             stats: Vec::new(),
         };
-        let res = engine.migrate(log, &mut chan, &mut hints, &mut pause, t0);
+        let res = engine.migrate(log, &mut chan, &mut hints, &mut pause, used, t0);
         match res {
             Ok(mut r) => {
                 pause.keep_paused = true;
-                r.bytes_sent = chan.bytes_sent();
                 r.peak_rss_bytes = process_peak_rss_bytes().unwrap_or(0);
                 Ok(r)
             }
@@ -238,6 +255,13 @@ impl<'a> Source<'a> {
             }
         }
         // `hints` drops here (DONE), then `pause` (resume unless kept paused).
+    }
+}
+
+fn unexpected(code: ReplyCode) -> MigrationError {
+    MigrationError::BadReply {
+        magic: REPLY_MAGIC,
+        code: code.to_u32(),
     }
 }
 
@@ -325,6 +349,7 @@ impl Engine<'_> {
         chan: &mut RateLimited<impl Channel>,
         hints: &mut HintGuard<'_>,
         pause: &mut PauseGuard<'_>,
+        used: Option<&dyn Fn() -> PageSet>,
         t0: Instant,
     ) -> Result<MigrationResult, MigrationError> {
         let mem = self.mem;
@@ -336,6 +361,9 @@ impl Engine<'_> {
         }
         if self.cfg.skip_unpopulated {
             flags |= FLAG_SKIP_UNPOPULATED;
+        }
+        if used.is_some() {
+            flags |= FLAG_VERIFY;
         }
         let header = Header {
             guest_size: mem.size(),
@@ -350,7 +378,7 @@ impl Engine<'_> {
             (ReplyCode::Reject(reason), detail) => {
                 return Err(MigrationError::Rejected { reason, detail })
             }
-            (ReplyCode::Done, _) => return Err(MigrationError::BadReply { magic: 0, code: 2 }),
+            (code, _) => return Err(unexpected(code)),
         }
 
         let (downtime_start, converged) = std::thread::scope(|s| {
@@ -386,15 +414,21 @@ impl Engine<'_> {
             (ReplyCode::Reject(reason), detail) => {
                 return Err(MigrationError::Rejected { reason, detail })
             }
-            (ReplyCode::Accept, _) => return Err(MigrationError::BadReply { magic: 0, code: 1 }),
+            (code, _) => return Err(unexpected(code)),
+        };
+        let total_time = t0.elapsed();
+        let bytes_sent = chan.bytes_sent();
+        let remote_verify = match used {
+            Some(used) => Some(self.send_checksums(&used(), &mut w, chan)?),
+            None => None,
         };
         let stats = std::mem::take(&mut self.stats);
         let sum = |f: fn(&RoundStats) -> u64| stats.iter().map(f).sum::<u64>();
         Ok(MigrationResult {
-            total_time: t0.elapsed(),
+            total_time,
             rounds: stats.len() as u32,
             converged,
-            bytes_sent: 0,
+            bytes_sent,
             data_pages: sum(|r| r.data_pages),
             zero_pages: sum(|r| r.zero_pages),
             hinted_pages: sum(|r| r.hinted_pages),
@@ -404,7 +438,40 @@ impl Engine<'_> {
             peak_rss_bytes: 0,
             dirty_backend: tracker.backend().clone(),
             per_round: stats,
+            remote_verify,
         })
+    }
+
+    /// The verify trailer: checksums of the `used` pages, then the destination's verdict.
+    fn send_checksums(
+        &self,
+        used: &PageSet,
+        w: &mut StreamWriter,
+        chan: &mut RateLimited<impl Channel>,
+    ) -> Result<RemoteVerify, MigrationError> {
+        let io_timeout = self.cfg.io_timeout;
+        let io = |op| move |e| map_io_error(op, io_timeout, e);
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        let mut sums = Vec::new();
+        for (first, n) in used.runs() {
+            sums.clear();
+            for pfn in first..first + n {
+                self.mem.read(GuestAddress(pfn * PAGE_SIZE), &mut page)?;
+                sums.push(hash64(&page));
+            }
+            w.verify_pages(chan, first, &sums)
+                .map_err(io("send verify trailer"))?;
+        }
+        let (pages, _) = w.finish_verify(chan).map_err(io("send verify end"))?;
+        match read_reply(chan, io_timeout)? {
+            (ReplyCode::Verified, mismatched) => Ok(RemoteVerify {
+                pages_checked: pages,
+                mismatched,
+                first_mismatches: Vec::new(),
+            }),
+            (ReplyCode::Reject(reason), detail) => Err(MigrationError::Rejected { reason, detail }),
+            (code, _) => Err(unexpected(code)),
+        }
     }
 
     /// Runs the live rounds and the stop-and-copy round; returns (pause instant, converged).
