@@ -355,7 +355,10 @@ pub fn migrate_local(guest: &GuestRunner, opts: &MigrateOptions) -> Result<Migra
         Ok(match opts.link {
             LocalLink::SocketPair => {
                 let (a, b) = in_process_pair(opts.io_timeout)?;
-                let d = s.spawn(|| Destination::new(&dst, dcfg.clone()).receive(b));
+                let d = thread::Builder::new()
+                    .name("vb-destination".into())
+                    .spawn_scoped(s, || Destination::new(&dst, dcfg.clone()).receive(b))
+                    .map_err(|e| Error::Config(format!("cannot spawn the destination: {e}")))?;
                 let r = run(Box::new(a), hints.as_deref_mut());
                 (r, d.join())
             }
@@ -366,10 +369,13 @@ pub fn migrate_local(guest: &GuestRunner, opts: &MigrateOptions) -> Result<Migra
                     source,
                 })?;
                 let (dst, dcfg) = (&dst, &dcfg);
-                let d = s.spawn(move || {
-                    let c = tcp_accept(&listener, opts.io_timeout)?;
-                    Destination::new(dst, dcfg.clone()).receive(c)
-                });
+                let d = thread::Builder::new()
+                    .name("vb-destination".into())
+                    .spawn_scoped(s, move || {
+                        let c = tcp_accept(&listener, opts.io_timeout)?;
+                        Destination::new(dst, dcfg.clone()).receive(c)
+                    })
+                    .map_err(|e| Error::Config(format!("cannot spawn the destination: {e}")))?;
                 let r = tcp_connect(addr, opts.io_timeout)
                     .and_then(|c| run(Box::new(c), hints.as_deref_mut()));
                 (r, d.join())

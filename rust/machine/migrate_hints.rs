@@ -86,6 +86,10 @@ pub trait HintProvider: Send + Sync {
     /// A short name for reports (for example `"balloon"` or `"free-list stand-in"`).
     fn name(&self) -> &str;
 
+    /// Whether this provider implements `mode` (then [`hint_source`](Self::hint_source)
+    /// returns a source for it).
+    fn supports(&self, mode: HintMode) -> bool;
+
     /// The hint source for one migration of `guest` in `mode`, or `None` if this provider does
     /// not implement `mode`. Called once per migration, before the migration starts; the
     /// source is dropped (after [`HintSource::done`]) when it ends.
@@ -121,6 +125,10 @@ pub struct FreeListStandIn {
 impl HintProvider for FreeListStandIn {
     fn name(&self) -> &str {
         "free-list stand-in"
+    }
+
+    fn supports(&self, mode: HintMode) -> bool {
+        matches!(mode, HintMode::Bitmap | HintMode::Upstream)
     }
 
     fn hint_source<'a>(

@@ -9,7 +9,9 @@
 use std::time::{Duration, Instant};
 
 use super::error::MigrationError;
-use super::stream::{encode_reply, Frame, Header, Record, ReplyCode, StreamReader, FLAG_VERIFY};
+use super::stream::{
+    encode_reply, Batch, Frame, Header, Record, ReplyCode, StreamReader, FLAG_VERIFY,
+};
 use super::transport::{map_io_error, Channel};
 use crate::guest::hash::hash64;
 use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
@@ -148,6 +150,7 @@ impl<'a> Destination<'a> {
         loop {
             match reader.next_frame(chan)? {
                 Frame::Batch(batch) => {
+                    populate_new_pages(mem, &batch, &written, budget.saturating_sub(populated))?;
                     for rec in batch.records() {
                         match rec {
                             Record::Data { pfn, bytes } => {
@@ -247,6 +250,47 @@ impl<'a> Destination<'a> {
             }
         }
     }
+}
+
+/// Runs of new pages shorter than this are left to fault in one by one.
+const MIN_POPULATE_RUN: u64 = 4;
+
+/// Faults in the pages `batch` writes for the first time (at most `room` of them) with one
+/// `MADV_POPULATE_WRITE` per run instead of a page fault per page: allocating pages is most of
+/// a destination's work (about 1.2 µs a page on the reference machine, against 0.1 µs to copy
+/// one), and the per-fault entry and exit is a third of that.
+fn populate_new_pages(
+    mem: &GuestMemory,
+    batch: &Batch<'_>,
+    written: &PageSet,
+    room: u64,
+) -> Result<(), MigrationError> {
+    let mut left = room;
+    let mut run: Option<(u64, u64)> = None;
+    let flush = |r: Option<(u64, u64)>| match r {
+        Some((first, n)) if n >= MIN_POPULATE_RUN => {
+            mem.populate(GuestAddress(first * PAGE_SIZE), n * PAGE_SIZE)
+        }
+        _ => Ok(()),
+    };
+    for rec in batch.records() {
+        let Record::Data { pfn, .. } = rec else {
+            continue;
+        };
+        if written.contains(pfn) {
+            continue;
+        }
+        if left == 0 {
+            break;
+        }
+        left -= 1;
+        match &mut run {
+            Some((first, n)) if *first + *n == pfn => *n += 1,
+            _ => flush(run.replace((pfn, 1)))?,
+        }
+    }
+    flush(run)?;
+    Ok(())
 }
 
 /// How a destination's RAM compares with the source's.

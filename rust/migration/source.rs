@@ -385,13 +385,19 @@ impl Engine<'_> {
             let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_DEPTH);
             let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
             let link = &mut *chan;
-            let writer = s.spawn(move || -> io::Result<()> {
-                for frame in rx {
-                    io::Write::write_all(link, &frame)?;
-                    let _ = spare_tx.send(frame);
-                }
-                io::Write::flush(link)
-            });
+            let writer = std::thread::Builder::new()
+                .name("vb-link-writer".into())
+                .spawn_scoped(s, move || -> io::Result<()> {
+                    for frame in rx {
+                        io::Write::write_all(link, &frame)?;
+                        let _ = spare_tx.send(frame);
+                    }
+                    io::Write::flush(link)
+                })
+                .map_err(|source| MigrationError::Io {
+                    op: "spawn the link writer",
+                    source,
+                })?;
             let mut sink = QueueSink {
                 tx,
                 spare: spare_rx,

@@ -677,7 +677,10 @@ impl StreamReader {
         len: usize,
         what: &'static str,
     ) -> Result<(), MigrationError> {
-        self.buf.resize(len, 0);
+        // Grow only: zeroing a megabyte per frame would cost more than the CRC.
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
         let got =
             read_full(r, &mut self.buf[..len]).map_err(|e| map_io_error(what, self.timeout, e))?;
         if got < len {
@@ -722,7 +725,8 @@ impl StreamReader {
         }
         let head_crc = crc32c(&self.buf[..12]);
         self.fill(r, len as usize, "frame payload")?;
-        let computed = crc32c_append(head_crc, &self.buf);
+        let payload = &self.buf[..len as usize];
+        let computed = crc32c_append(head_crc, payload);
         if stored != computed {
             return Err(StreamError::ChecksumMismatch {
                 what: "frame",
@@ -738,15 +742,15 @@ impl StreamReader {
         self.received.chain_crc = crc32c_append(self.received.chain_crc, &stored.to_le_bytes());
         match kind {
             FRAME_BATCH => {
-                let (data, zero) = validate_batch(&self.buf, count, frame, self.header.pages())?;
+                let (data, zero) = validate_batch(payload, count, frame, self.header.pages())?;
                 self.received.data_pages += data;
                 self.received.zero_pages += zero;
-                Ok(Frame::Batch(Batch { payload: &self.buf }))
+                Ok(Frame::Batch(Batch { payload }))
             }
             FRAME_ROUND => {
-                let round = le32(&self.buf, 0);
+                let round = le32(payload, 0);
                 let expected = before.rounds + 1;
-                if round != expected || le32(&self.buf, 4) != 0 {
+                if round != expected || le32(payload, 4) != 0 {
                     return Err(StreamError::RoundOutOfOrder {
                         found: round,
                         expected,
@@ -757,7 +761,7 @@ impl StreamReader {
                 Ok(Frame::Round(round))
             }
             FRAME_END => {
-                let b = &self.buf;
+                let b = payload;
                 let stored = Totals {
                     data_pages: le64(b, 0),
                     zero_pages: le64(b, 8),
@@ -771,13 +775,13 @@ impl StreamReader {
                 Ok(Frame::End(stored))
             }
             FRAME_VERIFY => {
-                let pages = validate_verify(&self.buf, count, frame, self.header.pages())?;
+                let pages = validate_verify(payload, count, frame, self.header.pages())?;
                 self.verify.0 += pages;
                 self.verify.1 += 1;
-                Ok(Frame::Verify(VerifyBatch { payload: &self.buf }))
+                Ok(Frame::Verify(VerifyBatch { payload }))
             }
             _ => {
-                let (pages, frames) = (le64(&self.buf, 0), le64(&self.buf, 8));
+                let (pages, frames) = (le64(payload, 0), le64(payload, 8));
                 for (field, stored, received) in [
                     ("verified pages", pages, self.verify.0),
                     ("verify frames", frames, self.verify.1),
