@@ -30,7 +30,7 @@ use crate::memory::{Backing, GuestMemory};
 use crate::migration::{
     in_process_pair, tcp_accept, tcp_connect, tcp_listen, verify, Channel, DestConfig, DestReport,
     Destination, DirtyTracking, HintSource, MigrationConfig, MigrationError, MigrationResult,
-    Source, VerifyReport, TEN_GBIT,
+    Source, VerifyReport, CHUNK_PAGES, TEN_GBIT,
 };
 use crate::pages::PageSet;
 
@@ -78,6 +78,8 @@ pub struct MigrateOptions {
     pub io_timeout: Duration,
     /// Set to true to cancel.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Pages per chunk of a round: hints are polled once per chunk.
+    pub chunk_pages: u64,
 }
 
 impl Default for MigrateOptions {
@@ -97,6 +99,7 @@ impl Default for MigrateOptions {
             dest_backing: Backing::Anonymous,
             io_timeout: Duration::from_secs(30),
             cancel: None,
+            chunk_pages: CHUNK_PAGES,
         }
     }
 }
@@ -120,6 +123,7 @@ impl std::fmt::Debug for MigrateOptions {
             .field("link", &self.link)
             .field("dest_backing", &self.dest_backing)
             .field("io_timeout", &self.io_timeout)
+            .field("chunk_pages", &self.chunk_pages)
             .finish()
     }
 }
@@ -141,6 +145,7 @@ impl MigrateOptions {
             skip_unpopulated: self.skips_unpopulated(),
             io_timeout: self.io_timeout,
             cancel: self.cancel.clone(),
+            chunk_pages: self.chunk_pages,
         }
     }
 

@@ -75,7 +75,9 @@ pub use error::{MigrationError, RejectReason, StreamError};
 pub use hints::{
     HintFeed, HintGuard, HintSource, QueuedHints, StaticHints, CMD_ID_DONE, CMD_ID_MIN, CMD_ID_STOP,
 };
-pub use source::{GuestControl, MigrationConfig, MigrationResult, NoGuest, RoundStats, Source};
+pub use source::{
+    GuestControl, MigrationConfig, MigrationResult, NoGuest, RoundStats, Source, CHUNK_PAGES,
+};
 pub use transport::{
     in_process_pair, tcp_accept, tcp_connect, tcp_listen, Channel, RateLimited, TokenBucket,
     TEN_GBIT,

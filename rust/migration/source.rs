@@ -75,6 +75,9 @@ pub struct MigrationConfig {
     pub io_timeout: Duration,
     /// Set to true to cancel the migration (checked between chunks).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Pages per chunk of a round: hints are polled, residency checked and cancellation seen
+    /// once per chunk ([`CHUNK_PAGES`] by default).
+    pub chunk_pages: u64,
 }
 
 impl Default for MigrationConfig {
@@ -88,6 +91,7 @@ impl Default for MigrationConfig {
             skip_unpopulated: true,
             io_timeout: Duration::from_secs(10),
             cancel: None,
+            chunk_pages: CHUNK_PAGES,
         }
     }
 }
@@ -172,8 +176,8 @@ impl std::fmt::Debug for Source<'_> {
     }
 }
 
-/// Pages per chunk: hints are polled and residency is checked once per chunk (16 MiB).
-const CHUNK_PAGES: u64 = 4096;
+/// Default pages per chunk: hints are polled and residency is checked once per chunk (16 MiB).
+pub const CHUNK_PAGES: u64 = 4096;
 /// Frames queued for the writer thread.
 const QUEUE_DEPTH: usize = 4;
 
@@ -263,6 +267,26 @@ fn unexpected(code: ReplyCode) -> MigrationError {
         magic: REPLY_MAGIC,
         code: code.to_u32(),
     }
+}
+
+/// Adds pages `[pfn, pfn + n)` to the pending zero run, writing the pending one out first if
+/// the new pages do not continue it.
+fn extend_zero_run(
+    run: &mut Option<(u64, u64)>,
+    pfn: u64,
+    n: u64,
+    w: &mut StreamWriter,
+    sink: &mut QueueSink,
+) -> io::Result<()> {
+    match run {
+        Some((f, c)) if *f + *c == pfn => *c += n,
+        _ => {
+            if let Some((f, c)) = run.replace((pfn, n)) {
+                w.zero_run(sink, f, c)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// After a send failure, the destination may have said why before closing: prefer its reason.
@@ -574,7 +598,7 @@ impl Engine<'_> {
         let mut chunk = 0;
         while chunk < pages {
             self.check_cancel()?;
-            let end = (chunk + CHUNK_PAGES).min(pages);
+            let end = (chunk + self.cfg.chunk_pages.max(1)).min(pages);
             if let Some(h) = hints.as_deref_mut().filter(|_| !hints_finished) {
                 let cursor = chunk;
                 let hinted = &mut st.hinted_pages;
@@ -597,33 +621,31 @@ impl Engine<'_> {
             } else {
                 None
             };
-            for pfn in set.runs_in(chunk, end).flat_map(|(s, n)| s..s + n) {
-                let addr = GuestAddress(pfn * PAGE_SIZE);
-                let unpopulated = resident
-                    .as_ref()
-                    .is_some_and(|r| r[(pfn - chunk) as usize] & 1 == 0);
-                let zero = if unpopulated {
-                    st.unpopulated_pages += 1;
-                    true
-                } else if self.cfg.zero_detection && mem.is_zero(addr, PAGE_SIZE)? {
-                    st.zero_pages += 1;
-                    true
-                } else {
-                    false
-                };
-                if zero {
-                    match &mut run {
-                        Some((f, c)) if *f + *c == pfn => *c += 1,
-                        _ => {
-                            if let Some((f, c)) = run.replace((pfn, 1)) {
-                                w.zero_run(sink, f, c).map_err(io)?;
-                            }
+            for (first, n) in set.runs_in(chunk, end) {
+                let mut pfn = first;
+                while pfn < first + n {
+                    // A stretch of unpopulated pages is one zero run, whatever its length.
+                    if let Some(r) = &resident {
+                        let from = (pfn - chunk) as usize;
+                        let to = (first + n - chunk) as usize;
+                        let k = r[from..to].iter().take_while(|&&b| b & 1 == 0).count() as u64;
+                        if k > 0 {
+                            st.unpopulated_pages += k;
+                            extend_zero_run(&mut run, pfn, k, w, sink).map_err(io)?;
+                            pfn += k;
+                            continue;
                         }
                     }
-                } else {
-                    let slot = w.data_slot(sink, pfn).map_err(io)?;
-                    mem.read(addr, slot)?;
-                    st.data_pages += 1;
+                    let addr = GuestAddress(pfn * PAGE_SIZE);
+                    if self.cfg.zero_detection && mem.is_zero(addr, PAGE_SIZE)? {
+                        st.zero_pages += 1;
+                        extend_zero_run(&mut run, pfn, 1, w, sink).map_err(io)?;
+                    } else {
+                        let slot = w.data_slot(sink, pfn).map_err(io)?;
+                        mem.read(addr, slot)?;
+                        st.data_pages += 1;
+                    }
+                    pfn += 1;
                 }
             }
             chunk = end;
