@@ -6,7 +6,15 @@
 //! caught by dirty tracking ([`DirtyLog`], or the kernel's own with [`DirtyTracking::Kernel`])
 //! and resent; free pages the guest hints through a [`HintSource`] are skipped in the round
 //! they were hinted for, with QEMU's ordering rules (reference/protocol.md §4). Pages the host
-//! never populated are sent as zero runs without being read. [`verify`] checks the result.
+//! never populated are sent as zero runs without being read. [`verify`] checks the result in
+//! one process; across processes the stream's verify trailer ([`Source::with_remote_verify`])
+//! has the destination compare checksums of every used page. Page sets (the round's bitmap,
+//! the dirty log, hints) are [`PageSet`](crate::pages::PageSet)s and
+//! [`AtomicPageBitmap`](crate::pages::AtomicPageBitmap)s.
+//!
+//! The machine layer ([`crate::machine`]) runs this engine on a modelled guest with a workload
+//! (`migrate_local`, `listen`/`send`, `bench_migrate`); use it unless you drive the guest
+//! yourself.
 //!
 //! ```no_run
 //! use std::time::Duration;
