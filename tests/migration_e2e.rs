@@ -11,6 +11,7 @@ use std::time::Duration;
 use migration_support::*;
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::migration::*;
+use vballoon::pages::PageSet;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,10 +49,10 @@ fn test_in_process_migration_with_writer_and_hints_is_exact() {
     assert!(wl.writes.load(Ordering::Relaxed) > 0);
     let v = verify(&src, &dst, &g.used).unwrap();
     assert!(v.ok(), "{v:?}");
-    assert_eq!(v.used_pages, g.used.count_ones());
+    assert_eq!(v.used_pages, g.used.count());
     // Stale free pages were hinted, so not sent: they differ, and that is allowed.
     assert!(
-        v.free_differ > 0 && v.free_differ <= g.free_stale.count_ones(),
+        v.free_differ > 0 && v.free_differ <= g.free_stale.count(),
         "{v:?}"
     );
     assert!(r.hinted_pages > 0);
@@ -162,8 +163,8 @@ fn test_zero_detection_off_sends_zero_pages_as_data() {
     });
     assert_eq!(r.data_pages, 512);
     assert_eq!(r.zero_pages, 0);
-    let mut used = PageBitmap::new(src.pages());
-    used.set_range(0, 512);
+    let mut used = PageSet::new(src.pages());
+    used.insert_range(0, 512);
     assert!(verify(&src, &dst, &used).unwrap().ok());
 }
 
@@ -230,8 +231,8 @@ fn test_page_written_after_its_hint_arrives() {
     assert_eq!(r.per_round[0].hinted_pages, 1, "skipped in round 1");
     assert_eq!(r.per_round[0].dirty_after, 1, "caught by the dirty log");
     assert_eq!(dst.read_u8(Pfn(page).addr()).unwrap(), 0x5a);
-    let mut used = PageBitmap::new(src.pages());
-    used.set(page);
+    let mut used = PageSet::new(src.pages());
+    used.insert(page);
     assert!(verify(&src, &dst, &used).unwrap().ok());
 }
 
@@ -239,7 +240,7 @@ fn test_page_written_after_its_hint_arrives() {
 struct RecordingHints<'a> {
     log: &'a DirtyLog,
     events: &'a Mutex<Vec<(String, u64)>>,
-    free: PageBitmap,
+    free: PageSet,
 }
 
 impl RecordingHints<'_> {

@@ -71,6 +71,8 @@ fn decode(mut bytes: &[u8]) -> Result<Vec<Rec>, MigrationError> {
                 s.expect_eof(r)?;
                 return Ok(out);
             }
+            // Streams without the verify flag never carry these.
+            Frame::Verify(_) | Frame::VerifyEnd(_) => unreachable!("no verify trailer"),
         }
     }
 }

@@ -62,30 +62,6 @@ impl Canary {
         })
     }
 
-    /// Maps `len` bytes wherever the kernel likes.
-    fn map_anywhere(len: usize) -> Option<Canary> {
-        // SAFETY: a fresh anonymous mapping at a kernel-chosen address.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return None;
-        }
-        // SAFETY: fresh private mapping of `len` bytes that we own.
-        unsafe { ptr::write_bytes(p.cast::<u8>(), CANARY_BYTE, len) };
-        Some(Canary {
-            base: p.cast(),
-            len,
-        })
-    }
-
     /// Whether every byte still holds the pattern and every page is resident.
     fn intact(&self) -> bool {
         let pages = self.len / PAGE_SIZE as usize;
@@ -126,32 +102,42 @@ unsafe impl Sync for GuardedMemory {}
 impl GuardedMemory {
     /// Maps `size` bytes of anonymous guest RAM with [`CANARY_PAGES`] canary pages on each
     /// side; `None` if the address space around it could not be had after a few tries.
+    /// `backing` must be [`Backing::Anonymous`].
     pub fn new(size: u64, backing: Backing) -> Option<GuardedMemory> {
+        let _ = backing; // canary rigs use anonymous RAM, the only backing `new_at` places
         let clen = (CANARY_PAGES * PAGE_SIZE) as usize;
-        let mut keep = Vec::new();
+        let total = size as usize + 2 * clen;
         for _ in 0..16 {
-            // Mappings are placed top-down: map the upper canary first, and small guests land
-            // right below it; large ones are THP-aligned, which leaves room above them.
-            let pre = Canary::map_anywhere(clen);
-            let mem = GuestMemory::new(size, backing).ok()?;
-            let base = mem.host_ptr(GuestAddress(0), 0).ok()? as usize;
-            let end = base + size as usize;
-            let above = match pre {
-                Some(c) if c.base as usize == end => Some(c),
-                _ => Canary::map_at(end, clen),
+            // Reserve the whole span so the three mappings are contiguous, then release it and
+            // map canary, guest, canary into the hole. Another thread can only race us in the
+            // instant between, and then NOREPLACE fails and we try again.
+            // SAFETY: a fresh inaccessible mapping at a kernel-chosen address.
+            let r = unsafe {
+                libc::mmap(
+                    ptr::null_mut(),
+                    total,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
             };
-            let below = base
-                .checked_sub(clen)
-                .and_then(|at| Canary::map_at(at, clen));
-            if let (Some(above), Some(below)) = (above, below) {
+            if r == libc::MAP_FAILED {
+                return None;
+            }
+            // SAFETY: exactly the reservation just made.
+            unsafe { libc::munmap(r, total) };
+            let at = r as usize;
+            let below = Canary::map_at(at, clen);
+            let mem = GuestMemory::new_at(size, at + clen).ok();
+            let above = Canary::map_at(at + clen + size as usize, clen);
+            if let (Some(below), Some(mem), Some(above)) = (below, mem, above) {
                 return Some(GuardedMemory {
                     mem: Arc::new(mem),
                     below,
                     above,
                 });
             }
-            // Keep the failed try mapped so the next lands elsewhere.
-            keep.push(mem);
         }
         None
     }

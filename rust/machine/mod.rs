@@ -5,19 +5,37 @@
 //! - [`InflateReport`]: one move of the balloon with its stage breakdown.
 //! - [`bench_inflate`]: the seed's headline measurement (inflate 7 GiB of an 8 GiB guest),
 //!   every variant interleaved with the floors measured in the same run.
+//! - [`Scenario`], [`GuestRunner`], [`migrate_local`], [`listen`]/[`send`]: live migration of
+//!   a running guest, in one process or two, and [`bench_migrate`] (rows M1-M3).
 //! - [`pump_buffers`]: buffers through a bare queue pair (the ring benchmark).
 
 mod bench;
 mod config;
+mod migrate;
+mod migrate_bench;
+mod migrate_guest;
+mod migrate_hints;
 mod report;
 mod ring_pump;
+mod scenario;
 mod session;
 
 pub use bench::{
-    bench_inflate, BenchVariant, Fragmentation, InflateBenchConfig, InflateBenchRow,
-    InflateBenchTable,
+    bench_inflate, BenchVariant as InflateVariant, Fragmentation, InflateBenchConfig,
+    InflateBenchRow, InflateBenchTable,
 };
 pub use config::{parse_abi, MachineConfig, RunMode};
+pub use migrate::{
+    listen, listen_on, migrate_local, send, LocalLink, MigrateOptions, MigrateReport,
+    MigrationSummary,
+};
+pub use migrate_bench::{
+    bench_migrate, format_table, measure_floors, BenchMigrateConfig, BenchMigrateRow, BenchVariant,
+    MigrateFloors,
+};
+pub use migrate_guest::{GuestRunner, GuestState, WorkloadCounters};
+pub use migrate_hints::{FreeListStandIn, HintMode, HintProvider};
 pub use report::{InflateReport, Outcome};
 pub use ring_pump::{pump_buffers, PumpConfig, PumpResult};
+pub use scenario::{Scenario, ScenarioInfo};
 pub use session::Session;

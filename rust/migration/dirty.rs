@@ -11,10 +11,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::bitmap::{AtomicBitmap, PageBitmap};
 use super::error::MigrationError;
 pub use super::uffd::KernelTracker;
 use crate::memory::{GuestMemory, Pfn};
+use crate::pages::{AtomicPageBitmap, PageSet};
 
 /// The explicit dirty log: one atomic bit per guest page.
 ///
@@ -24,7 +24,7 @@ use crate::memory::{GuestMemory, Pfn};
 /// in which a write can slip past a starting migration); [`start`](DirtyLog::start) clears them.
 #[derive(Debug)]
 pub struct DirtyLog {
-    bits: AtomicBitmap,
+    bits: AtomicPageBitmap,
     enabled: AtomicBool,
     syncs: AtomicU64,
 }
@@ -33,7 +33,7 @@ impl DirtyLog {
     /// A clean log over `pages` guest pages.
     pub fn new(pages: u64) -> DirtyLog {
         DirtyLog {
-            bits: AtomicBitmap::new(pages),
+            bits: AtomicPageBitmap::new(pages),
             enabled: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
         }
@@ -46,7 +46,7 @@ impl DirtyLog {
 
     /// Number of pages covered.
     pub fn pages(&self) -> u64 {
-        self.bits.len()
+        self.bits.npages()
     }
 
     /// Records that pages `[pfn, pfn + npages)` were written (pages past the end are ignored).
@@ -57,7 +57,7 @@ impl DirtyLog {
 
     /// Whether `pfn` is marked and not yet synced.
     pub fn is_marked(&self, pfn: Pfn) -> bool {
-        self.bits.get(pfn.0)
+        self.bits.test(pfn.0)
     }
 
     /// Turns logging on for a migration: forgets earlier marks.
@@ -78,14 +78,14 @@ impl DirtyLog {
     }
 
     /// Takes the pages marked since the previous sync (get-and-reset).
-    pub fn sync(&self) -> PageBitmap {
-        let mut out = PageBitmap::new(self.bits.len());
+    pub fn sync(&self) -> PageSet {
+        let mut out = PageSet::new(self.bits.npages());
         self.sync_into(&mut out);
         out
     }
 
     /// ORs the pages marked since the previous sync into `out` and resets them.
-    pub fn sync_into(&self, out: &mut PageBitmap) {
+    pub fn sync_into(&self, out: &mut PageSet) {
         self.bits.take_into(out);
         self.syncs.fetch_add(1, Ordering::AcqRel);
     }
@@ -179,7 +179,7 @@ impl<'a> DirtyTracker<'a> {
     }
 
     /// ORs into `out` every page written since the previous sync (or since start) and resets.
-    pub fn sync_into(&mut self, out: &mut PageBitmap) -> Result<(), MigrationError> {
+    pub fn sync_into(&mut self, out: &mut PageSet) -> Result<(), MigrationError> {
         if let Some(k) = &mut self.kernel {
             k.sync(out)
                 .map_err(|source| MigrationError::KernelTracking {
@@ -192,8 +192,8 @@ impl<'a> DirtyTracker<'a> {
     }
 
     /// Every page written since the previous sync (get-and-reset).
-    pub fn sync(&mut self) -> Result<PageBitmap, MigrationError> {
-        let mut out = PageBitmap::new(self.log.pages());
+    pub fn sync(&mut self) -> Result<PageSet, MigrationError> {
+        let mut out = PageSet::new(self.log.pages());
         self.sync_into(&mut out)?;
         Ok(out)
     }
@@ -217,7 +217,7 @@ mod tests {
         log.mark(Pfn(999), 10);
         let r = log.sync();
         assert_eq!(r.runs().collect::<Vec<_>>(), vec![(5, 3), (999, 1)]);
-        assert_eq!(log.sync().count_ones(), 0);
+        assert!(log.sync().is_empty());
         assert_eq!(log.syncs(), 2);
     }
 
@@ -235,9 +235,9 @@ mod tests {
                 }
             };
             let pages = mem.pages();
-            let mut b = PageBitmap::new(pages);
+            let mut b = PageSet::new(pages);
             k.sync(&mut b).unwrap();
-            assert_eq!(b.count_ones(), 0, "{backing:?}: nothing written yet");
+            assert!(b.is_empty(), "{backing:?}: nothing written yet");
             mem.write(GuestAddress(3 * PAGE_SIZE), &[1]).unwrap(); // populated page
             mem.write(GuestAddress(1000 * PAGE_SIZE + 5), &[1, 2])
                 .unwrap(); // never touched
@@ -248,9 +248,9 @@ mod tests {
                 vec![(3, 1), (1000, 1)],
                 "{backing:?}"
             );
-            let mut b2 = PageBitmap::new(pages);
+            let mut b2 = PageSet::new(pages);
             k.sync(&mut b2).unwrap();
-            assert_eq!(b2.count_ones(), 0, "{backing:?}: re-protected by the scan");
+            assert!(b2.is_empty(), "{backing:?}: re-protected by the scan");
             mem.write(GuestAddress(3 * PAGE_SIZE), &[9]).unwrap();
             k.sync(&mut b2).unwrap();
             assert_eq!(b2.runs().collect::<Vec<_>>(), vec![(3, 1)], "{backing:?}");

@@ -108,6 +108,12 @@ pub enum StreamError {
         /// First page of the run.
         pfn: u64,
     },
+    /// A verify record covers no page.
+    #[error("verify record at pfn {pfn:#x} covers no page")]
+    EmptyVerifyRun {
+        /// First page of the record.
+        pfn: u64,
+    },
     /// A batch's records do not add up to its declared count or length.
     #[error("frame {frame} declares {declared} records but holds {found}")]
     RecordCountMismatch {

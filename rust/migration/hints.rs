@@ -13,8 +13,8 @@
 //! A page hinted free and then written by the guest before the next sync is caught by the dirty
 //! log and sent in the next round; the guest keeps hinted pages until `done` in any case.
 
-use super::bitmap::PageBitmap;
 use super::error::MigrationError;
+use crate::pages::PageSet;
 
 /// A supplier of free page hints for one migration (the balloon's free page queue, later).
 pub trait HintSource: Send {
@@ -75,7 +75,7 @@ impl Drop for HintGuard<'_> {
 /// guest not allocating from those pages before the migration starts).
 #[derive(Debug)]
 pub struct StaticHints {
-    free: PageBitmap,
+    free: PageSet,
     rounds: u32,
     active: bool,
     pending: bool,
@@ -88,7 +88,7 @@ pub struct StaticHints {
 
 impl StaticHints {
     /// Hints `free` in the first round.
-    pub fn new(free: PageBitmap) -> StaticHints {
+    pub fn new(free: PageSet) -> StaticHints {
         StaticHints {
             free,
             rounds: 1,
@@ -133,13 +133,13 @@ impl HintSource for StaticHints {
         }
         let mut n = 0;
         while n < self.per_poll {
-            let Some(first) = self.free.next_one(self.cursor) else {
+            let next = self.free.runs_in(self.cursor, self.free.npages()).next();
+            let Some((first, len)) = next else {
                 self.pending = false;
                 return Ok(true);
             };
-            let end = self.free.next_zero(first);
-            out(first, end - first);
-            self.cursor = end;
+            out(first, len);
+            self.cursor = first + len;
             n += 1;
         }
         Ok(false)

@@ -6,7 +6,15 @@
 //! caught by dirty tracking ([`DirtyLog`], or the kernel's own with [`DirtyTracking::Kernel`])
 //! and resent; free pages the guest hints through a [`HintSource`] are skipped in the round
 //! they were hinted for, with QEMU's ordering rules (reference/protocol.md §4). Pages the host
-//! never populated are sent as zero runs without being read. [`verify`] checks the result.
+//! never populated are sent as zero runs without being read. [`verify`] checks the result in
+//! one process; across processes the stream's verify trailer ([`Source::with_remote_verify`])
+//! has the destination compare checksums of every used page. Page sets (the round's bitmap,
+//! the dirty log, hints) are [`PageSet`](crate::pages::PageSet)s and
+//! [`AtomicPageBitmap`](crate::pages::AtomicPageBitmap)s.
+//!
+//! The machine layer ([`crate::machine`]) runs this engine on a modelled guest with a workload
+//! (`migrate_local`, `listen`/`send`, `bench_migrate`); use it unless you drive the guest
+//! yourself.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -59,7 +67,6 @@
 //! 50-100 ms per 8 GiB (write-protect markers for every page), and falls back to the
 //! explicit log with the reason recorded in [`MigrationResult::dirty_backend`].
 
-pub mod bitmap;
 pub mod crc;
 mod dest;
 pub mod dirty;
@@ -70,14 +77,15 @@ pub mod stream;
 pub mod transport;
 mod uffd;
 
-pub use bitmap::{AtomicBitmap, PageBitmap};
-pub use dest::{verify, DestConfig, DestReport, Destination, VerifyReport};
+pub use dest::{verify, DestConfig, DestReport, Destination, RemoteVerify, VerifyReport};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};
 pub use error::{MigrationError, RejectReason, StreamError};
 pub use hints::{
     HintFeed, HintGuard, HintSource, QueuedHints, StaticHints, CMD_ID_DONE, CMD_ID_MIN, CMD_ID_STOP,
 };
-pub use source::{GuestControl, MigrationConfig, MigrationResult, NoGuest, RoundStats, Source};
+pub use source::{
+    GuestControl, MigrationConfig, MigrationResult, NoGuest, RoundStats, Source, CHUNK_PAGES,
+};
 pub use transport::{
     in_process_pair, tcp_accept, tcp_connect, tcp_listen, Channel, RateLimited, TokenBucket,
     TEN_GBIT,

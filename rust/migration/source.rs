@@ -23,15 +23,18 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bitmap::PageBitmap;
+use super::dest::RemoteVerify;
 use super::dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking};
 use super::error::MigrationError;
 use super::hints::{HintGuard, HintSource};
 use super::stream::{
     read_reply, Header, ReplyCode, Sink, StreamWriter, FLAG_HINTED, FLAG_SKIP_UNPOPULATED,
+    FLAG_VERIFY, REPLY_MAGIC,
 };
 use super::transport::{map_io_error, Channel, RateLimited, TEN_GBIT};
+use crate::guest::hash::hash64;
 use crate::memory::{process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::pages::PageSet;
 
 /// Pauses and resumes the guest's vCPUs (here: its workload threads).
 ///
@@ -72,6 +75,9 @@ pub struct MigrationConfig {
     pub io_timeout: Duration,
     /// Set to true to cancel the migration (checked between chunks).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Pages per chunk of a round: hints are polled, residency checked and cancellation seen
+    /// once per chunk ([`CHUNK_PAGES`] by default).
+    pub chunk_pages: u64,
 }
 
 impl Default for MigrationConfig {
@@ -85,6 +91,7 @@ impl Default for MigrationConfig {
             skip_unpopulated: true,
             io_timeout: Duration::from_secs(10),
             cancel: None,
+            chunk_pages: CHUNK_PAGES,
         }
     }
 }
@@ -143,6 +150,9 @@ pub struct MigrationResult {
     pub dirty_backend: DirtyBackend,
     /// Per-round figures.
     pub per_round: Vec<RoundStats>,
+    /// The destination's verdict on the verify trailer, if one was sent
+    /// ([`Source::with_remote_verify`]); `first_mismatches` stays empty on this side.
+    pub remote_verify: Option<RemoteVerify>,
 }
 
 /// One migration's source side: borrows the guest and runs to completion in [`Source::run`].
@@ -151,6 +161,7 @@ pub struct Source<'a> {
     log: &'a DirtyLog,
     guest: &'a dyn GuestControl,
     hints: Option<&'a mut dyn HintSource>,
+    used: Option<&'a dyn Fn() -> PageSet>,
     config: MigrationConfig,
 }
 
@@ -159,13 +170,14 @@ impl std::fmt::Debug for Source<'_> {
         f.debug_struct("Source")
             .field("guest_size", &self.mem.size())
             .field("hints", &self.hints.is_some())
+            .field("remote_verify", &self.used.is_some())
             .field("config", &self.config)
             .finish()
     }
 }
 
-/// Pages per chunk: hints are polled and residency is checked once per chunk (16 MiB).
-const CHUNK_PAGES: u64 = 4096;
+/// Default pages per chunk: hints are polled and residency is checked once per chunk (16 MiB).
+pub const CHUNK_PAGES: u64 = 4096;
 /// Frames queued for the writer thread.
 const QUEUE_DEPTH: usize = 4;
 
@@ -182,6 +194,7 @@ impl<'a> Source<'a> {
             log,
             guest,
             hints: None,
+            used: None,
             config,
         }
     }
@@ -189,6 +202,14 @@ impl<'a> Source<'a> {
     /// Uses `hints` to skip the guest's free pages.
     pub fn with_hints(mut self, hints: &'a mut dyn HintSource) -> Source<'a> {
         self.hints = Some(hints);
+        self
+    }
+
+    /// After the migration, sends the destination a checksum of every page in `used()` (the
+    /// pages the guest uses, computed with the guest paused) and gets back how many differ: the
+    /// stream's verify trailer ([`FLAG_VERIFY`]).
+    pub fn with_remote_verify(mut self, used: &'a dyn Fn() -> PageSet) -> Source<'a> {
+        self.used = Some(used);
         self
     }
 
@@ -203,6 +224,7 @@ impl<'a> Source<'a> {
             log,
             guest,
             hints,
+            used,
             config,
         } = self;
         let mut chan = RateLimited::new(chan, config.bandwidth_bytes_per_s);
@@ -223,11 +245,10 @@ impl<'a> Source<'a> {
             cfg: &config,
             stats: Vec::new(),
         };
-        let res = engine.migrate(log, &mut chan, &mut hints, &mut pause, t0);
+        let res = engine.migrate(log, &mut chan, &mut hints, &mut pause, used, t0);
         match res {
             Ok(mut r) => {
                 pause.keep_paused = true;
-                r.bytes_sent = chan.bytes_sent();
                 r.peak_rss_bytes = process_peak_rss_bytes().unwrap_or(0);
                 Ok(r)
             }
@@ -239,6 +260,33 @@ impl<'a> Source<'a> {
         }
         // `hints` drops here (DONE), then `pause` (resume unless kept paused).
     }
+}
+
+fn unexpected(code: ReplyCode) -> MigrationError {
+    MigrationError::BadReply {
+        magic: REPLY_MAGIC,
+        code: code.to_u32(),
+    }
+}
+
+/// Adds pages `[pfn, pfn + n)` to the pending zero run, writing the pending one out first if
+/// the new pages do not continue it.
+fn extend_zero_run(
+    run: &mut Option<(u64, u64)>,
+    pfn: u64,
+    n: u64,
+    w: &mut StreamWriter,
+    sink: &mut QueueSink,
+) -> io::Result<()> {
+    match run {
+        Some((f, c)) if *f + *c == pfn => *c += n,
+        _ => {
+            if let Some((f, c)) = run.replace((pfn, n)) {
+                w.zero_run(sink, f, c)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// After a send failure, the destination may have said why before closing: prefer its reason.
@@ -325,6 +373,7 @@ impl Engine<'_> {
         chan: &mut RateLimited<impl Channel>,
         hints: &mut HintGuard<'_>,
         pause: &mut PauseGuard<'_>,
+        used: Option<&dyn Fn() -> PageSet>,
         t0: Instant,
     ) -> Result<MigrationResult, MigrationError> {
         let mem = self.mem;
@@ -336,6 +385,9 @@ impl Engine<'_> {
         }
         if self.cfg.skip_unpopulated {
             flags |= FLAG_SKIP_UNPOPULATED;
+        }
+        if used.is_some() {
+            flags |= FLAG_VERIFY;
         }
         let header = Header {
             guest_size: mem.size(),
@@ -350,20 +402,26 @@ impl Engine<'_> {
             (ReplyCode::Reject(reason), detail) => {
                 return Err(MigrationError::Rejected { reason, detail })
             }
-            (ReplyCode::Done, _) => return Err(MigrationError::BadReply { magic: 0, code: 2 }),
+            (code, _) => return Err(unexpected(code)),
         }
 
         let (downtime_start, converged) = std::thread::scope(|s| {
             let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_DEPTH);
             let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
             let link = &mut *chan;
-            let writer = s.spawn(move || -> io::Result<()> {
-                for frame in rx {
-                    io::Write::write_all(link, &frame)?;
-                    let _ = spare_tx.send(frame);
-                }
-                io::Write::flush(link)
-            });
+            let writer = std::thread::Builder::new()
+                .name("vb-link-writer".into())
+                .spawn_scoped(s, move || -> io::Result<()> {
+                    for frame in rx {
+                        io::Write::write_all(link, &frame)?;
+                        let _ = spare_tx.send(frame);
+                    }
+                    io::Write::flush(link)
+                })
+                .map_err(|source| MigrationError::Io {
+                    op: "spawn the link writer",
+                    source,
+                })?;
             let mut sink = QueueSink {
                 tx,
                 spare: spare_rx,
@@ -386,15 +444,21 @@ impl Engine<'_> {
             (ReplyCode::Reject(reason), detail) => {
                 return Err(MigrationError::Rejected { reason, detail })
             }
-            (ReplyCode::Accept, _) => return Err(MigrationError::BadReply { magic: 0, code: 1 }),
+            (code, _) => return Err(unexpected(code)),
+        };
+        let total_time = t0.elapsed();
+        let bytes_sent = chan.bytes_sent();
+        let remote_verify = match used {
+            Some(used) => Some(self.send_checksums(&used(), &mut w, chan)?),
+            None => None,
         };
         let stats = std::mem::take(&mut self.stats);
         let sum = |f: fn(&RoundStats) -> u64| stats.iter().map(f).sum::<u64>();
         Ok(MigrationResult {
-            total_time: t0.elapsed(),
+            total_time,
             rounds: stats.len() as u32,
             converged,
-            bytes_sent: 0,
+            bytes_sent,
             data_pages: sum(|r| r.data_pages),
             zero_pages: sum(|r| r.zero_pages),
             hinted_pages: sum(|r| r.hinted_pages),
@@ -404,7 +468,40 @@ impl Engine<'_> {
             peak_rss_bytes: 0,
             dirty_backend: tracker.backend().clone(),
             per_round: stats,
+            remote_verify,
         })
+    }
+
+    /// The verify trailer: checksums of the `used` pages, then the destination's verdict.
+    fn send_checksums(
+        &self,
+        used: &PageSet,
+        w: &mut StreamWriter,
+        chan: &mut RateLimited<impl Channel>,
+    ) -> Result<RemoteVerify, MigrationError> {
+        let io_timeout = self.cfg.io_timeout;
+        let io = |op| move |e| map_io_error(op, io_timeout, e);
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        let mut sums = Vec::new();
+        for (first, n) in used.runs() {
+            sums.clear();
+            for pfn in first..first + n {
+                self.mem.read(GuestAddress(pfn * PAGE_SIZE), &mut page)?;
+                sums.push(hash64(&page));
+            }
+            w.verify_pages(chan, first, &sums)
+                .map_err(io("send verify trailer"))?;
+        }
+        let (pages, _) = w.finish_verify(chan).map_err(io("send verify end"))?;
+        match read_reply(chan, io_timeout)? {
+            (ReplyCode::Verified, mismatched) => Ok(RemoteVerify {
+                pages_checked: pages,
+                mismatched,
+                first_mismatches: Vec::new(),
+            }),
+            (ReplyCode::Reject(reason), detail) => Err(MigrationError::Rejected { reason, detail }),
+            (code, _) => Err(unexpected(code)),
+        }
     }
 
     /// Runs the live rounds and the stop-and-copy round; returns (pause instant, converged).
@@ -419,7 +516,7 @@ impl Engine<'_> {
         let io_timeout = self.cfg.io_timeout;
         let io = |op| move |e| map_io_error(op, io_timeout, e);
         let pages = self.mem.pages();
-        let mut set = PageBitmap::full(pages);
+        let mut set = PageSet::full(pages);
         let mut round = 1u32;
         let converged = loop {
             self.check_cancel()?;
@@ -428,7 +525,7 @@ impl Engine<'_> {
             w.round(sink, round).map_err(io("send round marker"))?;
             let mut st = RoundStats {
                 round,
-                pages_in_bitmap: set.count_ones(),
+                pages_in_bitmap: set.count(),
                 ..RoundStats::default()
             };
             let mut source = hints.source();
@@ -441,9 +538,9 @@ impl Engine<'_> {
             sent?;
             stopped?;
             w.flush_batch(sink).map_err(io("send batch"))?;
-            set.clear_all();
+            set.clear();
             tracker.sync_into(&mut set)?;
-            st.dirty_after = set.count_ones();
+            st.dirty_after = set.count();
             st.duration = t.elapsed();
             st.bytes = sink.sent - bytes0;
             let rate = match self.cfg.bandwidth_bytes_per_s {
@@ -471,7 +568,7 @@ impl Engine<'_> {
         let mut st = RoundStats {
             round,
             stop_and_copy: true,
-            pages_in_bitmap: set.count_ones(),
+            pages_in_bitmap: set.count(),
             ..RoundStats::default()
         };
         w.round(sink, round).map_err(io("send round marker"))?;
@@ -486,7 +583,7 @@ impl Engine<'_> {
     /// Sends every page whose bit is set in `set`, applying hints before each chunk.
     fn send_set(
         &mut self,
-        set: &mut PageBitmap,
+        set: &mut PageSet,
         mut hints: Option<&mut (dyn HintSource + '_)>,
         w: &mut StreamWriter,
         sink: &mut QueueSink,
@@ -495,13 +592,13 @@ impl Engine<'_> {
         let io_timeout = self.cfg.io_timeout;
         let io = |e| map_io_error("send batch", io_timeout, e);
         let mem = self.mem;
-        let pages = set.len();
+        let pages = set.npages();
         let mut run: Option<(u64, u64)> = None; // pending zero run
         let mut hints_finished = false;
         let mut chunk = 0;
         while chunk < pages {
             self.check_cancel()?;
-            let end = (chunk + CHUNK_PAGES).min(pages);
+            let end = (chunk + self.cfg.chunk_pages.max(1)).min(pages);
             if let Some(h) = hints.as_deref_mut().filter(|_| !hints_finished) {
                 let cursor = chunk;
                 let hinted = &mut st.hinted_pages;
@@ -510,7 +607,8 @@ impl Engine<'_> {
                     let lo = first.max(cursor);
                     let hi = first.saturating_add(n).min(pages);
                     if hi > lo {
-                        *hinted += set.clear_range(lo, hi - lo);
+                        *hinted += set.count_range(lo, hi - lo);
+                        set.remove_range(lo, hi - lo);
                     }
                 })?;
             }
@@ -523,35 +621,31 @@ impl Engine<'_> {
             } else {
                 None
             };
-            let mut p = chunk;
-            while let Some(pfn) = set.next_one(p).filter(|&x| x < end) {
-                p = pfn + 1;
-                let addr = GuestAddress(pfn * PAGE_SIZE);
-                let unpopulated = resident
-                    .as_ref()
-                    .is_some_and(|r| r[(pfn - chunk) as usize] & 1 == 0);
-                let zero = if unpopulated {
-                    st.unpopulated_pages += 1;
-                    true
-                } else if self.cfg.zero_detection && mem.is_zero(addr, PAGE_SIZE)? {
-                    st.zero_pages += 1;
-                    true
-                } else {
-                    false
-                };
-                if zero {
-                    match &mut run {
-                        Some((f, c)) if *f + *c == pfn => *c += 1,
-                        _ => {
-                            if let Some((f, c)) = run.replace((pfn, 1)) {
-                                w.zero_run(sink, f, c).map_err(io)?;
-                            }
+            for (first, n) in set.runs_in(chunk, end) {
+                let mut pfn = first;
+                while pfn < first + n {
+                    // A stretch of unpopulated pages is one zero run, whatever its length.
+                    if let Some(r) = &resident {
+                        let from = (pfn - chunk) as usize;
+                        let to = (first + n - chunk) as usize;
+                        let k = r[from..to].iter().take_while(|&&b| b & 1 == 0).count() as u64;
+                        if k > 0 {
+                            st.unpopulated_pages += k;
+                            extend_zero_run(&mut run, pfn, k, w, sink).map_err(io)?;
+                            pfn += k;
+                            continue;
                         }
                     }
-                } else {
-                    let slot = w.data_slot(sink, pfn).map_err(io)?;
-                    mem.read(addr, slot)?;
-                    st.data_pages += 1;
+                    let addr = GuestAddress(pfn * PAGE_SIZE);
+                    if self.cfg.zero_detection && mem.is_zero(addr, PAGE_SIZE)? {
+                        st.zero_pages += 1;
+                        extend_zero_run(&mut run, pfn, 1, w, sink).map_err(io)?;
+                    } else {
+                        let slot = w.data_slot(sink, pfn).map_err(io)?;
+                        mem.read(addr, slot)?;
+                        st.data_pages += 1;
+                    }
+                    pfn += 1;
                 }
             }
             chunk = end;

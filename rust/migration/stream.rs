@@ -9,7 +9,7 @@
 //! | 8 | 4 | format version, [`VERSION`] (1) |
 //! | 12 | 4 | page size, 4096 |
 //! | 16 | 8 | guest RAM size in bytes (a positive multiple of the page size) |
-//! | 24 | 8 | flags: bit 0 [`FLAG_HINTED`] (free pages hinted by the guest may never be sent), bit 1 [`FLAG_SKIP_UNPOPULATED`] (never-populated pages are sent as zero runs unread); other bits must be 0 |
+//! | 24 | 8 | flags: bit 0 [`FLAG_HINTED`] (free pages hinted by the guest may never be sent), bit 1 [`FLAG_SKIP_UNPOPULATED`] (never-populated pages are sent as zero runs unread), bit 2 [`FLAG_VERIFY`] (a verify trailer follows the end frame); other bits must be 0 |
 //! | 32 | 4 | reserved, 0 |
 //! | 36 | 4 | CRC-32C of bytes 0..36 |
 //!
@@ -17,7 +17,7 @@
 //! Every frame is a 16-byte frame header followed by `len` payload bytes:
 //! | off | size | field |
 //! |---|---|---|
-//! | 0 | 1 | type: 1 = batch, 2 = round marker, 3 = end |
+//! | 0 | 1 | type: 1 = batch, 2 = round marker, 3 = end, 4 = verify, 5 = verify end |
 //! | 1 | 3 | reserved, 0 |
 //! | 4 | 4 | record count (batches; 0 for the other types) |
 //! | 8 | 4 | payload length `len` |
@@ -40,10 +40,25 @@
 //! round number, u32 chain CRC: CRC-32C over the 4-byte CRC fields of every earlier frame, in
 //! order (catches a lost, repeated or reordered frame whose own CRC is fine).
 //!
+//! ## Verify trailer (only with [`FLAG_VERIFY`], after the destination's DONE)
+//! With the guest paused and the migration complete, the source proves to the destination
+//! which pages must match: it sends a checksum of every page the guest uses (not free, not
+//! ballooned), and the destination compares each with its own copy. Free pages are not
+//! listed, since they need not arrive.
+//! - **Verify** (type 4, `len` ≤ [`MAX_BATCH_PAYLOAD`]): `count` records, each a u64
+//!   `first_pfn`, a u64 page count `n` ≥ 1, then `n` u64 checksums, one per page
+//!   `first_pfn ..first_pfn + n` in order. The checksum of a page is
+//!   [`hash64`](crate::guest::hash::hash64) of its 4096 bytes.
+//! - **Verify end** (type 5, `len` = 16, last frame): u64 pages checksummed, u64 verify frames
+//!   before this one.
+//!
+//! Frames of type 4 and 5 are invalid before the end frame or without the flag.
+//!
 //! ## Replies (destination to source, 16 bytes each)
 //! u32 magic `"VBRP"` ([`REPLY_MAGIC`]), u32 code ([`ReplyCode`]), u64 detail. The destination
-//! answers the header with ACCEPT or a rejection, and the end frame with DONE (detail: data
-//! pages applied) or a rejection; on any error it sends a rejection if it still can.
+//! answers the header with ACCEPT (1) or a rejection, the end frame with DONE (2; detail: data
+//! pages applied) or a rejection, and a verify end frame with VERIFIED (3; detail: pages whose
+//! checksum differs); on any error it sends a rejection if it still can.
 
 use std::io::{self, Read, Write};
 use std::time::Duration;
@@ -65,7 +80,9 @@ pub const FRAME_HEADER_LEN: usize = 16;
 pub const FLAG_HINTED: u64 = 1 << 0;
 /// Header flag: never-populated pages are sent as zero runs without being read.
 pub const FLAG_SKIP_UNPOPULATED: u64 = 1 << 1;
-const KNOWN_FLAGS: u64 = FLAG_HINTED | FLAG_SKIP_UNPOPULATED;
+/// Header flag: a verify trailer follows the end frame.
+pub const FLAG_VERIFY: u64 = 1 << 2;
+const KNOWN_FLAGS: u64 = FLAG_HINTED | FLAG_SKIP_UNPOPULATED | FLAG_VERIFY;
 /// Largest batch payload.
 pub const MAX_BATCH_PAYLOAD: u32 = 2 << 20;
 /// Most records in one batch.
@@ -76,6 +93,13 @@ pub const TARGET_BATCH_PAYLOAD: usize = 256 * DATA_RECORD_LEN;
 const FRAME_BATCH: u8 = 1;
 const FRAME_ROUND: u8 = 2;
 const FRAME_END: u8 = 3;
+const FRAME_VERIFY: u8 = 4;
+const FRAME_VERIFY_END: u8 = 5;
+const VERIFY_END_LEN: u32 = 16;
+/// Bytes of a verify record's head (first pfn, page count).
+const VERIFY_HEAD_LEN: usize = 16;
+/// Most checksums one verify record carries.
+const VERIFY_MAX_RUN: usize = (TARGET_BATCH_PAYLOAD - VERIFY_HEAD_LEN) / 8;
 const ROUND_LEN: u32 = 8;
 const END_LEN: u32 = 40;
 const KIND_DATA: u8 = 1;
@@ -209,15 +233,19 @@ pub enum ReplyCode {
     Accept,
     /// Everything arrived and was applied.
     Done,
+    /// The verify trailer was checked (detail: pages that differ).
+    Verified,
     /// The destination refused or aborted.
     Reject(RejectReason),
 }
 
 impl ReplyCode {
-    fn to_u32(self) -> u32 {
+    /// The code's number on the wire.
+    pub fn to_u32(self) -> u32 {
         match self {
             ReplyCode::Accept => 1,
             ReplyCode::Done => 2,
+            ReplyCode::Verified => 3,
             ReplyCode::Reject(RejectReason::TooLarge) => 16,
             ReplyCode::Reject(RejectReason::BadStream) => 17,
             ReplyCode::Reject(RejectReason::Full) => 18,
@@ -230,6 +258,7 @@ impl ReplyCode {
         match c {
             1 => ReplyCode::Accept,
             2 => ReplyCode::Done,
+            3 => ReplyCode::Verified,
             16 => ReplyCode::Reject(RejectReason::TooLarge),
             17 => ReplyCode::Reject(RejectReason::BadStream),
             18 => ReplyCode::Reject(RejectReason::Full),
@@ -307,6 +336,8 @@ pub struct StreamWriter {
     count: u32,
     totals: Totals,
     guest_pages: u64,
+    /// Verify trailer: pages checksummed, frames written.
+    verify: (u64, u64),
 }
 
 impl StreamWriter {
@@ -319,6 +350,7 @@ impl StreamWriter {
             count: 0,
             totals: Totals::default(),
             guest_pages: header.pages(),
+            verify: (0, 0),
         }
     }
 
@@ -433,6 +465,51 @@ impl StreamWriter {
         w.flush_frames()?;
         Ok(t)
     }
+
+    /// Appends verify records for pages `first, first + 1, ...` with checksums `sums` (after
+    /// [`finish`](Self::finish), in a stream with [`FLAG_VERIFY`]).
+    pub fn verify_pages(&mut self, w: &mut dyn Sink, first: u64, sums: &[u64]) -> io::Result<()> {
+        let mut at = first;
+        for part in sums.chunks(VERIFY_MAX_RUN) {
+            if self.buf.len() - FRAME_HEADER_LEN + VERIFY_HEAD_LEN + 8 * part.len()
+                > TARGET_BATCH_PAYLOAD
+            {
+                self.flush_verify(w)?;
+            }
+            self.buf.extend_from_slice(&at.to_le_bytes());
+            self.buf
+                .extend_from_slice(&(part.len() as u64).to_le_bytes());
+            for s in part {
+                self.buf.extend_from_slice(&s.to_le_bytes());
+            }
+            self.count += 1;
+            self.verify.0 += part.len() as u64;
+            at += part.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn flush_verify(&mut self, w: &mut dyn Sink) -> io::Result<()> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        let count = self.count;
+        self.write_frame(w, FRAME_VERIFY, count)?;
+        self.verify.1 += 1;
+        Ok(())
+    }
+
+    /// Writes the pending verify records and the verify end frame, flushes `w`, and returns
+    /// (pages checksummed, verify frames before the end).
+    pub fn finish_verify(&mut self, w: &mut dyn Sink) -> io::Result<(u64, u64)> {
+        self.flush_verify(w)?;
+        let (pages, frames) = self.verify;
+        self.buf.extend_from_slice(&pages.to_le_bytes());
+        self.buf.extend_from_slice(&frames.to_le_bytes());
+        self.write_frame(w, FRAME_VERIFY_END, 0)?;
+        w.flush_frames()?;
+        Ok((pages, frames))
+    }
 }
 
 /// One record of a batch, borrowed from the reader's buffer.
@@ -485,6 +562,59 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// Checksums of consecutive pages, from a verify frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyRun<'a> {
+    /// First page.
+    pub first: u64,
+    sums: &'a [u8],
+}
+
+impl VerifyRun<'_> {
+    /// Number of pages.
+    pub fn len(&self) -> u64 {
+        (self.sums.len() / 8) as u64
+    }
+
+    /// Whether the run is empty (never, in a validated frame).
+    pub fn is_empty(&self) -> bool {
+        self.sums.is_empty()
+    }
+
+    /// (page, checksum) for each page of the run.
+    pub fn pages(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let first = self.first;
+        self.sums
+            .chunks_exact(8)
+            .enumerate()
+            .map(move |(i, c)| (first + i as u64, le64(c, 0)))
+    }
+}
+
+/// The records of one verify frame, already validated.
+#[derive(Clone, Debug)]
+pub struct VerifyBatch<'a> {
+    payload: &'a [u8],
+}
+
+impl<'a> VerifyBatch<'a> {
+    /// The runs in stream order.
+    pub fn runs(&self) -> impl Iterator<Item = VerifyRun<'a>> + 'a {
+        let p = self.payload;
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            if at >= p.len() {
+                return None;
+            }
+            let first = le64(p, at);
+            let n = le64(p, at + 8) as usize;
+            let sums = &p[at + VERIFY_HEAD_LEN..at + VERIFY_HEAD_LEN + 8 * n];
+            at += VERIFY_HEAD_LEN + 8 * n;
+            Some(VerifyRun { first, sums })
+        })
+    }
+}
+
 /// One frame as the reader hands it out.
 #[derive(Debug)]
 pub enum Frame<'a> {
@@ -494,6 +624,10 @@ pub enum Frame<'a> {
     Round(u32),
     /// The end of the stream, with its (verified) totals.
     End(Totals),
+    /// Checksums of used pages (verify trailer).
+    Verify(VerifyBatch<'a>),
+    /// The end of the verify trailer: pages checksummed (checked against the records).
+    VerifyEnd(u64),
 }
 
 /// Reads and validates a migration stream frame by frame.
@@ -504,6 +638,8 @@ pub struct StreamReader {
     received: Totals,
     timeout: Duration,
     ended: bool,
+    /// Verify trailer: pages and frames received, and whether its end frame came.
+    verify: (u64, u64, bool),
 }
 
 impl StreamReader {
@@ -521,6 +657,7 @@ impl StreamReader {
             },
             timeout,
             ended: false,
+            verify: (0, 0, false),
         })
     }
 
@@ -540,7 +677,10 @@ impl StreamReader {
         len: usize,
         what: &'static str,
     ) -> Result<(), MigrationError> {
-        self.buf.resize(len, 0);
+        // Grow only: zeroing a megabyte per frame would cost more than the CRC.
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
         let got =
             read_full(r, &mut self.buf[..len]).map_err(|e| map_io_error(what, self.timeout, e))?;
         if got < len {
@@ -562,10 +702,13 @@ impl StreamReader {
         let count = le32(&self.buf, 4);
         let len = le32(&self.buf, 8);
         let stored = le32(&self.buf, 12);
+        let trailer = self.ended && self.header.flags & FLAG_VERIFY != 0 && !self.verify.2;
         let (min, max) = match kind {
-            FRAME_BATCH => (ZERO_RECORD_LEN as u32, MAX_BATCH_PAYLOAD),
-            FRAME_ROUND => (ROUND_LEN, ROUND_LEN),
-            FRAME_END => (END_LEN, END_LEN),
+            FRAME_BATCH if !self.ended => (ZERO_RECORD_LEN as u32, MAX_BATCH_PAYLOAD),
+            FRAME_ROUND if !self.ended => (ROUND_LEN, ROUND_LEN),
+            FRAME_END if !self.ended => (END_LEN, END_LEN),
+            FRAME_VERIFY if trailer => (VERIFY_HEAD_LEN as u32 + 8, MAX_BATCH_PAYLOAD),
+            FRAME_VERIFY_END if trailer => (VERIFY_END_LEN, VERIFY_END_LEN),
             _ => return Err(StreamError::UnknownFrame { kind, frame }.into()),
         };
         if self.buf[1..4] != [0, 0, 0] {
@@ -582,7 +725,8 @@ impl StreamReader {
         }
         let head_crc = crc32c(&self.buf[..12]);
         self.fill(r, len as usize, "frame payload")?;
-        let computed = crc32c_append(head_crc, &self.buf);
+        let payload = &self.buf[..len as usize];
+        let computed = crc32c_append(head_crc, payload);
         if stored != computed {
             return Err(StreamError::ChecksumMismatch {
                 what: "frame",
@@ -598,15 +742,15 @@ impl StreamReader {
         self.received.chain_crc = crc32c_append(self.received.chain_crc, &stored.to_le_bytes());
         match kind {
             FRAME_BATCH => {
-                let (data, zero) = validate_batch(&self.buf, count, frame, self.header.pages())?;
+                let (data, zero) = validate_batch(payload, count, frame, self.header.pages())?;
                 self.received.data_pages += data;
                 self.received.zero_pages += zero;
-                Ok(Frame::Batch(Batch { payload: &self.buf }))
+                Ok(Frame::Batch(Batch { payload }))
             }
             FRAME_ROUND => {
-                let round = le32(&self.buf, 0);
+                let round = le32(payload, 0);
                 let expected = before.rounds + 1;
-                if round != expected || le32(&self.buf, 4) != 0 {
+                if round != expected || le32(payload, 4) != 0 {
                     return Err(StreamError::RoundOutOfOrder {
                         found: round,
                         expected,
@@ -616,8 +760,8 @@ impl StreamReader {
                 self.received.rounds = round;
                 Ok(Frame::Round(round))
             }
-            _ => {
-                let b = &self.buf;
+            FRAME_END => {
+                let b = payload;
                 let stored = Totals {
                     data_pages: le64(b, 0),
                     zero_pages: le64(b, 8),
@@ -630,6 +774,30 @@ impl StreamReader {
                 self.ended = true;
                 Ok(Frame::End(stored))
             }
+            FRAME_VERIFY => {
+                let pages = validate_verify(payload, count, frame, self.header.pages())?;
+                self.verify.0 += pages;
+                self.verify.1 += 1;
+                Ok(Frame::Verify(VerifyBatch { payload }))
+            }
+            _ => {
+                let (pages, frames) = (le64(payload, 0), le64(payload, 8));
+                for (field, stored, received) in [
+                    ("verified pages", pages, self.verify.0),
+                    ("verify frames", frames, self.verify.1),
+                ] {
+                    if stored != received {
+                        return Err(StreamError::TotalsMismatch {
+                            field,
+                            stored,
+                            received,
+                        }
+                        .into());
+                    }
+                }
+                self.verify.2 = true;
+                Ok(Frame::VerifyEnd(pages))
+            }
         }
     }
 
@@ -641,6 +809,57 @@ impl StreamReader {
             _ => Err(StreamError::TrailingBytes.into()),
         }
     }
+}
+
+/// Walks a verify payload once, checking record lengths, counts and page bounds; returns the
+/// pages it covers.
+fn validate_verify(
+    p: &[u8],
+    declared: u32,
+    frame: u64,
+    guest_pages: u64,
+) -> Result<u64, StreamError> {
+    let (mut at, mut found, mut pages) = (0usize, 0u32, 0u64);
+    while at < p.len() {
+        let left = p.len() - at;
+        if left < VERIFY_HEAD_LEN {
+            return Err(StreamError::Truncated {
+                what: "verify record",
+                needed: VERIFY_HEAD_LEN,
+                got: left,
+            });
+        }
+        let (first, n) = (le64(p, at), le64(p, at + 8));
+        if n == 0 {
+            return Err(StreamError::EmptyVerifyRun { pfn: first });
+        }
+        // `n` is at most `left / 8` here, so the multiplication cannot overflow.
+        if n > ((left - VERIFY_HEAD_LEN) / 8) as u64 {
+            return Err(StreamError::Truncated {
+                what: "verify record",
+                needed: VERIFY_HEAD_LEN.saturating_add((n as usize).saturating_mul(8)),
+                got: left,
+            });
+        }
+        if first.checked_add(n).is_none_or(|end| end > guest_pages) {
+            return Err(StreamError::PfnOutOfRange {
+                pfn: first,
+                count: n,
+                guest_pages,
+            });
+        }
+        at += VERIFY_HEAD_LEN + 8 * n as usize;
+        pages += n;
+        found += 1;
+    }
+    if found != declared {
+        return Err(StreamError::RecordCountMismatch {
+            frame,
+            declared,
+            found,
+        });
+    }
+    Ok(pages)
 }
 
 fn check_totals(stored: &Totals, got: &Totals) -> Result<(), StreamError> {
@@ -791,6 +1010,20 @@ mod tests {
                 Frame::Round(n) => log.push(format!("r{n}")),
                 Frame::End(t) => {
                     log.push(format!("end{}", t.data_pages));
+                    if s.header().flags & FLAG_VERIFY == 0 {
+                        s.expect_eof(r)?;
+                        return Ok(log);
+                    }
+                }
+                Frame::Verify(b) => {
+                    for run in b.runs() {
+                        for (pfn, sum) in run.pages() {
+                            log.push(format!("v{pfn}:{sum}"));
+                        }
+                    }
+                }
+                Frame::VerifyEnd(n) => {
+                    log.push(format!("vend{n}"));
                     s.expect_eof(r)?;
                     return Ok(log);
                 }
@@ -884,6 +1117,63 @@ mod tests {
                 count: 5,
                 guest_pages: 64
             }
+        );
+    }
+
+    fn with_trailer(flags: u64, sums: &[(u64, Vec<u64>)], forge: Option<(u64, u64)>) -> Vec<u8> {
+        let h = Header {
+            guest_size: 64 * PAGE_SIZE,
+            flags,
+        };
+        let mut out = Vec::new();
+        let mut w = StreamWriter::new(&h);
+        w.write_header(&mut out, &h).unwrap();
+        w.round(&mut out, 1).unwrap();
+        w.zero_run(&mut out, 0, 64).unwrap();
+        w.finish(&mut out).unwrap();
+        for (first, s) in sums {
+            w.verify_pages(&mut out, *first, s).unwrap();
+        }
+        if let Some(v) = forge {
+            w.verify = v;
+        }
+        w.finish_verify(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn test_verify_trailer_round_trip_and_rejections() {
+        let sums = [(3, vec![7, 8]), (60, vec![9; 4])];
+        let good = with_trailer(FLAG_VERIFY, &sums, None);
+        assert_eq!(
+            decode(&good).unwrap(),
+            ["r1", "z0+64", "end0", "v3:7", "v4:8", "v60:9", "v61:9", "v62:9", "v63:9", "vend6"]
+        );
+        // Without the flag nothing may follow the end frame.
+        let e = stream_err(&with_trailer(0, &sums, None));
+        assert_eq!(e, StreamError::TrailingBytes);
+        // Pages past the guest, and an end frame that miscounts.
+        let e = stream_err(&with_trailer(FLAG_VERIFY, &[(62, vec![1; 3])], None));
+        assert!(
+            matches!(
+                e,
+                StreamError::PfnOutOfRange {
+                    pfn: 62,
+                    count: 3,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = stream_err(&with_trailer(FLAG_VERIFY, &sums, Some((5, 1))));
+        assert!(matches!(e, StreamError::TotalsMismatch { .. }), "{e:?}");
+        // Long runs are cut into records that fit a batch.
+        let long = vec![(0, (0..64).collect::<Vec<u64>>())];
+        assert_eq!(
+            decode(&with_trailer(FLAG_VERIFY, &long, None))
+                .unwrap()
+                .len(),
+            68
         );
     }
 

@@ -18,8 +18,8 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::bitmap::PageBitmap;
 use crate::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::pages::PageSet;
 
 /// `UFFD_API`: the only userfaultfd API version (`linux/userfaultfd.h`).
 const UFFD_API: u64 = 0xAA;
@@ -283,7 +283,7 @@ impl<'a> KernelTracker<'a> {
         t.protect_all()
             .map_err(|e| format!("UFFDIO_WRITEPROTECT: {e}"))?;
         // A first scan proves PAGEMAP_SCAN exists and accepts the range (Linux 6.7+).
-        let mut scratch = PageBitmap::new(len / PAGE_SIZE);
+        let mut scratch = PageSet::new(len / PAGE_SIZE);
         t.scan(&mut scratch).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOTTY) | Some(libc::EINVAL) => {
                 format!("PAGEMAP_SCAN unsupported (needs Linux 6.7+): {e}")
@@ -312,11 +312,11 @@ impl<'a> KernelTracker<'a> {
     /// Sets in `out` every page written since the last sync and write-protects it again.
     ///
     /// Returns the number of pages reported.
-    pub fn sync(&mut self, out: &mut PageBitmap) -> io::Result<u64> {
+    pub fn sync(&mut self, out: &mut PageSet) -> io::Result<u64> {
         self.scan(out)
     }
 
-    fn scan(&mut self, out: &mut PageBitmap) -> io::Result<u64> {
+    fn scan(&mut self, out: &mut PageSet) -> io::Result<u64> {
         let end = self.start + self.len;
         let mut at = self.start;
         let mut pages = 0;
@@ -341,7 +341,7 @@ impl<'a> KernelTracker<'a> {
                 let first = r.start.max(self.start).saturating_sub(self.start) / PAGE_SIZE;
                 let last = r.end.min(end).saturating_sub(self.start) / PAGE_SIZE;
                 if last > first {
-                    out.set_range(first, last - first);
+                    out.insert_range(first, last - first);
                     pages += last - first;
                 }
             }

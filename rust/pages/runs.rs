@@ -42,6 +42,21 @@ pub(crate) fn clear_bits(words: &mut [u64], start: u64, end: u64) {
     apply_bits(words, start, end, |w, m| *w &= !m);
 }
 
+/// Number of set bits in `[start, end)`; the caller guarantees `end <= 64·words.len()`.
+pub(crate) fn count_bits(words: &[u64], start: u64, end: u64) -> u64 {
+    if start >= end {
+        return 0;
+    }
+    let (sw, sb) = ((start / WORD_BITS) as usize, start % WORD_BITS);
+    let (ew, eb) = (((end - 1) / WORD_BITS) as usize, (end - 1) % WORD_BITS + 1);
+    let ones = |w: u64| u64::from(w.count_ones());
+    if sw == ew {
+        return ones(words[sw] & mask(sb, eb));
+    }
+    let middle: u64 = words[sw + 1..ew].iter().map(|&w| ones(w)).sum();
+    ones(words[sw] & mask(sb, WORD_BITS)) + middle + ones(words[ew] & mask(0, eb))
+}
+
 fn apply_bits(words: &mut [u64], start: u64, end: u64, f: impl Fn(&mut u64, u64)) {
     if start >= end {
         return;

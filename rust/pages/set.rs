@@ -224,6 +224,12 @@ impl PageSet {
         runs::clear_bits(&mut self.words, start, end);
     }
 
+    /// Number of pages of `[start, start + len)` in the set; the part past `npages` is ignored.
+    pub fn count_range(&self, start: u64, len: u64) -> u64 {
+        let end = start.saturating_add(len).min(self.npages);
+        runs::count_bits(&self.words, start, end)
+    }
+
     fn check_range(&self, start: u64, len: u64) -> Result<u64, PagesError> {
         let end = start
             .checked_add(len)
@@ -393,6 +399,11 @@ mod tests {
             vec![(50, 50), (128, 72)]
         );
         assert_eq!(s.count(), 472);
+        assert_eq!(s.count_range(0, 1000), 472);
+        assert_eq!(s.count_range(95, 40), 5 + 7);
+        assert_eq!(s.count_range(128, 1), 1);
+        assert_eq!(s.count_range(500, u64::MAX), 10);
+        assert_eq!(s.count_range(2000, 5), 0);
         assert_eq!(s, PageSet::from_runs(1000, s.runs()).unwrap());
     }
 

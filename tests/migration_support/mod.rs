@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::migration::crc::crc32c_append;
-use vballoon::migration::{Channel, DirtyLog, GuestControl, PageBitmap};
+use vballoon::migration::{Channel, DirtyLog, GuestControl};
+use vballoon::pages::PageSet;
 
 pub const MIB: u64 = 1 << 20;
 
@@ -40,8 +41,8 @@ impl Rng {
 /// A guest laid out for tests: used pages (random data, some zero-filled but populated),
 /// free pages holding stale data, and never-touched pages.
 pub struct TestGuest {
-    pub used: PageBitmap,
-    pub free_stale: PageBitmap,
+    pub used: PageSet,
+    pub free_stale: PageSet,
 }
 
 /// Fills `mem`: `used_mib` of used data in 64 KiB extents, `stale_mib` of free-but-written
@@ -49,8 +50,8 @@ pub struct TestGuest {
 pub fn populate(mem: &GuestMemory, used_mib: u64, stale_mib: u64, seed: u64) -> TestGuest {
     let pages = mem.pages();
     let mut rng = Rng(seed);
-    let mut used = PageBitmap::new(pages);
-    let mut free_stale = PageBitmap::new(pages);
+    let mut used = PageSet::new(pages);
+    let mut free_stale = PageSet::new(pages);
     let mut buf = vec![0u8; 16 * PAGE_SIZE as usize];
     for (target, mib) in [(0, used_mib), (1, stale_mib)] {
         let mut left = mib * MIB / PAGE_SIZE;
@@ -67,9 +68,9 @@ pub fn populate(mem: &GuestMemory, used_mib: u64, stale_mib: u64, seed: u64) -> 
             }
             mem.write(Pfn(first).addr(), &buf).unwrap();
             if target == 0 {
-                used.set_range(first, 16);
+                used.insert_range(first, 16);
             } else {
-                free_stale.set_range(first, 16);
+                free_stale.insert_range(first, 16);
             }
             left = left.saturating_sub(16);
         }
@@ -78,10 +79,10 @@ pub fn populate(mem: &GuestMemory, used_mib: u64, stale_mib: u64, seed: u64) -> 
 }
 
 /// The guest's free pages: everything not used.
-pub fn free_bitmap(used: &PageBitmap) -> PageBitmap {
-    let mut free = PageBitmap::full(used.len());
+pub fn free_bitmap(used: &PageSet) -> PageSet {
+    let mut free = PageSet::full(used.npages());
     for (s, n) in used.runs() {
-        free.clear_range(s, n);
+        free.remove_range(s, n);
     }
     free
 }
@@ -123,8 +124,8 @@ impl Workload {
     }
 
     /// Runs the workload until [`Workload::stop`]: one page of `used` every `period`.
-    pub fn run(&self, mem: &GuestMemory, log: &DirtyLog, used: &PageBitmap, period: Duration) {
-        let pages: Vec<u64> = used.iter_ones().collect();
+    pub fn run(&self, mem: &GuestMemory, log: &DirtyLog, used: &PageSet, period: Duration) {
+        let pages: Vec<u64> = used.iter().collect();
         let mut rng = Rng(0x5eed);
         let mut page = vec![0u8; PAGE_SIZE as usize];
         while !self.stop.load(Ordering::Acquire) {
