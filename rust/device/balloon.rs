@@ -22,6 +22,20 @@ use crate::transport::{
 use crate::virtq::defs::{has_feature, VIRTIO_F_VERSION_1};
 use crate::virtq::{DescriptorChain, DeviceQueue, VirtqError};
 
+// ---- free page hints: misc, free-page and reporting queues (one file each) ----
+#[path = "free_page.rs"]
+mod free_page;
+#[path = "hints.rs"]
+mod hints;
+#[path = "misc.rs"]
+mod misc;
+#[path = "reporting.rs"]
+mod reporting;
+pub use hints::{
+    FreePageStatus, HintCounters, HintError, HintEvent, HintOffer, HintSink, WriteLog,
+};
+// ---- end free page hints ----
+
 /// Errors the device keeps for inspection (the oldest are dropped; all are counted).
 pub const ERROR_LOG_LEN: usize = 32;
 
@@ -34,11 +48,11 @@ pub enum QueueRole {
     Deflate,
     /// statsq.
     Stats,
-    /// The seed's misc queue (served in a later step).
+    /// The seed's misc queue (`misc.rs`).
     Misc,
-    /// free_page_vq (served in a later step).
+    /// free_page_vq (`free_page.rs`).
     FreePage,
-    /// reporting_vq (served in a later step).
+    /// reporting_vq (`reporting.rs`).
     Reporting,
 }
 
@@ -120,6 +134,7 @@ pub struct BalloonDevice {
     balloon: PageSet,
     counters: Arc<SharedCounters>,
     stats: StatsState,
+    hints: hints::HintQueues,
     errors: VecDeque<BalloonError>,
     errors_total: u64,
     // Reused per batch so the hot path does not allocate.
@@ -179,6 +194,7 @@ impl BalloonDevice {
             balloon: PageSet::new(pages),
             counters: Arc::new(SharedCounters::default()),
             stats: StatsState::default(),
+            hints: hints::HintQueues::default(),
             errors: VecDeque::new(),
             errors_total: 0,
             chain: DescriptorChain::new(),
@@ -342,6 +358,7 @@ impl BalloonDevice {
         self.features = None;
         self.encoding = Encoding::Pfn;
         self.stats.held = None;
+        self.hints.reset();
     }
 
     /// Number of queues the device serves (0 before activation).
@@ -398,11 +415,9 @@ impl BalloonDevice {
         let result = match role {
             QueueRole::Inflate | QueueRole::Deflate => self.process_pages(index, role),
             QueueRole::Stats => self.process_stats(index),
-            QueueRole::Misc | QueueRole::FreePage | QueueRole::Reporting => {
-                Err(BalloonError::NotReady {
-                    reason: format!("{} queue is not served yet", role.name()),
-                })
-            }
+            QueueRole::Misc => self.process_misc(index),
+            QueueRole::FreePage => self.process_free_page(index),
+            QueueRole::Reporting => self.process_reporting(index),
         };
         match result {
             Err(e) if e.is_queue_broken() => {

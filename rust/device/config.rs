@@ -4,9 +4,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::HintOffer;
 use crate::abi::{
     bit, AbiMode, VBALLOON_F_PAGE_AUTO, VBALLOON_F_PAGE_EXTENTS, VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
-    VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_STATS_VQ,
+    VIRTIO_BALLOON_F_FREE_PAGE_HINT, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_REPORTING,
+    VIRTIO_BALLOON_F_STATS_VQ,
 };
 use crate::pages::Encoding;
 use crate::virtq::defs::{feature, VIRTIO_F_VERSION_1};
@@ -94,6 +96,8 @@ pub struct DeviceConfig {
     pub queue_max_size: u16,
     /// Eventfds (device on its own thread) or polling counters (one thread).
     pub notify: NotifyMode,
+    /// The free page hint queues to offer (none by default).
+    pub hints: HintOffer,
 }
 
 impl Default for DeviceConfig {
@@ -109,6 +113,7 @@ impl Default for DeviceConfig {
             populate_on_deflate: false,
             queue_max_size: DEFAULT_QUEUE_SIZE,
             notify: NotifyMode::EventFd,
+            hints: HintOffer::default(),
         }
     }
 }
@@ -135,6 +140,17 @@ impl DeviceConfig {
             (Encoding::Extents, AbiMode::Vballoon) => f |= bit(VBALLOON_F_PAGE_EXTENTS),
             (Encoding::Auto, AbiMode::Vballoon) => f |= bit(VBALLOON_F_PAGE_AUTO),
             (_, AbiMode::V3) => {}
+        }
+        // Hint queues: the misc queue in the mode's numbering; FREE_PAGE_HINT has no bit in v3
+        // mode (bit 3 is the page bitmap there).
+        if self.hints.misc {
+            f |= bit(self.abi.misc_vq_bit());
+        }
+        if self.hints.free_page_hint && self.abi.has_upstream_hinting() {
+            f |= bit(VIRTIO_BALLOON_F_FREE_PAGE_HINT);
+        }
+        if self.hints.reporting {
+            f |= bit(VIRTIO_BALLOON_F_REPORTING);
         }
         f
     }

@@ -91,6 +91,9 @@ pub enum BalloonError {
     /// A transport register operation failed.
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
+    /// A free page hint queue refused a buffer, or a hint request was out of protocol.
+    #[error(transparent)]
+    Hint(#[from] super::HintError),
     /// The device is not active (the driver has not set DRIVER_OK with ready queues), or a
     /// queue index has no handler.
     #[error("device not ready: {reason}")]

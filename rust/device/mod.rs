@@ -23,6 +23,9 @@ pub mod hostile;
 pub mod stats;
 
 pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, ERROR_LOG_LEN};
+pub use balloon::{
+    FreePageStatus, HintCounters, HintError, HintEvent, HintOffer, HintSink, WriteLog,
+};
 pub use config::{DeviceConfig, DiscardPolicy, DEFAULT_QUEUE_SIZE};
 pub use counters::{DeviceCounters, SharedCounters};
 pub use error::BalloonError;

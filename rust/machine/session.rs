@@ -88,6 +88,7 @@ impl Session {
             populate_on_deflate: cfg.populate_on_deflate,
             queue_max_size: cfg.queue_size,
             notify,
+            hints: Default::default(),
         };
         let mut device = BalloonDevice::new(Arc::clone(&mem), dcfg)?;
         let transport = Arc::clone(device.transport());
