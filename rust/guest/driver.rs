@@ -29,6 +29,8 @@
 mod area;
 #[path = "driver_error.rs"]
 mod error;
+#[path = "driver_hints.rs"]
+mod hints;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,12 +38,14 @@ use std::time::{Duration, Instant};
 
 pub use area::BufferArea;
 pub use error::DriverError;
+pub use hints::{HintArea, HintDriverCounters, HintOptions, HintStep};
 
 use super::{Guest, GuestError};
 use crate::abi::{
     bit, AbiMode, BalloonFeatures, QueueIndexes, CONFIG_ACTUAL, CONFIG_NUM_PAGES,
-    VBALLOON_F_PAGE_AUTO, VBALLOON_F_PAGE_BITMAP, VBALLOON_F_PAGE_EXTENTS,
-    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_STATS_VQ,
+    VBALLOON_F_MISC_VQ, VBALLOON_F_PAGE_AUTO, VBALLOON_F_PAGE_BITMAP, VBALLOON_F_PAGE_EXTENTS,
+    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+    VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
     VIRTIO_ID_BALLOON,
 };
 use crate::memory::{GuestMemory, Pfn, PAGE_SIZE};
@@ -97,14 +101,19 @@ impl DriverOptions {
             | bit(VIRTIO_BALLOON_F_MUST_TELL_HOST)
             | bit(VIRTIO_BALLOON_F_STATS_VQ)
             | bit(VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+        // Hint queues (driver_hints.rs): the misc queue in either numbering, upstream hinting
+        // only where bit 3 means it, reporting (bit 5) in both.
+        let hints = bit(abi.misc_vq_bit()) | bit(VIRTIO_BALLOON_F_REPORTING);
         match abi {
             AbiMode::Vballoon => {
                 common
                     | bit(VBALLOON_F_PAGE_BITMAP)
                     | bit(VBALLOON_F_PAGE_EXTENTS)
                     | bit(VBALLOON_F_PAGE_AUTO)
+                    | hints
+                    | bit(VIRTIO_BALLOON_F_FREE_PAGE_HINT)
             }
-            AbiMode::V3 => common | bit(abi.page_bitmap_bit()),
+            AbiMode::V3 => common | bit(abi.page_bitmap_bit()) | hints,
         }
     }
 }
@@ -217,6 +226,7 @@ pub struct BalloonDriver {
     counters: DriverCounters,
     runs: Vec<(u64, u64)>,
     segs: Vec<Segment>,
+    hints: hints::HintDriver,
 }
 
 impl std::fmt::Debug for BalloonDriver {
@@ -251,6 +261,10 @@ impl BalloonDriver {
             // The v3 rule: the misc queue must be vq 3, so without the stats queue neither
             // seed feature is used.
             accept &= !(bit(opts.abi.page_bitmap_bit()) | bit(opts.abi.misc_vq_bit()));
+        }
+        if accept & bit(VIRTIO_BALLOON_F_STATS_VQ) == 0 {
+            // The misc queue sits after the stats queue in both numberings (driver_hints.rs).
+            accept &= !bit(VBALLOON_F_MISC_VQ);
         }
         t.set_driver_features(accept)?;
         if t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK)? & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
@@ -300,11 +314,13 @@ impl BalloonDriver {
             counters: DriverCounters::default(),
             runs: Vec::new(),
             segs: Vec::new(),
+            hints: hints::HintDriver::default(),
         };
         d.write_actual()?;
         if d.indexes.stats.is_some() {
             d.send_stats(guest)?;
         }
+        d.setup_hints(guest)?;
         Ok(d)
     }
 

@@ -25,6 +25,11 @@ use crate::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 /// then copies the page either copies the new bytes or sees the bit set again, never neither.
 pub type DirtyHook = Arc<dyn Fn(Pfn, u64) + Send + Sync>;
 
+/// Gives memory back when an allocation fails, as Linux's shrinkers do (the balloon's free page
+/// hint shrinker returns hinted blocks it holds): called with the allocator and the pages
+/// wanted, returns the pages it freed.
+pub type Shrinker = Arc<dyn Fn(&mut BuddyAllocator, u64) -> u64 + Send + Sync>;
+
 /// What the guest knows about its memory, one field per balloon statistic (tags
 /// `VIRTIO_BALLOON_S_*` in [`crate::abi`]). Sizes are in bytes, the rest are counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,6 +84,7 @@ pub struct Guest {
     memory: Arc<GuestMemory>,
     allocator: BuddyAllocator,
     dirty_hook: Option<DirtyHook>,
+    shrinker: Option<Shrinker>,
     /// One bit per page: written since the guest got it from the host (for `MINFLT`).
     touched: Vec<u64>,
     minor_faults: u64,
@@ -107,6 +113,7 @@ impl Guest {
             memory,
             allocator,
             dirty_hook: None,
+            shrinker: None,
             touched: vec![0; pages.div_ceil(64) as usize],
             minor_faults: 0,
             page_cache: Vec::new(),
@@ -132,6 +139,26 @@ impl Guest {
     /// Sets (or with `None` removes) the hook called after every write; returns the old one.
     pub fn set_dirty_hook(&mut self, hook: Option<DirtyHook>) -> Option<DirtyHook> {
         std::mem::replace(&mut self.dirty_hook, hook)
+    }
+
+    /// Sets (or with `None` removes) the shrinker [`Guest::alloc`] runs when memory is
+    /// exhausted; returns the old one.
+    pub fn set_shrinker(&mut self, shrinker: Option<Shrinker>) -> Option<Shrinker> {
+        std::mem::replace(&mut self.shrinker, shrinker)
+    }
+
+    /// Allocates a block of `2^order` pages as `alloc_pages` does: when none is free, runs the
+    /// shrinker (if any) and tries once more.
+    pub fn alloc(&mut self, order: u8) -> Result<Pfn, GuestError> {
+        match self.allocator.alloc(order) {
+            Err(GuestError::OutOfMemory { .. }) if self.shrinker.is_some() => {
+                if let Some(shrink) = self.shrinker.clone() {
+                    shrink(&mut self.allocator, 1 << order);
+                }
+                self.allocator.alloc(order)
+            }
+            r => r,
+        }
     }
 
     /// The current dirty hook, for code that writes guest RAM without going through `Guest`

@@ -19,6 +19,6 @@ pub mod workload;
 
 pub use buddy::{BuddyAllocator, MAX_ORDER, MAX_PAGE_ORDER, PAGEBLOCK_ORDER};
 pub use error::GuestError;
-pub use kernel::{DirtyHook, Guest, GuestStats};
+pub use kernel::{DirtyHook, Guest, GuestStats, Shrinker};
 pub use rng::Rng;
 pub use workload::{Allocation, Fill, Workload};

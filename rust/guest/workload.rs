@@ -115,7 +115,8 @@ impl Workload {
         let block = PAGE_SIZE << order.min(MAX_PAGE_ORDER);
         let blocks = bytes.div_ceil(block);
         for _ in 0..blocks {
-            let pfn = guest.allocator_mut().alloc(order)?;
+            // Through the guest, so a shrinker may give memory back first (hinted blocks).
+            let pfn = guest.alloc(order)?;
             self.fill_pages(guest, pfn, 1 << order)?;
             self.allocations.push(Allocation { pfn, order });
             self.pages += 1 << order;
