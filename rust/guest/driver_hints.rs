@@ -595,23 +595,15 @@ impl BalloonDriver {
         let received = self
             .transport
             .read_config_u32(CONFIG_FREE_PAGE_HINT_CMD_ID)?;
-        let mut done = false;
+        let done = received == VIRTIO_BALLOON_CMD_ID_DONE;
         match received {
-            VIRTIO_BALLOON_CMD_ID_DONE => {
-                if f.hinting {
-                    f.hinting = false;
-                    f.pending.push_back(VIRTIO_BALLOON_CMD_ID_STOP);
-                    c.stops += 1;
-                }
-                done = true;
+            // The host stopped (STOP) or is done (DONE): end the request if still running.
+            VIRTIO_BALLOON_CMD_ID_DONE | VIRTIO_BALLOON_CMD_ID_STOP if f.hinting => {
+                f.hinting = false;
+                f.pending.push_back(VIRTIO_BALLOON_CMD_ID_STOP);
+                c.stops += 1;
             }
-            VIRTIO_BALLOON_CMD_ID_STOP => {
-                if f.hinting {
-                    f.hinting = false;
-                    f.pending.push_back(VIRTIO_BALLOON_CMD_ID_STOP);
-                    c.stops += 1;
-                }
-            }
+            VIRTIO_BALLOON_CMD_ID_DONE | VIRTIO_BALLOON_CMD_ID_STOP => {}
             id if id != f.active => {
                 // A new request: end the old one (if still running), then acknowledge.
                 if f.hinting {

@@ -147,14 +147,21 @@ impl Guest {
         std::mem::replace(&mut self.shrinker, shrinker)
     }
 
+    /// Runs the shrinker (if any) for `pages` pages, as memory pressure would; returns the pages
+    /// it freed.
+    pub fn shrink(&mut self, pages: u64) -> u64 {
+        match self.shrinker.clone() {
+            Some(shrink) => shrink(&mut self.allocator, pages),
+            None => 0,
+        }
+    }
+
     /// Allocates a block of `2^order` pages as `alloc_pages` does: when none is free, runs the
     /// shrinker (if any) and tries once more.
     pub fn alloc(&mut self, order: u8) -> Result<Pfn, GuestError> {
         match self.allocator.alloc(order) {
             Err(GuestError::OutOfMemory { .. }) if self.shrinker.is_some() => {
-                if let Some(shrink) = self.shrinker.clone() {
-                    shrink(&mut self.allocator, 1 << order);
-                }
+                self.shrink(1 << order);
                 self.allocator.alloc(order)
             }
             r => r,

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -231,6 +231,39 @@ impl GuestRunner {
         if let Some(t) = t {
             t.thread().unpark();
             let _ = t.join();
+        }
+    }
+}
+
+/// A handle on a runner's guest for guest-side actors on their own threads (a balloon driver's
+/// worker): the runner's lock and pause flag, without keeping the guest alive.
+#[derive(Clone, Debug)]
+pub struct GuestHandle {
+    shared: Weak<Shared>,
+}
+
+impl GuestHandle {
+    /// Runs `f` on the guest under the runner's lock, telling it whether the guest is paused
+    /// (then it must not act as the guest); `None` once the runner is gone.
+    pub fn with<R>(&self, f: impl FnOnce(&mut GuestState, bool) -> R) -> Option<R> {
+        let shared = self.shared.upgrade()?;
+        let mut st = shared.lock();
+        let paused = shared.paused.load(Ordering::SeqCst);
+        Some(f(&mut st, paused))
+    }
+
+    /// Whether the guest is paused (`None` once the runner is gone).
+    pub fn is_paused(&self) -> Option<bool> {
+        let shared = self.shared.upgrade()?;
+        Some(shared.paused.load(Ordering::SeqCst))
+    }
+}
+
+impl GuestRunner {
+    /// A handle on this guest for an actor on another thread; see [`GuestHandle`].
+    pub fn handle(&self) -> GuestHandle {
+        GuestHandle {
+            shared: Arc::downgrade(&self.shared),
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   a running guest, in one process or two, and [`bench_migrate`] (rows M1-M3).
 //! - [`pump_buffers`]: buffers through a bare queue pair (the ring benchmark).
 
+mod balloon_hints;
 mod bench;
 mod config;
 mod migrate;
@@ -20,6 +21,7 @@ mod ring_pump;
 mod scenario;
 mod session;
 
+pub use balloon_hints::{BalloonHints, BalloonHintsConfig, BalloonHintsStats, HintRun};
 pub use bench::{
     bench_inflate, BenchVariant as InflateVariant, Fragmentation, InflateBenchConfig,
     InflateBenchRow, InflateBenchTable,
@@ -33,7 +35,7 @@ pub use migrate_bench::{
     bench_migrate, format_table, measure_floors, BenchMigrateConfig, BenchMigrateRow, BenchVariant,
     MigrateFloors,
 };
-pub use migrate_guest::{GuestRunner, GuestState, WorkloadCounters};
+pub use migrate_guest::{GuestHandle, GuestRunner, GuestState, WorkloadCounters};
 pub use migrate_hints::{FreeListStandIn, HintMode, HintProvider};
 pub use report::{InflateReport, Outcome};
 pub use ring_pump::{pump_buffers, PumpConfig, PumpResult};

@@ -1,0 +1,849 @@
+//! [`BalloonHints`]: the [`HintProvider`] whose hints come from a virtio balloon on the
+//! migrating guest, over real virtqueues, answered by the guest's own driver from its own free
+//! lists. The host never looks at the guest's allocator: every hinted page crossed a queue.
+//!
+//! On first use for a [`GuestRunner`] the provider plugs a balloon into that guest: a device
+//! offering the hint queues ([`HintOffer`]), and the guest's [`BalloonDriver`], whose rings and
+//! buffers come from the guest's allocator. Then two threads run beside the guest's workload:
+//!
+//! | thread | plays | wakes on | does, under the guest lock and only while the guest runs |
+//! |---|---|---|---|
+//! | `vb-hint-device` | the VMM's I/O thread | queue kicks | serves the queues ([`BalloonDevice::process_queue`]); a paused VM's devices are stopped |
+//! | `vb-hint-guest` | the guest's balloon worker | config changes, interrupts | [`BalloonDriver::service_hints`], and reporting while asked to |
+//!
+//! ([`HintRun::Inline`] runs both steps inside the source's calls instead, for deterministic
+//! tests.) The sources it hands the engine, by [`HintMode`]:
+//!
+//! | mode | `start(round)` | `poll` | `stop` | `done` |
+//! |---|---|---|---|---|
+//! | Bitmap | a GET_UNUSED_PAGES request with a new id (round 1 waits for the answer, as the seed's QEMU RFC did, at most [`BalloonHintsConfig::bitmap_wait`]) | pages the device took from replies under the current id | later replies are dropped | - |
+//! | Upstream | a new command id in config space | blocks the device took under the current id | STOP in config | DONE in config: the guest frees its held blocks |
+//! | Reporting | - | nothing (the engine skips discarded pages as unpopulated) | - | - |
+//!
+//! For Reporting the guest reports its free blocks of order ≥ 9 before the migration (one full
+//! pass, outside the timed migration, as a guest with reporting on has long done) and keeps
+//! reporting while the migration runs. Reporting is on only around Reporting-mode migrations,
+//! so that interleaved benchmark variants see the same guest ([`BalloonHints::reset_guest`]
+//! puts stale data back afterwards).
+//!
+//! Ids are unique over the provider's life (the device must not reuse a command id before the
+//! driver's STOP, and the driver only starts on an id it has not started on); each migration's
+//! [`QueuedHints`] filters what arrives under any but the current one.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::migrate_guest::{GuestHandle, GuestRunner};
+use super::migrate_hints::{HintMode, HintProvider};
+use crate::abi::{AbiMode, VIRTIO_BALLOON_CMD_ID_MIN};
+use crate::device::{BalloonDevice, DeviceConfig, HintCounters, HintEvent, HintOffer};
+use crate::error::{Error, Result};
+use crate::guest::driver::{
+    BalloonDriver, DriverOptions, HintDriverCounters, HintOptions, HintStep,
+};
+use crate::guest::Guest;
+use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::migration::{HintFeed, HintSource, MigrationError, QueuedHints};
+use crate::pages::PageSet;
+use crate::virtq::{EventFd, Notifier, NotifyMode};
+
+/// Who runs the balloon's device and the guest's driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HintRun {
+    /// Their own threads, woken by eventfds (as a VMM and a guest kernel).
+    #[default]
+    Threaded,
+    /// Inside the hint source's calls, in turn (deterministic; for tests).
+    Inline,
+}
+
+/// How [`BalloonHints`] sets the balloon up and drives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BalloonHintsConfig {
+    /// The hint queues the device offers (all three by default; the driver takes them all).
+    pub offer: HintOffer,
+    /// Feature numbering (v3 mode has the misc queue at bit 4 and no upstream hinting).
+    pub abi: AbiMode,
+    /// Size of every balloon queue (QEMU's free page queue has 1024 entries).
+    pub queue_size: u16,
+    /// Threads or inline.
+    pub run: HintRun,
+    /// Bitmap mode, round 1: how long `start` waits for the guest's whole answer.
+    pub bitmap_wait: Duration,
+    /// Before a migration: how long to wait for the balloon to settle from the last one
+    /// (hinted blocks freed after DONE, a late reply finished).
+    pub settle_timeout: Duration,
+    /// Reporting mode: run a full reporting pass before the migration (at most this long; zero
+    /// skips it).
+    pub report_before: Duration,
+    /// How often the guest's balloon worker looks again without being woken (and reports,
+    /// while reporting is on).
+    pub worker_interval: Duration,
+    /// The driver's hint options (reply timeout, blocks per step).
+    pub driver: HintOptions,
+}
+
+impl Default for BalloonHintsConfig {
+    fn default() -> Self {
+        BalloonHintsConfig {
+            offer: HintOffer::ALL,
+            abi: AbiMode::Vballoon,
+            queue_size: 256,
+            run: HintRun::Threaded,
+            bitmap_wait: Duration::from_secs(1),
+            settle_timeout: Duration::from_secs(2),
+            report_before: Duration::from_secs(30),
+            worker_interval: Duration::from_millis(20),
+            driver: HintOptions::default(),
+        }
+    }
+}
+
+/// What the provider's balloon has done.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BalloonHintsStats {
+    /// Whether a balloon is plugged into a guest.
+    pub attached: bool,
+    /// Negotiated: the misc queue, upstream hinting, reporting.
+    pub misc: bool,
+    /// Upstream FREE_PAGE_HINT negotiated.
+    pub free_page_hint: bool,
+    /// REPORTING negotiated.
+    pub reporting: bool,
+    /// The device's hint counters.
+    pub device: HintCounters,
+    /// The driver's hint counters.
+    pub driver: HintDriverCounters,
+    /// The last pre-migration reporting pass: wall time and pages reported.
+    pub last_report_pass: Option<(Duration, u64)>,
+    /// Errors the balloon threads met (device errors are in the device's log).
+    pub errors: Vec<String>,
+}
+
+/// The first request and command id (QEMU's `VIRTIO_BALLOON_FREE_PAGE_HINT_CMD_ID_MIN`).
+const FIRST_ID: u32 = 0x8000_0000;
+const _: () = assert!(FIRST_ID >= VIRTIO_BALLOON_CMD_ID_MIN);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn hint_err(e: impl std::fmt::Display) -> MigrationError {
+    MigrationError::Hint(e.to_string())
+}
+
+/// Where the device's hint events go: the current migration's feed, ids translated from the
+/// device's (unique over the provider's life) to the feed's (per migration).
+#[derive(Default)]
+struct Route {
+    feed: Option<HintFeed>,
+    /// (device id, feed id) of this migration's requests.
+    ids: Vec<(u64, u32)>,
+}
+
+/// What the balloon threads and the sources share.
+struct Shared {
+    guest: GuestHandle,
+    memory: Arc<GuestMemory>,
+    device: Mutex<BalloonDevice>,
+    driver: Mutex<BalloonDriver>,
+    route: Mutex<Route>,
+    next_id: AtomicU32,
+    /// The last device id the guest finished answering.
+    finished: AtomicU64,
+    /// Reporting: on while a Reporting-mode migration runs; passes asked for and done.
+    reporting_on: AtomicBool,
+    report_asked: AtomicU64,
+    report_done: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    last_report_pass: Mutex<Option<(Duration, u64)>>,
+}
+
+impl Shared {
+    fn new_id(&self) -> u32 {
+        // 0 and 1 are STOP and DONE: wrap to the bottom of the id space QEMU uses.
+        let next = |id: u32| Some(id.checked_add(1).unwrap_or(FIRST_ID));
+        match self
+            .next_id
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, next)
+        {
+            Ok(id) | Err(id) => id,
+        }
+    }
+
+    fn record(&self, e: impl std::fmt::Display) {
+        let mut v = lock(&self.errors);
+        if v.len() < 64 {
+            v.push(e.to_string());
+        }
+    }
+
+    /// One guest-side step of the balloon and one device step, in turn, until both are idle
+    /// (inline mode); nothing while the guest is paused.
+    fn pump(&self, max: usize) -> std::result::Result<(), MigrationError> {
+        let r = self
+            .guest
+            .with(|st, paused| -> std::result::Result<(), MigrationError> {
+                if paused {
+                    return Ok(());
+                }
+                for _ in 0..max {
+                    let mut drv = lock(&self.driver);
+                    let mut step = drv.service_hints(&mut st.guest).map_err(hint_err)?;
+                    if self.report_asked.load(Ordering::Acquire)
+                        > self.report_done.load(Ordering::Acquire)
+                        || self.reporting_on.load(Ordering::Acquire)
+                    {
+                        let r = drv.report_free_pages(&mut st.guest).map_err(hint_err)?;
+                        if r == HintStep::Idle {
+                            self.report_done.store(
+                                self.report_asked.load(Ordering::Acquire),
+                                Ordering::Release,
+                            );
+                        }
+                        step = step.max(r);
+                    }
+                    drop(drv);
+                    let served = lock(&self.device).process_kicked().map_err(hint_err)?;
+                    if step == HintStep::Idle && served == 0 {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+        r.unwrap_or(Ok(()))
+    }
+
+    fn settled(&self) -> bool {
+        let d = lock(&self.driver);
+        !d.hints_busy() && d.held_hint_pages() == 0
+    }
+}
+
+struct Threads {
+    stop: EventFd,
+    handles: Vec<JoinHandle<()>>,
+}
+
+struct Attached {
+    shared: Arc<Shared>,
+    threads: Option<Threads>,
+    run: HintRun,
+}
+
+impl Attached {
+    fn stop_threads(&mut self) {
+        if let Some(t) = self.threads.take() {
+            let _ = t.stop.signal();
+            for h in t.handles {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.stop_threads();
+        // If the guest lives on, give back what the balloon holds of it.
+        let s = &self.shared;
+        s.guest.with(|st, _| {
+            let mut drv = lock(&s.driver);
+            let _ = drv.return_hinted_blocks(&mut st.guest);
+            st.guest.set_shrinker(None);
+        });
+    }
+}
+
+/// The balloon-backed [`HintProvider`]; see the module docs.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use vballoon::machine::{migrate_local, BalloonHints, HintMode, MigrateOptions, Scenario};
+/// let (guest, _) = Scenario::m1().build()?;
+/// let opts = MigrateOptions {
+///     hints: HintMode::Bitmap,
+///     hint_provider: Some(Arc::new(BalloonHints::default())),
+///     ..MigrateOptions::default()
+/// };
+/// let report = migrate_local(&guest, &opts)?;
+/// # Ok::<_, vballoon::error::Error>(())
+/// ```
+pub struct BalloonHints {
+    cfg: BalloonHintsConfig,
+    attached: Mutex<Option<Attached>>,
+}
+
+impl std::fmt::Debug for BalloonHints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalloonHints")
+            .field("cfg", &self.cfg)
+            .field("attached", &lock(&self.attached).is_some())
+            .finish()
+    }
+}
+
+impl Default for BalloonHints {
+    fn default() -> Self {
+        BalloonHints::new(BalloonHintsConfig::default())
+    }
+}
+
+impl BalloonHints {
+    /// A provider that plugs a balloon configured by `cfg` into the guests it is used with.
+    pub fn new(cfg: BalloonHintsConfig) -> BalloonHints {
+        BalloonHints {
+            cfg,
+            attached: Mutex::new(None),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BalloonHintsConfig {
+        &self.cfg
+    }
+
+    /// Plugs the balloon into `guest` now (otherwise the first migration does): probes the
+    /// driver, activates the device, starts the threads. A balloon plugged into another guest
+    /// is unplugged first.
+    pub fn attach(&self, guest: &GuestRunner) -> Result<()> {
+        if let Some(att) = lock(&self.attached).as_ref() {
+            if Arc::ptr_eq(&att.shared.memory, guest.memory()) {
+                return Ok(());
+            }
+        }
+        // Unplug and plug without holding our lock: both take the guest's.
+        self.detach();
+        let new = self.plug(guest)?;
+        *lock(&self.attached) = Some(new);
+        Ok(())
+    }
+
+    /// Unplugs the balloon: stops its threads and gives the guest its hinted blocks back.
+    pub fn detach(&self) {
+        let old = lock(&self.attached).take();
+        drop(old);
+    }
+
+    fn plug(&self, runner: &GuestRunner) -> Result<Attached> {
+        let cfg = &self.cfg;
+        let notify = match cfg.run {
+            HintRun::Threaded => NotifyMode::EventFd,
+            HintRun::Inline => NotifyMode::Polling,
+        };
+        let memory = Arc::clone(runner.memory());
+        let mut device = BalloonDevice::new(
+            Arc::clone(&memory),
+            DeviceConfig {
+                abi: cfg.abi,
+                stats: true,
+                hints: cfg.offer,
+                queue_max_size: cfg.queue_size,
+                notify,
+                ..DeviceConfig::default()
+            },
+        )?;
+        let driver = {
+            let mut st = runner.lock();
+            let opts = DriverOptions {
+                abi: cfg.abi,
+                queue_size: cfg.queue_size,
+                ..DriverOptions::default()
+            };
+            let mut d = BalloonDriver::probe(Arc::clone(device.transport()), &mut st.guest, opts)?;
+            d.set_hint_options(cfg.driver);
+            device.set_write_log(st.guest.dirty_hook().cloned());
+            d
+        };
+        device.activate()?;
+        device.process_kicked()?;
+        let shared = Arc::new(Shared {
+            guest: runner.handle(),
+            memory,
+            device: Mutex::new(device),
+            driver: Mutex::new(driver),
+            route: Mutex::new(Route::default()),
+            next_id: AtomicU32::new(FIRST_ID),
+            finished: AtomicU64::new(0),
+            reporting_on: AtomicBool::new(false),
+            report_asked: AtomicU64::new(0),
+            report_done: AtomicU64::new(0),
+            errors: Mutex::new(Vec::new()),
+            last_report_pass: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&shared);
+        lock(&shared.device).set_hint_sink(Some(Arc::new(move |e: HintEvent| {
+            let Some(s) = weak.upgrade() else { return };
+            route_event(&s, e);
+        })));
+        let threads = match cfg.run {
+            HintRun::Inline => None,
+            HintRun::Threaded => Some(spawn_threads(&shared, cfg.worker_interval)?),
+        };
+        Ok(Attached {
+            shared,
+            threads,
+            run: cfg.run,
+        })
+    }
+
+    fn shared_for(&self, guest: &GuestRunner) -> Result<(Arc<Shared>, HintRun)> {
+        self.attach(guest)?;
+        let a = lock(&self.attached);
+        let att = a
+            .as_ref()
+            .ok_or_else(|| Error::Config("balloon not attached".into()))?;
+        Ok((Arc::clone(&att.shared), att.run))
+    }
+
+    /// What the balloon has done so far.
+    pub fn stats(&self) -> BalloonHintsStats {
+        let a = lock(&self.attached);
+        let Some(att) = a.as_ref() else {
+            return BalloonHintsStats::default();
+        };
+        let s = &att.shared;
+        let (device, f) = {
+            let d = lock(&s.device);
+            (d.hint_counters(), d.features())
+        };
+        let driver = lock(&s.driver).hint_counters();
+        let last_report_pass = *lock(&s.last_report_pass);
+        let errors = lock(&s.errors).clone();
+        BalloonHintsStats {
+            attached: true,
+            misc: f.is_some_and(|f| f.misc_vq()),
+            free_page_hint: f.is_some_and(|f| f.free_page_hint()),
+            reporting: f.is_some_and(|f| f.reporting()),
+            device,
+            driver,
+            last_report_pass,
+            errors,
+        }
+    }
+
+    /// Device errors logged so far, as messages, oldest first.
+    pub fn device_errors(&self) -> Vec<String> {
+        lock(&self.attached)
+            .as_ref()
+            .map(|a| {
+                lock(&a.shared.device)
+                    .errors()
+                    .map(|e| e.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs one full reporting pass in the guest (its balloon worker isolates, reports and puts
+    /// back every unreported free block of order ≥ 9) and waits for it, at most `timeout`;
+    /// returns the pages reported.
+    pub fn report_now(&self, guest: &GuestRunner, timeout: Duration) -> Result<u64> {
+        let (s, run) = self.shared_for(guest)?;
+        report_pass(&s, run, timeout)
+    }
+
+    /// Bench support: undoes what a Reporting-mode migration did to `guest`, so the next
+    /// interleaved variant sees the guest as built. Free pages that were resident in
+    /// `resident_before` and were discarded since get stale (non-zero) data again, and blocks
+    /// marked reported lose the mark. Returns the pages refilled. Call it with the guest idle.
+    pub fn reset_guest(&self, guest: &GuestRunner, resident_before: &PageSet) -> Result<u64> {
+        let resident = guest.resident_pages()?;
+        let mut st = guest.lock();
+        let g = &mut st.guest;
+        let mut blocks = Vec::new();
+        g.allocator().for_each_free_block(|p, o| {
+            if g.allocator().is_reported(p) {
+                blocks.push((p, o));
+            }
+        });
+        let mut refilled = 0;
+        for (p, o) in blocks {
+            // Allocating the block clears its mark; freeing it puts it back unreported.
+            g.allocator_mut().alloc_at(p, o)?;
+            let mut lost = PageSet::new(resident_before.npages());
+            for (s, n) in resident_before.runs_in(p.0, p.0 + (1 << o)) {
+                lost.insert_range(s, n);
+            }
+            lost.difference_with(&resident);
+            for (s, n) in lost.runs() {
+                g.fill(GuestAddress(s * PAGE_SIZE), n * PAGE_SIZE, 0xa5)?;
+                refilled += n;
+            }
+            g.allocator_mut().free(p, o)?;
+        }
+        Ok(refilled)
+    }
+}
+
+impl Drop for BalloonHints {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+fn route_event(s: &Shared, e: HintEvent) {
+    let r = lock(&s.route);
+    let (id, finished) = match e {
+        HintEvent::Pages { id, .. } => (id, false),
+        HintEvent::Finished { id } => (id, true),
+    };
+    if finished {
+        s.finished.store(id, Ordering::Release);
+    }
+    let Some(feed) = &r.feed else { return };
+    // An id of another migration (or none) maps to STOP, which the feed never accepts.
+    let fid = r
+        .ids
+        .iter()
+        .rev()
+        .find(|(d, _)| *d == id)
+        .map_or(0, |&(_, f)| f);
+    match e {
+        HintEvent::Pages { pfn, npages, .. } => feed.report(fid, pfn, npages),
+        HintEvent::Finished { .. } => feed.finish(fid),
+    }
+}
+
+/// Asks the guest's worker for a full reporting pass and waits for it.
+fn report_pass(s: &Arc<Shared>, run: HintRun, timeout: Duration) -> Result<u64> {
+    if !lock(&s.driver).features().reporting() {
+        return Ok(0);
+    }
+    let before = lock(&s.driver).hint_counters().reported_pages;
+    let t = Instant::now();
+    let want = s.report_asked.fetch_add(1, Ordering::AcqRel) + 1;
+    while s.report_done.load(Ordering::Acquire) < want {
+        if t.elapsed() > timeout {
+            return Err(Error::Config(format!(
+                "reporting pass did not finish within {timeout:?}"
+            )));
+        }
+        match run {
+            HintRun::Inline => s.pump(1 << 16)?,
+            HintRun::Threaded => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+    let pages = lock(&s.driver).hint_counters().reported_pages - before;
+    *lock(&s.last_report_pass) = Some((t.elapsed(), pages));
+    Ok(pages)
+}
+
+fn spawn_threads(shared: &Arc<Shared>, interval: Duration) -> Result<Threads> {
+    let stop = EventFd::new()?;
+    let (kicks, config, interrupts) = {
+        let dev = lock(&shared.device);
+        let t = dev.transport();
+        let mut kicks = Vec::new();
+        for i in 0..dev.num_queues() {
+            kicks.push((i, t.kick_notifier(i)?));
+        }
+        let drv = lock(&shared.driver);
+        let q = drv.queue_indexes();
+        let mut interrupts = Vec::new();
+        for i in [q.misc, q.free_page, q.reporting].into_iter().flatten() {
+            interrupts.push(t.interrupt_notifier(i)?);
+        }
+        (kicks, t.config_notifier().clone(), interrupts)
+    };
+    let mut handles = Vec::new();
+    let (s, stop_rx) = (Arc::clone(shared), stop.try_clone()?);
+    handles.push(
+        std::thread::Builder::new()
+            .name("vb-hint-device".into())
+            .spawn(move || device_loop(&s, &kicks, &stop_rx))
+            .map_err(|e| Error::Config(format!("cannot spawn the device thread: {e}")))?,
+    );
+    let (s, stop_rx) = (Arc::clone(shared), stop.try_clone()?);
+    handles.push(
+        std::thread::Builder::new()
+            .name("vb-hint-guest".into())
+            .spawn(move || worker_loop(&s, &config, &interrupts, &stop_rx, interval))
+            .map_err(|e| Error::Config(format!("cannot spawn the balloon worker: {e}")))?,
+    );
+    Ok(Threads { stop, handles })
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes; returns whether `fds[0]` (the
+/// stop eventfd) fired.
+fn wait_any(fds: &[i32], timeout: Duration) -> bool {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: `p` is a valid array of pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
+    rc > 0 && p[0].revents != 0
+}
+
+/// The VMM's I/O thread for the balloon: serves kicked queues while the guest runs.
+fn device_loop(s: &Shared, kicks: &[(u16, Notifier)], stop: &EventFd) {
+    let mut fds = vec![stop.as_raw_fd()];
+    fds.extend(kicks.iter().filter_map(|(_, k)| k.raw_fd()));
+    loop {
+        if wait_any(&fds, Duration::from_millis(50)) {
+            return;
+        }
+        let served = s.guest.with(|_, paused| {
+            if paused {
+                // A stopped VM's devices do nothing; the kicks stay pending.
+                return false;
+            }
+            for (i, k) in kicks {
+                if k.take().unwrap_or(0) > 0 {
+                    // Errors are in the device's log; a broken queue set NEEDS_RESET.
+                    let _ = lock(&s.device).process_queue(*i);
+                }
+            }
+            true
+        });
+        match served {
+            None => return,
+            Some(false) => std::thread::sleep(Duration::from_millis(1)),
+            Some(true) => {}
+        }
+    }
+}
+
+/// The guest's balloon worker: reacts to config changes and interrupts.
+fn worker_loop(
+    s: &Shared,
+    config: &Notifier,
+    interrupts: &[Notifier],
+    stop: &EventFd,
+    interval: Duration,
+) {
+    let mut fds = vec![stop.as_raw_fd()];
+    fds.extend(config.raw_fd());
+    fds.extend(interrupts.iter().filter_map(Notifier::raw_fd));
+    loop {
+        if wait_any(&fds, interval) {
+            return;
+        }
+        let _ = config.take();
+        for n in interrupts {
+            let _ = n.take();
+        }
+        match s.guest.is_paused() {
+            None => return,
+            Some(true) => continue,
+            Some(false) => {}
+        }
+        if let Err(e) = s.pump_guest() {
+            s.record(e);
+        }
+    }
+}
+
+impl Shared {
+    /// The worker's guest-side steps (no device step: the device thread does those).
+    fn pump_guest(&self) -> std::result::Result<(), MigrationError> {
+        let r = self
+            .guest
+            .with(|st, paused| -> std::result::Result<(), MigrationError> {
+                if paused {
+                    return Ok(());
+                }
+                let mut drv = lock(&self.driver);
+                for _ in 0..64 {
+                    let mut step = drv.service_hints(&mut st.guest).map_err(hint_err)?;
+                    let asked = self.report_asked.load(Ordering::Acquire);
+                    if asked > self.report_done.load(Ordering::Acquire)
+                        || self.reporting_on.load(Ordering::Acquire)
+                    {
+                        let r = drv.report_free_pages(&mut st.guest).map_err(hint_err)?;
+                        if r == HintStep::Idle {
+                            self.report_done.store(asked, Ordering::Release);
+                        }
+                        step = step.max(r);
+                    }
+                    if step != HintStep::Progress {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+        r.unwrap_or(Ok(()))
+    }
+}
+
+impl HintProvider for BalloonHints {
+    fn name(&self) -> &str {
+        "balloon"
+    }
+
+    fn supports(&self, mode: HintMode) -> bool {
+        !matches!(mode, HintMode::Off)
+    }
+
+    fn hint_source<'a>(
+        &'a self,
+        mode: HintMode,
+        guest: &'a GuestRunner,
+    ) -> std::result::Result<Option<Box<dyn HintSource + 'a>>, MigrationError> {
+        if mode == HintMode::Off {
+            return Ok(None);
+        }
+        let (shared, run) = self.shared_for(guest).map_err(hint_err)?;
+        // Let the last migration's DONE take effect and late replies finish.
+        let t = Instant::now();
+        while !shared.settled() && t.elapsed() < self.cfg.settle_timeout {
+            match run {
+                HintRun::Inline => shared.pump(1 << 16)?,
+                HintRun::Threaded => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+        let f = lock(&shared.driver).features();
+        let negotiated = match mode {
+            HintMode::Bitmap => f.misc_vq(),
+            HintMode::Upstream => f.free_page_hint(),
+            HintMode::Reporting => f.reporting(),
+            HintMode::Off => false,
+        };
+        let queued = if negotiated {
+            let (q, feed) = QueuedHints::new();
+            *lock(&shared.route) = Route {
+                feed: Some(feed.clone()),
+                ids: Vec::new(),
+            };
+            Some((q, feed))
+        } else {
+            None
+        };
+        if negotiated && mode == HintMode::Reporting {
+            if !self.cfg.report_before.is_zero() {
+                report_pass(&shared, run, self.cfg.report_before).map_err(hint_err)?;
+            }
+            shared.reporting_on.store(true, Ordering::Release);
+        }
+        Ok(Some(Box::new(BalloonSource {
+            mode,
+            shared,
+            run,
+            queued,
+            bitmap_wait: self.cfg.bitmap_wait,
+            device_id: None,
+        })))
+    }
+
+    fn unused_pages(&self, guest: &Guest, out: &mut PageSet) {
+        if let Some(a) = lock(&self.attached).as_ref() {
+            if Arc::ptr_eq(&a.shared.memory, guest.memory()) {
+                lock(&a.shared.driver).unused_pages_into(out);
+            }
+        }
+    }
+}
+
+/// The source of one migration; see the module docs.
+struct BalloonSource {
+    mode: HintMode,
+    shared: Arc<Shared>,
+    run: HintRun,
+    /// The migration's filter and feed; `None` when the mode's feature was not negotiated
+    /// (then the source hints nothing).
+    queued: Option<(QueuedHints, HintFeed)>,
+    bitmap_wait: Duration,
+    device_id: Option<u64>,
+}
+
+impl BalloonSource {
+    fn pump(&self) -> std::result::Result<(), MigrationError> {
+        match self.run {
+            HintRun::Inline => self.shared.pump(64),
+            HintRun::Threaded => Ok(()),
+        }
+    }
+}
+
+impl HintSource for BalloonSource {
+    fn start(&mut self, round: u32) -> std::result::Result<(), MigrationError> {
+        let Some((q, feed)) = &mut self.queued else {
+            return Ok(());
+        };
+        if self.mode == HintMode::Reporting {
+            return Ok(());
+        }
+        q.start(round)?;
+        let fid = feed.cmd_id();
+        let s = &self.shared;
+        let did = s.new_id();
+        lock(&s.route).ids.push((u64::from(did), fid));
+        self.device_id = Some(u64::from(did));
+        {
+            let mut d = lock(&s.device);
+            match self.mode {
+                HintMode::Bitmap => d.request_unused_pages(u64::from(did)).map(|_| ()),
+                _ => d.start_free_page_hint(did),
+            }
+            .map_err(hint_err)?;
+        }
+        if self.mode == HintMode::Bitmap && round == 1 && !self.bitmap_wait.is_zero() {
+            // The seed's QEMU RFC asked for the bitmap before the bulk stage, polling every
+            // millisecond; here at most `bitmap_wait`.
+            let t = Instant::now();
+            while s.finished.load(Ordering::Acquire) != u64::from(did)
+                && t.elapsed() < self.bitmap_wait
+            {
+                match self.run {
+                    HintRun::Inline => s.pump(1 << 16)?,
+                    HintRun::Threaded => std::thread::sleep(Duration::from_micros(100)),
+                }
+            }
+        }
+        self.pump()
+    }
+
+    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> std::result::Result<bool, MigrationError> {
+        self.pump()?;
+        match &mut self.queued {
+            Some((q, _)) if self.mode != HintMode::Reporting => q.poll(out),
+            _ => Ok(true),
+        }
+    }
+
+    fn stop(&mut self) -> std::result::Result<(), MigrationError> {
+        let Some((q, _)) = &mut self.queued else {
+            return Ok(());
+        };
+        if self.mode == HintMode::Reporting {
+            return Ok(());
+        }
+        q.stop()?;
+        let mut d = lock(&self.shared.device);
+        match self.mode {
+            HintMode::Bitmap => {
+                d.cancel_unused_pages();
+                Ok(())
+            }
+            _ => d.stop_free_page_hint().map_err(hint_err),
+        }
+    }
+
+    fn done(&mut self) {
+        let s = &self.shared;
+        s.reporting_on.store(false, Ordering::Release);
+        let Some((q, _)) = &mut self.queued else {
+            return;
+        };
+        q.done();
+        *lock(&s.route) = Route::default();
+        let mut d = lock(&s.device);
+        match self.mode {
+            HintMode::Bitmap => d.cancel_unused_pages(),
+            HintMode::Upstream => {
+                if let Err(e) = d.free_page_hint_done() {
+                    s.record(e);
+                }
+            }
+            _ => {}
+        }
+    }
+}
