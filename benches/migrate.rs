@@ -2,9 +2,11 @@
 //! variant interleaved on one built guest, with the floors of this machine measured in the same
 //! run. Run with `cargo bench --no-default-features --bench migrate`.
 //!
-//! Environment: `VB_BENCH_SCENARIOS=m1,m2,m3` (which, default all), `VB_BENCH_REPS=3`,
-//! `VB_BENCH_STANDIN=1` (run the hint modes with the free-list stand-in, labelled: the host
-//! reads the guest's free lists, an upper bound and not a balloon result),
+//! The hint modes get their hints from a balloon on the guest (`machine::BalloonHints`, over
+//! real virtqueues). Environment: `VB_BENCH_SCENARIOS=m1,m2,m3` (which, default all),
+//! `VB_BENCH_REPS=3`, `VB_BENCH_STANDIN=1` (run the hint modes with the free-list stand-in
+//! instead, labelled: the host reads the guest's free lists, an upper bound and not a balloon
+//! result),
 //! `VB_BENCH_DIRTY_MBPS=0` (the guest's dirty rate during migration, MB/s),
 //! `VB_BENCH_VARIANTS=off,skip,bitmap,upstream,reporting` (which variants; `bitmap+skip` too).
 //! Without `--bench` (as `cargo test --benches` runs it) a small smoke pass runs instead.
@@ -24,13 +26,18 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let stand_in = std::env::var_os("VB_BENCH_STANDIN").is_some() || !full;
+    let want_stand_in = std::env::var_os("VB_BENCH_STANDIN").is_some();
+    let stand_in = want_stand_in || !full;
     let mut cfg = BenchMigrateConfig {
         stand_in,
         repetitions: env_u64("VB_BENCH_REPS", 3) as usize,
         dirty_rate_bytes_per_s: env_u64("VB_BENCH_DIRTY_MBPS", 0) * 1_000_000,
         ..BenchMigrateConfig::default()
     };
+    if want_stand_in {
+        // The hint modes from the stand-in instead of the balloon (the default provider).
+        cfg.hint_provider = None;
+    }
     if !full {
         cfg.scenarios = vec![
             Scenario::m1().with_guest_bytes(256 << 20),

@@ -23,7 +23,7 @@
 //! For Reporting the guest reports its free blocks of order ≥ 9 before the migration (one full
 //! pass, outside the timed migration, as a guest with reporting on has long done) and keeps
 //! reporting while the migration runs. Reporting is on only around Reporting-mode migrations,
-//! so that interleaved benchmark variants see the same guest ([`BalloonHints::reset_guest`]
+//! so that interleaved benchmark variants see the same guest ([`BalloonHints::unreport`]
 //! puts stale data back afterwards).
 //!
 //! Ids are unique over the provider's life (the device must not reuse a command id before the
@@ -445,11 +445,11 @@ impl BalloonHints {
         report_pass(&s, run, timeout)
     }
 
-    /// Bench support: undoes what a Reporting-mode migration did to `guest`, so the next
-    /// interleaved variant sees the guest as built. Free pages that were resident in
-    /// `resident_before` and were discarded since get stale (non-zero) data again, and blocks
-    /// marked reported lose the mark. Returns the pages refilled. Call it with the guest idle.
-    pub fn reset_guest(&self, guest: &GuestRunner, resident_before: &PageSet) -> Result<u64> {
+    /// Puts back what reporting took from `guest` (see [`HintProvider::reset_guest`]): free
+    /// pages that were resident in `resident_before` and were discarded since get stale
+    /// (non-zero) data again, and blocks marked reported lose the mark. Returns the pages
+    /// refilled. Call it with the guest paused or idle.
+    pub fn unreport(&self, guest: &GuestRunner, resident_before: &PageSet) -> Result<u64> {
         let resident = guest.resident_pages()?;
         let mut st = guest.lock();
         let g = &mut st.guest;
@@ -731,6 +731,18 @@ impl HintProvider for BalloonHints {
             bitmap_wait: self.cfg.bitmap_wait,
             device_id: None,
         })))
+    }
+
+    fn reset_guest(
+        &self,
+        mode: HintMode,
+        guest: &GuestRunner,
+        resident_before: &PageSet,
+    ) -> std::result::Result<u64, MigrationError> {
+        match mode {
+            HintMode::Reporting => self.unreport(guest, resident_before).map_err(hint_err),
+            _ => Ok(0),
+        }
     }
 
     fn unused_pages(&self, guest: &Guest, out: &mut PageSet) {

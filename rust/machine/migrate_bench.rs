@@ -89,7 +89,8 @@ pub struct BenchMigrateConfig {
     pub scenarios: Vec<Scenario>,
     /// Variants, run interleaved on each scenario.
     pub variants: Vec<BenchVariant>,
-    /// The balloon session's hint provider; without it, hint-mode variants are reported as
+    /// The balloon session's hint provider (default: [`BalloonHints`](super::BalloonHints), a
+    /// balloon on each scenario's guest); without one, hint-mode variants are reported as
     /// skipped (unless the stand-in is on).
     pub hint_provider: Option<Arc<dyn HintProvider>>,
     /// Run the hint-mode variants with the [`FreeListStandIn`] (labelled, an upper bound) when
@@ -120,7 +121,7 @@ impl Default for BenchMigrateConfig {
         BenchMigrateConfig {
             scenarios: vec![Scenario::m1(), Scenario::m2(), Scenario::m3()],
             variants: BenchVariant::defaults(),
-            hint_provider: None,
+            hint_provider: Some(Arc::new(super::BalloonHints::default())),
             stand_in: false,
             repetitions: 3,
             repetitions_large: 1,
@@ -344,6 +345,9 @@ fn run_once(guest: &GuestRunner, opts: &MigrateOptions) -> Result<Run> {
     guest.set_dirty_rate(0);
     guest.pause();
     guest.restore_untouched(&before)?;
+    if let Some(p) = &opts.hint_provider {
+        p.reset_guest(opts.hints, guest, &before)?;
+    }
     guest.resume();
     let r = res?;
     Ok(Run {

@@ -105,6 +105,20 @@ pub trait HintProvider: Send + Sync {
     fn unused_pages(&self, guest: &Guest, out: &mut PageSet) {
         let _ = (guest, out);
     }
+
+    /// Benchmark support: undoes what a migration in `mode` did to the paused `guest` beyond
+    /// what the benchmark restores itself, so interleaved variants see the same guest (free page
+    /// reporting discards stale free data). `resident_before` is the residency before the run.
+    /// Returns the pages restored; the default does nothing.
+    fn reset_guest(
+        &self,
+        mode: HintMode,
+        guest: &GuestRunner,
+        resident_before: &PageSet,
+    ) -> Result<u64, MigrationError> {
+        let _ = (mode, guest, resident_before);
+        Ok(0)
+    }
 }
 
 /// **Test stand-in, not a balloon mode**: hints every free block of the guest's allocator, read
