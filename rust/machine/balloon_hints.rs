@@ -57,6 +57,9 @@ pub enum HintRun {
     Threaded,
     /// Inside the hint source's calls, in turn (deterministic; for tests).
     Inline,
+    /// Only when the caller says so ([`BalloonHints::step_guest`],
+    /// [`BalloonHints::step_device`]): tests choose every interleaving.
+    Manual,
 }
 
 /// How [`BalloonHints`] sets the balloon up and drives it.
@@ -180,8 +183,26 @@ impl Shared {
         }
     }
 
-    /// One guest-side step of the balloon and one device step, in turn, until both are idle
-    /// (inline mode); nothing while the guest is paused.
+    /// One step of the guest's balloon worker: the hint queues, and reporting while it is on
+    /// or a pass is asked for.
+    fn guest_step(&self, guest: &mut Guest) -> std::result::Result<HintStep, MigrationError> {
+        let mut drv = lock(&self.driver);
+        let mut step = drv.service_hints(guest).map_err(hint_err)?;
+        let asked = self.report_asked.load(Ordering::Acquire);
+        if asked > self.report_done.load(Ordering::Acquire)
+            || self.reporting_on.load(Ordering::Acquire)
+        {
+            let r = drv.report_free_pages(guest).map_err(hint_err)?;
+            if r == HintStep::Idle {
+                self.report_done.store(asked, Ordering::Release);
+            }
+            step = step.max(r);
+        }
+        Ok(step)
+    }
+
+    /// Guest steps and device steps in turn until both are idle (inline mode); nothing while
+    /// the guest is paused.
     fn pump(&self, max: usize) -> std::result::Result<(), MigrationError> {
         let r = self
             .guest
@@ -190,22 +211,7 @@ impl Shared {
                     return Ok(());
                 }
                 for _ in 0..max {
-                    let mut drv = lock(&self.driver);
-                    let mut step = drv.service_hints(&mut st.guest).map_err(hint_err)?;
-                    if self.report_asked.load(Ordering::Acquire)
-                        > self.report_done.load(Ordering::Acquire)
-                        || self.reporting_on.load(Ordering::Acquire)
-                    {
-                        let r = drv.report_free_pages(&mut st.guest).map_err(hint_err)?;
-                        if r == HintStep::Idle {
-                            self.report_done.store(
-                                self.report_asked.load(Ordering::Acquire),
-                                Ordering::Release,
-                            );
-                        }
-                        step = step.max(r);
-                    }
-                    drop(drv);
+                    let step = self.guest_step(&mut st.guest)?;
                     let served = lock(&self.device).process_kicked().map_err(hint_err)?;
                     if step == HintStep::Idle && served == 0 {
                         break;
@@ -331,7 +337,7 @@ impl BalloonHints {
         let cfg = &self.cfg;
         let notify = match cfg.run {
             HintRun::Threaded => NotifyMode::EventFd,
-            HintRun::Inline => NotifyMode::Polling,
+            HintRun::Inline | HintRun::Manual => NotifyMode::Polling,
         };
         let memory = Arc::clone(runner.memory());
         let mut device = BalloonDevice::new(
@@ -379,7 +385,7 @@ impl BalloonHints {
             route_event(&s, e);
         })));
         let threads = match cfg.run {
-            HintRun::Inline => None,
+            HintRun::Inline | HintRun::Manual => None,
             HintRun::Threaded => Some(spawn_threads(&shared, cfg.worker_interval)?),
         };
         Ok(Attached {
@@ -435,6 +441,32 @@ impl BalloonHints {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// [`HintRun::Manual`]: one step of the guest's balloon worker on `guest` (nothing while
+    /// it is paused). Other run modes step on their own; this adds a step.
+    pub fn step_guest(&self, guest: &GuestRunner) -> Result<HintStep> {
+        let (s, _) = self.shared_for(guest)?;
+        let r = s.guest.with(|st, paused| {
+            if paused {
+                return Ok(HintStep::Idle);
+            }
+            s.guest_step(&mut st.guest)
+        });
+        Ok(r.unwrap_or(Ok(HintStep::Idle))?)
+    }
+
+    /// [`HintRun::Manual`]: serves every kicked queue of the device once; returns the queues
+    /// served (nothing while the guest is paused).
+    pub fn step_device(&self, guest: &GuestRunner) -> Result<u32> {
+        let (s, _) = self.shared_for(guest)?;
+        let r = s.guest.with(|_, paused| {
+            if paused {
+                return Ok(0);
+            }
+            lock(&s.device).process_kicked()
+        });
+        Ok(r.unwrap_or(Ok(0))?)
     }
 
     /// Runs one full reporting pass in the guest (its balloon worker isolates, reports and puts
@@ -522,7 +554,7 @@ fn report_pass(s: &Arc<Shared>, run: HintRun, timeout: Duration) -> Result<u64> 
             )));
         }
         match run {
-            HintRun::Inline => s.pump(1 << 16)?,
+            HintRun::Inline | HintRun::Manual => s.pump(1 << 16)?,
             HintRun::Threaded => std::thread::sleep(Duration::from_micros(200)),
         }
     }
@@ -651,20 +683,8 @@ impl Shared {
                 if paused {
                     return Ok(());
                 }
-                let mut drv = lock(&self.driver);
                 for _ in 0..64 {
-                    let mut step = drv.service_hints(&mut st.guest).map_err(hint_err)?;
-                    let asked = self.report_asked.load(Ordering::Acquire);
-                    if asked > self.report_done.load(Ordering::Acquire)
-                        || self.reporting_on.load(Ordering::Acquire)
-                    {
-                        let r = drv.report_free_pages(&mut st.guest).map_err(hint_err)?;
-                        if r == HintStep::Idle {
-                            self.report_done.store(asked, Ordering::Release);
-                        }
-                        step = step.max(r);
-                    }
-                    if step != HintStep::Progress {
+                    if self.guest_step(&mut st.guest)? != HintStep::Progress {
                         break;
                     }
                 }
@@ -696,7 +716,7 @@ impl HintProvider for BalloonHints {
         let t = Instant::now();
         while !shared.settled() && t.elapsed() < self.cfg.settle_timeout {
             match run {
-                HintRun::Inline => shared.pump(1 << 16)?,
+                HintRun::Inline | HintRun::Manual => shared.pump(1 << 16)?,
                 HintRun::Threaded => std::thread::sleep(Duration::from_micros(200)),
             }
         }
@@ -770,7 +790,7 @@ impl BalloonSource {
     fn pump(&self) -> std::result::Result<(), MigrationError> {
         match self.run {
             HintRun::Inline => self.shared.pump(64),
-            HintRun::Threaded => Ok(()),
+            HintRun::Threaded | HintRun::Manual => Ok(()),
         }
     }
 }
@@ -797,7 +817,8 @@ impl HintSource for BalloonSource {
             }
             .map_err(hint_err)?;
         }
-        if self.mode == HintMode::Bitmap && round == 1 && !self.bitmap_wait.is_zero() {
+        let wait = self.mode == HintMode::Bitmap && round == 1 && !self.bitmap_wait.is_zero();
+        if wait && self.run != HintRun::Manual {
             // The seed's QEMU RFC asked for the bitmap before the bulk stage, polling every
             // millisecond; here at most `bitmap_wait`.
             let t = Instant::now();
@@ -805,8 +826,8 @@ impl HintSource for BalloonSource {
                 && t.elapsed() < self.bitmap_wait
             {
                 match self.run {
-                    HintRun::Inline => s.pump(1 << 16)?,
                     HintRun::Threaded => std::thread::sleep(Duration::from_micros(100)),
+                    _ => s.pump(1 << 16)?,
                 }
             }
         }
