@@ -451,3 +451,35 @@ fn test_queue_indexes_follow_the_hint_features() {
         (None, None, Some(2), Some(3), 4)
     );
 }
+
+#[test]
+fn test_misc_answer_leaves_out_ballooned_and_held_pages() {
+    let mut r = rig(64 * MIB);
+    // Inflate 2 MiB into the balloon.
+    r.dev.set_num_pages(512).unwrap();
+    for _ in 0..10_000 {
+        match r.drv.advance(&mut r.guest).unwrap() {
+            vballoon::guest::driver::Step::Settled => break,
+            _ => {
+                r.dev.process_kicked().unwrap();
+            }
+        }
+    }
+    assert_eq!(r.drv.balloon_pages(), 512);
+    // Hint upstream and keep the blocks (no DONE yet).
+    r.dev.start_free_page_hint(ID).unwrap();
+    r.pump();
+    assert!(r.drv.held_hint_pages() > 0);
+    r.take_events();
+    let mut held = PageSet::new(r.guest.memory().pages());
+    r.drv.unused_pages_into(&mut held);
+    assert_eq!(held.count(), 512 + r.drv.held_hint_pages());
+    let free = r.free_set();
+    r.dev.request_unused_pages(77).unwrap();
+    r.pump();
+    let hinted = r.pages_of(&r.take_events(), 77);
+    assert_eq!(hinted, free);
+    let mut both = hinted.clone();
+    both.intersect_with(&held);
+    assert!(both.is_empty(), "ballooned or held pages hinted as unused");
+}
