@@ -34,7 +34,9 @@ fn opts(mode: HintMode, provider: &Arc<BalloonHints>) -> MigrateOptions {
     MigrateOptions {
         hints: mode,
         hint_provider: (mode != HintMode::Off).then_some(p),
-        bandwidth_bytes_per_s: 0,
+        // A link slow enough (about 130 ms for the guest) that hints racing the first round
+        // (upstream, as in QEMU) arrive before it ends even on a loaded machine.
+        bandwidth_bytes_per_s: 500_000_000,
         chunk_pages: 256,
         ..MigrateOptions::default()
     }
