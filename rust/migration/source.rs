@@ -33,7 +33,7 @@ use super::stream::{
 };
 use super::transport::{map_io_error, Channel, RateLimited, TEN_GBIT};
 use crate::guest::hash::hash64;
-use crate::memory::{process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::memory::{is_zero_raw, process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::PageSet;
 
 /// Pauses and resumes the guest's vCPUs (here: its workload threads).
@@ -244,6 +244,7 @@ impl<'a> Source<'a> {
             mem,
             cfg: &config,
             stats: Vec::new(),
+            scratch: Vec::new(),
         };
         let res = engine.migrate(log, &mut chan, &mut hints, &mut pause, used, t0);
         match res {
@@ -266,6 +267,78 @@ fn unexpected(code: ReplyCode) -> MigrationError {
     MigrationError::BadReply {
         magic: REPLY_MAGIC,
         code: code.to_u32(),
+    }
+}
+
+impl Engine<'_> {
+    /// Reads `n` pages from `pfn` that a memfd-backed guest has not populated, with `pread` on
+    /// the memfd: shmem answers holes with the zero page instead of allocating them, as a read
+    /// fault through a shared mapping would (a no-hints pass over a 128 GiB memfd guest would
+    /// otherwise populate all of it). Pages populated meanwhile read as their contents.
+    fn read_holes(
+        &mut self,
+        pfn: u64,
+        n: u64,
+        run: &mut Option<(u64, u64)>,
+        w: &mut StreamWriter,
+        sink: &mut QueueSink,
+        st: &mut RoundStats,
+    ) -> Result<(), MigrationError> {
+        let io_timeout = self.cfg.io_timeout;
+        let io = |e| map_io_error("send batch", io_timeout, e);
+        let Some(fd) = self.mem.memfd() else {
+            return Ok(());
+        };
+        let page = PAGE_SIZE as usize;
+        let mut at = pfn;
+        while at < pfn + n {
+            let m = HOLE_READ_PAGES.min(pfn + n - at);
+            let len = m as usize * page;
+            self.scratch.resize(len.max(self.scratch.len()), 0);
+            let buf = &mut self.scratch[..len];
+            let mut got = 0;
+            while got < len {
+                let off = (at * PAGE_SIZE) as usize + got;
+                // SAFETY: `buf[got..]` is a live, writable buffer of `len - got` bytes that we
+                // own; `fd` is the guest's memfd, open for the life of `self.mem`.
+                let r = unsafe {
+                    libc::pread(
+                        fd,
+                        buf[got..].as_mut_ptr().cast(),
+                        len - got,
+                        off as libc::off_t,
+                    )
+                };
+                if r <= 0 {
+                    let e = if r == 0 {
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "memfd shorter than RAM")
+                    } else {
+                        io::Error::last_os_error()
+                    };
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(MigrationError::Io {
+                        op: "read a hole of the guest memfd",
+                        source: e,
+                    });
+                }
+                got += r as usize;
+            }
+            for (i, p) in buf.chunks_exact(page).enumerate() {
+                let this = at + i as u64;
+                // SAFETY: `p` is a page of our own scratch buffer.
+                if self.cfg.zero_detection && unsafe { is_zero_raw(p.as_ptr(), page) } {
+                    st.zero_pages += 1;
+                    extend_zero_run(run, this, 1, w, sink).map_err(io)?;
+                } else {
+                    w.data_slot(sink, this).map_err(io)?.copy_from_slice(p);
+                    st.data_pages += 1;
+                }
+            }
+            at += m;
+        }
+        Ok(())
     }
 }
 
@@ -357,7 +430,12 @@ struct Engine<'e> {
     mem: &'e GuestMemory,
     cfg: &'e MigrationConfig,
     stats: Vec<RoundStats>,
+    /// Where holes of a memfd-backed guest are read through the file (see `read_holes`).
+    scratch: Vec<u8>,
 }
+
+/// Pages read through the file at a time from a hole of a memfd-backed guest.
+const HOLE_READ_PAGES: u64 = 256;
 
 impl Engine<'_> {
     fn check_cancel(&self) -> Result<(), MigrationError> {
@@ -616,7 +694,9 @@ impl Engine<'_> {
                 chunk = end;
                 continue;
             }
-            let resident = if self.cfg.skip_unpopulated {
+            // Without skipping, a memfd guest's holes are still found, to be read through the
+            // file: reading them through the mapping would allocate every one of them.
+            let resident = if self.cfg.skip_unpopulated || mem.memfd().is_some() {
                 Some(mem.residency(GuestAddress(chunk * PAGE_SIZE), (end - chunk) * PAGE_SIZE)?)
             } else {
                 None
@@ -629,9 +709,14 @@ impl Engine<'_> {
                         let from = (pfn - chunk) as usize;
                         let to = (first + n - chunk) as usize;
                         let k = r[from..to].iter().take_while(|&&b| b & 1 == 0).count() as u64;
-                        if k > 0 {
+                        if k > 0 && self.cfg.skip_unpopulated {
                             st.unpopulated_pages += k;
                             extend_zero_run(&mut run, pfn, k, w, sink).map_err(io)?;
+                            pfn += k;
+                            continue;
+                        }
+                        if k > 0 {
+                            self.read_holes(pfn, k, &mut run, w, sink, st)?;
                             pfn += k;
                             continue;
                         }
