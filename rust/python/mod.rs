@@ -8,6 +8,7 @@ mod convert;
 mod errors;
 mod memory;
 mod pages;
+mod session;
 mod virtq;
 
 use pyo3::prelude::*;
@@ -32,5 +33,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pages::PyPageSet>()?;
     m.add_function(wrap_pyfunction!(pages::encode_pages, m)?)?;
     m.add_function(wrap_pyfunction!(pages::decode_pages, m)?)?;
+    m.add_class::<session::PySession>()?;
+    m.add_class::<session::PyInflateReport>()?;
+    m.add_function(wrap_pyfunction!(session::bench_inflate_table, m)?)?;
     Ok(())
 }
