@@ -3,8 +3,13 @@
 //! Each layer has its own typed error; this enum is what crosses layer boundaries that mix them
 //! (the machine, the bindings), and what the Python bindings map to exception classes.
 
+use crate::device::BalloonError;
+use crate::guest::driver::DriverError;
 use crate::guest::GuestError;
 use crate::memory::MemoryError;
+use crate::migration::MigrationError;
+use crate::pages::PagesError;
+use crate::transport::TransportError;
 use crate::virtq::VirtqError;
 
 /// Any vballoon error, by family.
@@ -19,12 +24,24 @@ pub enum Error {
     /// A virtqueue: a ring the guest corrupted, a full queue, a notification failure.
     #[error(transparent)]
     Virtq(#[from] VirtqError),
+    /// A page-set encoding: a malformed or hostile message.
+    #[error(transparent)]
+    Pages(#[from] PagesError),
+    /// Live migration.
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    /// The virtio transport: status, feature negotiation, config space, queue setup.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The balloon device (host side): a refused guest buffer, a broken queue, a host error.
+    #[error(transparent)]
+    Balloon(#[from] BalloonError),
+    /// The balloon driver (guest side): negotiation, queue setup, a device that misbehaves.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
     /// An argument given by a caller (not the guest) is invalid.
     #[error("{0}")]
     Config(String),
-    /// A live migration, or one side of it.
-    #[error(transparent)]
-    Migration(#[from] crate::migration::MigrationError),
 }
 
 /// Result with the crate's [`Error`].

@@ -13,6 +13,7 @@ pub mod machine;
 pub mod memory;
 pub mod migration;
 pub mod pages;
+pub mod transport;
 pub mod virtq;
 
 #[cfg(feature = "python")]

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from vballoon import _native
 
-console = Console()
+# Tables are wider than 80 columns: keep them whole when the output is a pipe or a file.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
@@ -36,6 +37,55 @@ def ring_demo(guest_size: str = "1GiB", buffers: int = 1_000_000) -> list[dict[s
     return rows
 
 
+def _ms(secs: float) -> str:
+    return f"{secs * 1e3:,.1f}"
+
+
+def inflate_table(table: dict[str, Any]) -> Table:
+    """The inflate comparison as a table: time, stages, ratios to pfn and to the floor."""
+    gib = 1 << 30
+    title = (
+        f"Inflate {table['inflate_bytes'] / gib:.2f} GiB of a {table['guest_bytes'] / gib:.2f} GiB "
+        f"guest, every page touched (median of {table['rounds']})"
+    )
+    if table.get("fragmentation") is not None:
+        title += f", fragmentation {table['fragmentation']}"
+    rows = []
+    for r in table["rows"]:
+        rows.append(
+            [
+                r["name"],
+                _ms(r["inflate_secs"]),
+                _ms(r["alloc_secs"]),
+                _ms(r["encode_send_secs"]),
+                _ms(r["decode_secs"]),
+                _ms(r["discard_secs"]),
+                f"{r['buffers']:,}",
+                f"{r['discard_calls']:,}",
+                f"{r['rss_drop_bytes'] / (1 << 20):,.0f}",
+                f"{r['ratio_to_pfn']:.3f}" if r["ratio_to_pfn"] else "-",
+                f"{r['ratio_to_floor']:.2f}" if r["ratio_to_floor"] else "-",
+            ]
+        )
+    return _table(
+        title,
+        [
+            "variant",
+            "inflate ms",
+            "alloc",
+            "encode+send",
+            "decode",
+            "discard",
+            "buffers",
+            "discards",
+            "RSS drop MiB",
+            "/ pfn",
+            "/ floor",
+        ],
+        rows,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     rows = ring_demo(args.ring_guest, args.buffers)
     console.print(
@@ -55,14 +105,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ],
         )
     )
+    result: dict[str, Any] = {"ring": rows}
+    if not args.ring_only:
+        table = _native.bench_inflate_table(args.guest, args.inflate, rounds=args.rounds)
+        console.print(inflate_table(table))
+        result["inflate"] = {k: v for k, v in table.items() if k != "text"}
     if args.json:
-        json.dump({"ring": rows}, sys.stdout, indent=2)
+        json.dump(result, sys.stdout, indent=2)
         print()
     return 0
 
 
 def cmd_bench_virtq(args: argparse.Namespace) -> int:
+    args.ring_only = True
     return cmd_demo(args)
+
+
+def cmd_bench_inflate(args: argparse.Namespace) -> int:
+    table = _native.bench_inflate_table(
+        args.guest,
+        args.inflate,
+        rounds=args.rounds,
+        fragmentation=args.fragmentation,
+        mode=args.mode,
+        backing=args.backing,
+    )
+    console.print(inflate_table(table))
+    if args.json:
+        json.dump({k: v for k, v in table.items() if k != "text"}, sys.stdout, indent=2)
+        print()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main demo: rings, inflate comparison, migration")
     demo.add_argument("--ring-guest", default="1GiB", help="guest size for the ring demo")
     demo.add_argument("--buffers", type=int, default=1_000_000, help="buffers through the ring")
+    demo.add_argument("--guest", default="2GiB", help="guest size for the inflate comparison")
+    demo.add_argument("--inflate", default="1792MiB", help="how much of it to inflate")
+    demo.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    demo.add_argument("--ring-only", action="store_true", help="only the ring demo")
     demo.add_argument("--json", action="store_true", help="also print the results as JSON")
     demo.set_defaults(func=cmd_demo)
 
@@ -86,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument("--buffers", type=int, default=1_000_000)
     bv.add_argument("--json", action="store_true")
     bv.set_defaults(func=cmd_bench_virtq)
+    bi = bsub.add_parser("inflate", help="inflate/deflate: pfn vs bitmap vs extents vs auto")
+    bi.add_argument("--guest", default="8GiB", help="guest size (8GiB as in the seed)")
+    bi.add_argument("--inflate", default="7GiB", help="how much to inflate (7GiB in the seed)")
+    bi.add_argument("--rounds", type=int, default=3)
+    bi.add_argument("--fragmentation", type=float, default=None, help="0 (none) to 1 (pages)")
+    bi.add_argument("--mode", default="sync", choices=["sync", "threaded"])
+    bi.add_argument("--backing", default="anonymous", choices=["anonymous", "memfd"])
+    bi.add_argument("--json", action="store_true")
+    bi.set_defaults(func=cmd_bench_inflate)
     return p
 
 

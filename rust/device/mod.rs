@@ -1,1 +1,29 @@
-//! (device: under construction)
+//! The balloon device, host side (virtio 1.2 §5.5, plus the 2016 seed's encodings).
+//!
+//! - [`BalloonDevice`]: features and config space over a [`Transport`](crate::transport),
+//!   per-queue handlers dispatched by role (inflate, deflate, stats; misc, free-page hint and
+//!   reporting plug in by role later), every guest-supplied byte validated.
+//! - [`DeviceConfig`]: what it offers and how it frees memory ([`DiscardPolicy`]).
+//! - Inflate turns each batch of buffers into maximal runs, coalesced across buffers, and
+//!   discards each run once (`MADV_DONTNEED` for anonymous RAM, `PUNCH_HOLE` for memfd), or
+//!   page by page as QEMU does ([`DiscardPolicy::PerPage`]).
+//! - Deflate is bookkeeping: a discarded page faults back in, zeroed, when the guest touches
+//!   it. Deflating a page that is not in the balloon is counted
+//!   ([`DeviceCounters::pages_stray_deflated`]) and ignored, not an error: it harms only the
+//!   guest, and the rest of the message is still applied.
+//! - The device keeps the host's view of the balloon ([`BalloonDevice::balloon`]) for the
+//!   migration engine, and [`DeviceCounters`].
+//! - [`hostile`]: the harness the fuzz target and the hostile-guest tests share.
+
+mod balloon;
+mod config;
+mod counters;
+mod error;
+pub mod hostile;
+pub mod stats;
+
+pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, ERROR_LOG_LEN};
+pub use config::{DeviceConfig, DiscardPolicy, DEFAULT_QUEUE_SIZE};
+pub use counters::{DeviceCounters, SharedCounters};
+pub use error::BalloonError;
+pub use stats::StatsSample;

@@ -10,6 +10,7 @@
 //!   fragment, page cache, dirtying at a rate.
 
 pub mod buddy;
+pub mod driver;
 mod error;
 pub mod hash;
 pub mod kernel;

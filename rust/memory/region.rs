@@ -93,7 +93,16 @@ impl GuestMemory {
                 Some(fd)
             }
         };
-        Self::map(size, backing, fd)
+        Self::map(size, backing, fd, None)
+    }
+
+    /// Like [`GuestMemory::new`] (anonymous only), but at exactly host address `at`, for test
+    /// rigs that put canary pages right next to guest RAM.
+    ///
+    /// Uses `MAP_FIXED_NOREPLACE`, so it fails rather than replace anything already mapped there.
+    pub fn new_at(size: u64, at: usize) -> Result<GuestMemory, MemoryError> {
+        Self::check_size(size)?;
+        Self::map(size, Backing::Anonymous, None, Some(at))
     }
 
     /// Maps an existing memfd (for example one received from another process) as guest RAM.
@@ -110,7 +119,7 @@ impl GuestMemory {
         if u64::try_from(st.st_size).unwrap_or(0) < size {
             return Err(MemoryError::BadSize { size });
         }
-        Self::map(size, Backing::Memfd, Some(fd))
+        Self::map(size, Backing::Memfd, Some(fd), None)
     }
 
     fn check_size(size: u64) -> Result<(), MemoryError> {
@@ -120,20 +129,30 @@ impl GuestMemory {
         Ok(())
     }
 
-    fn map(size: u64, backing: Backing, fd: Option<OwnedFd>) -> Result<GuestMemory, MemoryError> {
+    fn map(
+        size: u64,
+        backing: Backing,
+        fd: Option<OwnedFd>,
+        at: Option<usize>,
+    ) -> Result<GuestMemory, MemoryError> {
         let len = usize::try_from(size).map_err(|_| MemoryError::BadSize { size })?;
-        let (flags, raw_fd) = match &fd {
+        let (mut flags, raw_fd) = match &fd {
             None => (
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
             ),
             Some(fd) => (libc::MAP_SHARED | libc::MAP_NORESERVE, fd.as_raw_fd()),
         };
-        // SAFETY: a fresh mapping at a kernel-chosen address (no MAP_FIXED), so no existing
-        // memory is affected; the result is checked against MAP_FAILED.
+        if at.is_some() {
+            flags |= libc::MAP_FIXED_NOREPLACE;
+        }
+        let hint = at.map_or(ptr::null_mut(), |a| a as *mut libc::c_void);
+        // SAFETY: a fresh mapping at a kernel-chosen address, or at `hint` with
+        // MAP_FIXED_NOREPLACE, which fails instead of replacing anything: no existing memory is
+        // affected; the result is checked against MAP_FAILED.
         let p = unsafe {
             libc::mmap(
-                ptr::null_mut(),
+                hint,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 flags,
@@ -143,6 +162,15 @@ impl GuestMemory {
         };
         if p == libc::MAP_FAILED {
             return Err(os_err("mmap"));
+        }
+        if at.is_some_and(|a| a != p as usize) {
+            // Kernels before 4.17 treat NOREPLACE as a hint: give back a misplaced mapping.
+            // SAFETY: `p` is the mapping just made, of `len` bytes.
+            unsafe { libc::munmap(p, len) };
+            return Err(MemoryError::Os {
+                op: "mmap(MAP_FIXED_NOREPLACE)",
+                source: io::Error::from(io::ErrorKind::AddrInUse),
+            });
         }
         // SAFETY: `p` is the start of a mapping of `len` bytes that we own. A failure only means
         // THP stays as configured, which changes performance, not correctness.

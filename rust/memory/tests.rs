@@ -22,9 +22,10 @@ fn test_memfd_discard_visible_through_second_mapping() {
     let mem = GuestMemory::new(2 * MIB, Backing::Memfd).unwrap();
     // Duplicate the fd the way a second process would receive it.
     let fd = mem.memfd().unwrap();
-    // SAFETY: `fd` is the open memfd `mem` owns, alive for this whole borrow.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let dup: OwnedFd = borrowed.try_clone_to_owned().unwrap();
+    // SAFETY: `fd` is the memfd `mem` owns, open for the whole borrow.
+    let dup: OwnedFd = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .unwrap();
     let other = GuestMemory::from_memfd(dup, 2 * MIB).unwrap();
     mem.write_u64(GuestAddress(0x1000), 0xdead_beef).unwrap();
     assert_eq!(other.read_u64(GuestAddress(0x1000)).unwrap(), 0xdead_beef);

@@ -11,16 +11,15 @@ use pyo3::prelude::*;
 ///
 /// # Safety
 /// `view` must be the pointer CPython passed to `__getbuffer__`; `data` must stay valid for
-/// `len` bytes for as long as `owner` is alive; `format` must be a static C string whose item
-/// size is `itemsize` and `len` a multiple of it.
+/// `len` bytes for as long as `owner` is alive; `format` must be the struct-module code of
+/// items of `itemsize` bytes, and `len` a multiple of it.
 pub unsafe fn fill_view(
     view: *mut ffi::Py_buffer,
     flags: c_int,
     data: *mut u8,
     len: usize,
     readonly: bool,
-    format: &'static CStr,
-    itemsize: usize,
+    (format, itemsize): (&'static CStr, usize),
     owner: Bound<'_, PyAny>,
 ) -> PyResult<()> {
     if view.is_null() {

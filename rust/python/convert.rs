@@ -22,7 +22,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     let v = num * mult as f64;
-    (v.is_finite() && v >= 0.0 && v < 1.8e19 && v.fract() == 0.0).then_some(v as u64)
+    ((0.0..1.8e19).contains(&v) && v.fract() == 0.0).then_some(v as u64)
 }
 
 /// Parses a link rate: `"10Gbit"`, `"1.25GB/s"`, `"100Mbit"`, or a number of bytes per second.

@@ -7,9 +7,14 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
+use crate::device::BalloonError as CoreBalloonError;
 use crate::error::Error;
+use crate::guest::driver::DriverError;
 use crate::guest::GuestError as CoreGuestError;
 use crate::memory::MemoryError;
+use crate::migration::MigrationError as CoreMigrationError;
+use crate::pages::PagesError;
+use crate::transport::TransportError;
 use crate::virtq::VirtqError;
 
 create_exception!(
@@ -39,6 +44,9 @@ families! {
     GuestMemoryError: "A guest-memory access or operation failed.",
     GuestError: "The guest model refused an operation (allocator, workload).",
     VirtqueueError: "A virtqueue operation failed or the guest broke the ring protocol.",
+    EncodingError: "A page-set message is malformed or hostile.",
+    BalloonError: "The balloon failed: transport negotiation, the device, or the guest driver.",
+    MigrationError: "A live migration failed (stream, transport, timeout, destination).",
 }
 
 impl From<Error> for PyErr {
@@ -48,6 +56,11 @@ impl From<Error> for PyErr {
             Error::Memory(_) => GuestMemoryError::new_err(msg),
             Error::Guest(_) => GuestError::new_err(msg),
             Error::Virtq(_) => VirtqueueError::new_err(msg),
+            Error::Pages(_) => EncodingError::new_err(msg),
+            Error::Transport(_) | Error::Balloon(_) | Error::Driver(_) => {
+                BalloonError::new_err(msg)
+            }
+            Error::Migration(_) => MigrationError::new_err(msg),
             Error::Config(_) => ConfigError::new_err(msg),
         }
     }
@@ -64,7 +77,16 @@ macro_rules! via_crate_error {
     };
 }
 
-via_crate_error!(MemoryError, CoreGuestError, VirtqError);
+via_crate_error!(
+    MemoryError,
+    CoreGuestError,
+    VirtqError,
+    PagesError,
+    CoreMigrationError,
+    CoreBalloonError,
+    DriverError,
+    TransportError
+);
 
 /// A [`ConfigError`] with `msg`.
 pub fn config_err(msg: impl Into<String>) -> PyErr {

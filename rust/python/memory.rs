@@ -223,7 +223,7 @@ impl GuestView {
         let (ptr, len) = (slf.get().ptr as *mut u8, slf.get().len);
         // SAFETY: `ptr..ptr+len` is inside the mapping, which `slf` keeps alive through its Arc
         // for as long as the buffer holds a reference to `slf`.
-        unsafe { fill_view(view, flags, ptr, len, false, c"B", 1, slf.into_any()) }
+        unsafe { fill_view(view, flags, ptr, len, false, (c"B", 1), slf.into_any()) }
     }
 
     /// # Safety

@@ -7,6 +7,8 @@ mod buffer;
 mod convert;
 mod errors;
 mod memory;
+mod pages;
+mod session;
 mod virtq;
 
 use pyo3::prelude::*;
@@ -28,5 +30,11 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<virtq::PyChain>()?;
     m.add_function(wrap_pyfunction!(virtq::virtqueue_pair, m)?)?;
     m.add_function(wrap_pyfunction!(virtq::pump_queue, m)?)?;
+    m.add_class::<pages::PyPageSet>()?;
+    m.add_function(wrap_pyfunction!(pages::encode_pages, m)?)?;
+    m.add_function(wrap_pyfunction!(pages::decode_pages, m)?)?;
+    m.add_class::<session::PySession>()?;
+    m.add_class::<session::PyInflateReport>()?;
+    m.add_function(wrap_pyfunction!(session::bench_inflate_table, m)?)?;
     Ok(())
 }

@@ -1,0 +1,779 @@
+//! The balloon device (host side): queue handlers for inflate, deflate and stats over the
+//! queues the negotiated features make present, turning page sets into coalesced discards.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::config::{DeviceConfig, DiscardPolicy};
+use super::counters::{add, DeviceCounters, SharedCounters};
+use super::error::BalloonError;
+use super::stats::{self, StatsSample, STATS_MAX_LEN};
+use crate::abi::{
+    bit, BalloonFeatures, QueueIndexes, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
+    STATS_ENTRY_SIZE, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_ID_BALLOON,
+};
+use crate::memory::{GuestMemory, Pfn, PAGE_SIZE};
+use crate::pages::{decode, Encoding, PageSet};
+use crate::transport::wire::{encoding_for, max_message_len};
+use crate::transport::{
+    status_names, FeatureCheck, Transport, TransportConfig, VIRTIO_CONFIG_S_DRIVER_OK,
+};
+use crate::virtq::defs::{has_feature, VIRTIO_F_VERSION_1};
+use crate::virtq::{DescriptorChain, DeviceQueue, VirtqError};
+
+/// Errors the device keeps for inspection (the oldest are dropped; all are counted).
+pub const ERROR_LOG_LEN: usize = 32;
+
+/// What a queue is for, by the balloon's numbering (§5.5.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueueRole {
+    /// inflateq.
+    Inflate,
+    /// deflateq.
+    Deflate,
+    /// statsq.
+    Stats,
+    /// The seed's misc queue (served in a later step).
+    Misc,
+    /// free_page_vq (served in a later step).
+    FreePage,
+    /// reporting_vq (served in a later step).
+    Reporting,
+}
+
+impl QueueRole {
+    /// Lower-case name, used in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueRole::Inflate => "inflate",
+            QueueRole::Deflate => "deflate",
+            QueueRole::Stats => "stats",
+            QueueRole::Misc => "misc",
+            QueueRole::FreePage => "free-page",
+            QueueRole::Reporting => "reporting",
+        }
+    }
+
+    /// The role of each present queue, by index.
+    pub fn table(q: &QueueIndexes) -> Vec<QueueRole> {
+        let mut roles = vec![QueueRole::Inflate; usize::from(q.count)];
+        roles[usize::from(q.deflate)] = QueueRole::Deflate;
+        let optional = [
+            (q.stats, QueueRole::Stats),
+            (q.misc, QueueRole::Misc),
+            (q.free_page, QueueRole::FreePage),
+            (q.reporting, QueueRole::Reporting),
+        ];
+        for (idx, role) in optional {
+            if let Some(i) = idx {
+                roles[usize::from(i)] = role;
+            }
+        }
+        roles
+    }
+}
+
+/// What one run of a queue handler did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueRun {
+    /// Buffers popped.
+    pub buffers: u64,
+    /// Buffers refused (returned used with length 0).
+    pub bad_buffers: u64,
+    /// Pages moved in or out of the balloon.
+    pub pages: u64,
+    /// Whether an interrupt was sent.
+    pub interrupted: bool,
+}
+
+struct Handler {
+    role: QueueRole,
+    queue: DeviceQueue,
+}
+
+/// The stats queue's state: the buffer the device holds until it wants a sample (QEMU's model).
+#[derive(Debug, Default)]
+struct StatsState {
+    held: Option<u16>,
+    sample: StatsSample,
+}
+
+/// A virtio-balloon device over one guest's RAM.
+///
+/// Created with its [`Transport`], which the driver side probes. Once the driver set
+/// DRIVER_OK, [`BalloonDevice::activate`] builds the device end of every present queue; from
+/// then on [`BalloonDevice::process_queue`] serves a queue after a kick.
+///
+/// Every byte the device reads from guest RAM is validated: buffers must lie in guest RAM
+/// (virtq layer), messages must decode in the negotiated encoding with every page below the
+/// guest's page count (pages layer), and the device adds the checks on chain shape and length.
+/// A message is copied into host memory once before it is validated, so the guest cannot change
+/// it between check and use, and the device only ever discards pages inside guest RAM.
+pub struct BalloonDevice {
+    cfg: DeviceConfig,
+    mem: Arc<GuestMemory>,
+    transport: Arc<Transport>,
+    features: Option<BalloonFeatures>,
+    encoding: Encoding,
+    handlers: Vec<Option<Handler>>,
+    balloon: PageSet,
+    counters: Arc<SharedCounters>,
+    stats: StatsState,
+    errors: VecDeque<BalloonError>,
+    errors_total: u64,
+    // Reused per batch so the hot path does not allocate.
+    chain: DescriptorChain,
+    scratch: Vec<u8>,
+    runs: Vec<(u64, u64)>,
+    heads: Vec<u16>,
+}
+
+impl std::fmt::Debug for BalloonDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalloonDevice")
+            .field("cfg", &self.cfg)
+            .field("features", &self.features)
+            .field("encoding", &self.encoding)
+            .field("balloon_pages", &self.balloon.count())
+            .field("errors_total", &self.errors_total)
+            .finish()
+    }
+}
+
+/// Config-space bytes the driver may write: `actual` (4..8) and `poison_val` (12..16).
+const DRIVER_WRITABLE: u16 = (0xf << CONFIG_ACTUAL) | (0xf << CONFIG_POISON_VAL);
+
+impl BalloonDevice {
+    /// A device for `mem` configured by `cfg`, and the transport the driver probes.
+    pub fn new(mem: Arc<GuestMemory>, cfg: DeviceConfig) -> Result<BalloonDevice, BalloonError> {
+        let device_features = cfg.device_features();
+        let offered = BalloonFeatures::new(device_features, cfg.abi);
+        let require_mth = cfg.require_must_tell_host;
+        let check: FeatureCheck = Arc::new(move |f| {
+            if !has_feature(f, VIRTIO_F_VERSION_1) {
+                return Err("VIRTIO_F_VERSION_1 is required (no legacy interface)".into());
+            }
+            if require_mth && f & bit(VIRTIO_BALLOON_F_MUST_TELL_HOST) == 0 {
+                return Err("VIRTIO_BALLOON_F_MUST_TELL_HOST is required".into());
+            }
+            Ok(())
+        });
+        let transport = Transport::new(TransportConfig {
+            device_id: VIRTIO_ID_BALLOON,
+            device_features,
+            num_queues: offered.queues().count,
+            queue_max_size: cfg.queue_max_size,
+            notify: cfg.notify,
+            driver_writable: DRIVER_WRITABLE,
+            feature_check: Some(check),
+        })?;
+        let pages = mem.pages();
+        Ok(BalloonDevice {
+            cfg,
+            mem,
+            transport,
+            features: None,
+            encoding: Encoding::Pfn,
+            handlers: Vec::new(),
+            balloon: PageSet::new(pages),
+            counters: Arc::new(SharedCounters::default()),
+            stats: StatsState::default(),
+            errors: VecDeque::new(),
+            errors_total: 0,
+            chain: DescriptorChain::new(),
+            scratch: Vec::new(),
+            runs: Vec::new(),
+            heads: Vec::new(),
+        })
+    }
+
+    /// The transport the driver side uses.
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.cfg
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// The negotiated features, once active.
+    pub fn features(&self) -> Option<BalloonFeatures> {
+        self.features
+    }
+
+    /// The inflate/deflate encoding in use (PFN arrays until active).
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Whether [`BalloonDevice::activate`] succeeded and no reset happened since.
+    pub fn is_active(&self) -> bool {
+        self.features.is_some()
+    }
+
+    /// The live counters, for another thread to read.
+    pub fn shared_counters(&self) -> Arc<SharedCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> DeviceCounters {
+        self.counters.snapshot()
+    }
+
+    /// The host's view of the balloon: the pages inflated and not deflated. A migration skips
+    /// them (they read as zero).
+    pub fn balloon(&self) -> &PageSet {
+        &self.balloon
+    }
+
+    /// Pages in the balloon, by the host's view.
+    pub fn balloon_pages(&self) -> u64 {
+        self.balloon.count()
+    }
+
+    /// The most recent errors, oldest first (at most [`ERROR_LOG_LEN`]).
+    pub fn errors(&self) -> impl Iterator<Item = &BalloonError> {
+        self.errors.iter()
+    }
+
+    /// Errors seen in total.
+    pub fn errors_total(&self) -> u64 {
+        self.errors_total
+    }
+
+    /// Removes and returns the logged errors.
+    pub fn take_errors(&mut self) -> Vec<BalloonError> {
+        self.errors.drain(..).collect()
+    }
+
+    fn log(&mut self, e: BalloonError) {
+        self.errors_total += 1;
+        if self.errors.len() == ERROR_LOG_LEN {
+            self.errors.pop_front();
+        }
+        self.errors.push_back(e);
+    }
+
+    // ---- config space ----
+
+    /// Sets `num_pages`, the balloon size the host wants, and notifies the driver.
+    pub fn set_num_pages(&self, pages: u32) -> Result<(), BalloonError> {
+        Ok(self
+            .transport
+            .device_write_config_u32(CONFIG_NUM_PAGES, pages)?)
+    }
+
+    /// `num_pages` as last set.
+    pub fn num_pages(&self) -> u32 {
+        self.transport
+            .read_config_u32(CONFIG_NUM_PAGES)
+            .unwrap_or(0)
+    }
+
+    /// `actual`, the balloon size the driver says it reached (guest-written, untrusted).
+    pub fn actual(&self) -> u32 {
+        self.transport.read_config_u32(CONFIG_ACTUAL).unwrap_or(0)
+    }
+
+    // ---- lifecycle ----
+
+    /// Builds the device end of every present queue from what the driver set up, once it set
+    /// DRIVER_OK. Queue indexes follow the negotiated features ([`BalloonFeatures::queues`]).
+    pub fn activate(&mut self) -> Result<(), BalloonError> {
+        let status = self.transport.status();
+        let not_ready = |reason: String| BalloonError::NotReady { reason };
+        if status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            return Err(not_ready(format!(
+                "status is {}, DRIVER_OK not set",
+                status_names(status)
+            )));
+        }
+        let bits = self
+            .transport
+            .negotiated_features()
+            .ok_or_else(|| not_ready("features not negotiated".into()))?;
+        let features = BalloonFeatures::new(bits, self.cfg.abi);
+        let roles = QueueRole::table(&features.queues());
+        let mut handlers = Vec::with_capacity(roles.len());
+        for (i, role) in roles.into_iter().enumerate() {
+            let index = i as u16;
+            let setup = self.transport.queue(index)?;
+            let layout = match (setup.ready, setup.layout) {
+                (true, Some(l)) => l,
+                _ => {
+                    return Err(not_ready(format!(
+                        "{} queue {index} not ready",
+                        role.name()
+                    )))
+                }
+            };
+            let mut queue =
+                DeviceQueue::new(Arc::clone(&self.mem), layout, bits).map_err(|source| {
+                    BalloonError::Queue {
+                        queue: role.name(),
+                        source,
+                    }
+                })?;
+            queue.set_notifiers(
+                self.transport.kick_notifier(index)?,
+                self.transport.interrupt_notifier(index)?,
+            );
+            handlers.push(Some(Handler { role, queue }));
+        }
+        self.handlers = handlers;
+        self.features = Some(features);
+        self.encoding = encoding_for(features);
+        Ok(())
+    }
+
+    /// Forgets the queues and the held stats buffer (after the driver reset the device). The
+    /// host's view of the balloon stays: the pages are still discarded until deflated or
+    /// touched again.
+    pub fn reset(&mut self) {
+        self.handlers.clear();
+        self.features = None;
+        self.encoding = Encoding::Pfn;
+        self.stats.held = None;
+    }
+
+    /// Number of queues the device serves (0 before activation).
+    pub fn num_queues(&self) -> u16 {
+        self.handlers.len() as u16
+    }
+
+    /// The role of queue `index`, if present.
+    pub fn queue_role(&self, index: u16) -> Option<QueueRole> {
+        self.handlers
+            .get(usize::from(index))
+            .and_then(|h| h.as_ref())
+            .map(|h| h.role)
+    }
+
+    /// Serves every queue whose kick notifier fired since the last call; returns the number
+    /// of queues served. This is what a kick does in synchronous mode.
+    pub fn process_kicked(&mut self) -> Result<u32, BalloonError> {
+        let mut served = 0;
+        for i in 0..self.num_queues() {
+            let kicked = match &self.handlers[usize::from(i)] {
+                Some(h) => {
+                    h.queue
+                        .kick_notifier()
+                        .take()
+                        .map_err(|source| BalloonError::Queue {
+                            queue: h.role.name(),
+                            source,
+                        })?
+                }
+                None => 0,
+            };
+            if kicked > 0 {
+                self.process_queue(i)?;
+                served += 1;
+            }
+        }
+        Ok(served)
+    }
+
+    /// Serves queue `index`: pops every available buffer and handles it by the queue's role.
+    ///
+    /// Bad buffers are logged ([`BalloonDevice::errors`]) and returned used with length 0; the
+    /// call still succeeds. If the ring itself is broken the queue goes to needs-reset, the
+    /// device logs the cause, sets DEVICE_NEEDS_RESET and returns [`BalloonError::NeedsReset`].
+    pub fn process_queue(&mut self, index: u16) -> Result<QueueRun, BalloonError> {
+        let Some(Some(h)) = self.handlers.get_mut(usize::from(index)) else {
+            return Err(BalloonError::NotReady {
+                reason: format!("no queue {index}"),
+            });
+        };
+        let role = h.role;
+        add(&self.counters.queue_runs, 1);
+        let result = match role {
+            QueueRole::Inflate | QueueRole::Deflate => self.process_pages(index, role),
+            QueueRole::Stats => self.process_stats(index),
+            QueueRole::Misc | QueueRole::FreePage | QueueRole::Reporting => {
+                Err(BalloonError::NotReady {
+                    reason: format!("{} queue is not served yet", role.name()),
+                })
+            }
+        };
+        match result {
+            Err(e) if e.is_queue_broken() => {
+                // Log the cause once; later calls on the dead queue only say it needs reset.
+                let first = !matches!(
+                    e,
+                    BalloonError::Queue {
+                        source: VirtqError::NeedsReset,
+                        ..
+                    }
+                );
+                if first {
+                    add(&self.counters.queue_errors, 1);
+                    self.log(e);
+                    self.transport.set_needs_reset()?;
+                }
+                Err(BalloonError::NeedsReset { queue: role.name() })
+            }
+            r => r,
+        }
+    }
+
+    fn queue(&mut self, index: u16) -> &mut DeviceQueue {
+        // Callers only pass indexes `process_queue` found a handler for.
+        &mut self.handlers[usize::from(index)]
+            .as_mut()
+            .expect("handler checked by process_queue")
+            .queue
+    }
+
+    /// Inflate or deflate: pop every buffer, decode each, coalesce the runs of the whole batch,
+    /// apply them, then return every buffer and interrupt once.
+    fn process_pages(&mut self, index: u16, role: QueueRole) -> Result<QueueRun, BalloonError> {
+        let qname = role.name();
+        let enc = self.encoding;
+        let max_len = max_message_len(enc);
+        let max_pfn = self.mem.pages();
+        let broken = |source| BalloonError::Queue {
+            queue: qname,
+            source,
+        };
+        let mut run = QueueRun::default();
+        self.runs.clear();
+        self.heads.clear();
+        let mut chain = std::mem::take(&mut self.chain);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut runs = std::mem::take(&mut self.runs);
+        let t0 = Instant::now();
+        let popped = loop {
+            // One batch is at most a queue's worth of buffers, so a guest that keeps adding
+            // cannot keep the device here forever.
+            if self.heads.len() >= usize::from(self.queue(index).size()) {
+                break Ok(());
+            }
+            match self.queue(index).pop_into(&mut chain) {
+                Ok(false) => break Ok(()),
+                Ok(true) => {}
+                Err(e) => break Err(broken(e)),
+            }
+            run.buffers += 1;
+            self.heads.push(chain.head());
+            let before = runs.len();
+            if let Err(e) = Self::decode_chain(
+                &self.mem,
+                &chain,
+                qname,
+                enc,
+                max_len,
+                max_pfn,
+                &mut scratch,
+                &mut runs,
+                &self.counters,
+            ) {
+                runs.truncate(before);
+                run.bad_buffers += 1;
+                self.log(e);
+            }
+        };
+        add(&self.counters.decode_ns, t0.elapsed().as_nanos() as u64);
+        self.chain = chain;
+        self.scratch = scratch;
+        // Apply what decoded even if the ring broke after it: those buffers were valid.
+        merge_runs(&mut runs);
+        run.pages = match role {
+            QueueRole::Inflate => self.inflate(&runs),
+            _ => self.deflate(&runs),
+        };
+        self.runs = runs;
+        let c = &self.counters;
+        add(&c.buffers, run.buffers);
+        add(&c.bad_buffers, run.bad_buffers);
+        let per_role = if role == QueueRole::Inflate {
+            &c.inflate_buffers
+        } else {
+            &c.deflate_buffers
+        };
+        add(per_role, run.buffers);
+        popped?;
+        // Every buffer goes back, good or bad (len 0: the device wrote nothing).
+        for i in 0..self.heads.len() {
+            let head = self.heads[i];
+            self.queue(index).add_used(head, 0).map_err(broken)?;
+        }
+        if run.buffers > 0 {
+            run.interrupted = self.queue(index).signal_used().map_err(broken)?;
+            if run.interrupted {
+                add(&self.counters.interrupts, 1);
+            }
+        }
+        Ok(run)
+    }
+
+    /// Reads one inflate/deflate chain into host memory and decodes it, appending its runs.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_chain(
+        mem: &GuestMemory,
+        chain: &DescriptorChain,
+        queue: &'static str,
+        enc: Encoding,
+        max_len: usize,
+        max_pfn: u64,
+        scratch: &mut Vec<u8>,
+        runs: &mut Vec<(u64, u64)>,
+        counters: &SharedCounters,
+    ) -> Result<(), BalloonError> {
+        // §5.5.6: the driver's inflate and deflate requests are device-readable only. A
+        // writable buffer is refused like any other bad message (the ring itself is fine).
+        if let Some(s) = chain.writable().first() {
+            return Err(BalloonError::WritableSegment {
+                queue,
+                addr: s.addr.raw(),
+                len: s.len,
+            });
+        }
+        let len = chain.readable_len();
+        if len > max_len as u64 {
+            return Err(BalloonError::MessageTooLong {
+                queue,
+                encoding: enc.name(),
+                len,
+                max: max_len,
+            });
+        }
+        scratch.clear();
+        // Copy first, then validate the copy: the guest cannot change a message under us.
+        chain
+            .read_into(mem, scratch)
+            .map_err(|source| BalloonError::Queue { queue, source })?;
+        add(&counters.bytes, len);
+        decode(enc, &[scratch.as_slice()], max_pfn, runs).map_err(|source| {
+            BalloonError::Decode {
+                queue,
+                encoding: enc.name(),
+                source,
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Discards `runs` (sorted, disjoint) per the policy and adds them to the balloon; returns
+    /// the pages newly inflated.
+    fn inflate(&mut self, runs: &[(u64, u64)]) -> u64 {
+        let t0 = Instant::now();
+        let (mut calls, mut fresh, mut again) = (0u64, 0u64, 0u64);
+        for &(start, len) in runs {
+            let already: u64 = self.balloon.runs_in(start, start + len).map(|r| r.1).sum();
+            again += already;
+            fresh += len - already;
+            self.balloon.insert_range(start, len);
+            match self.cfg.discard {
+                DiscardPolicy::Never => {}
+                DiscardPolicy::Coalesced => {
+                    calls += 1;
+                    self.discard(start, len);
+                }
+                DiscardPolicy::PerPage => {
+                    for p in start..start + len {
+                        calls += 1;
+                        self.discard(p, 1);
+                    }
+                }
+            }
+        }
+        let c = &self.counters;
+        add(&c.discard_ns, t0.elapsed().as_nanos() as u64);
+        add(&c.discard_calls, calls);
+        add(&c.runs, runs.len() as u64);
+        add(&c.pages_inflated, fresh);
+        add(&c.pages_reinflated, again);
+        fresh
+    }
+
+    fn discard(&mut self, start: u64, len: u64) {
+        // The decoder bounded every page by the guest's page count, and GuestMemory checks the
+        // range again: nothing outside guest RAM can be discarded.
+        if let Err(e) = self.mem.discard(Pfn(start).addr(), len * PAGE_SIZE) {
+            add(&self.counters.discard_errors, 1);
+            self.log(e.into());
+        }
+    }
+
+    /// Takes `runs` out of the balloon; pages not in it are counted and ignored (a guest that
+    /// deflates pages it never inflated only confuses itself). Returns the pages deflated.
+    fn deflate(&mut self, runs: &[(u64, u64)]) -> u64 {
+        let (mut moved, mut stray) = (0u64, 0u64);
+        let t0 = Instant::now();
+        for &(start, len) in runs {
+            let inside: Vec<(u64, u64)> = self.balloon.runs_in(start, start + len).collect();
+            let n: u64 = inside.iter().map(|r| r.1).sum();
+            moved += n;
+            stray += len - n;
+            self.balloon.remove_range(start, len);
+            if self.cfg.populate_on_deflate {
+                for (s, l) in inside {
+                    if let Err(e) = self.mem.populate(Pfn(s).addr(), l * PAGE_SIZE) {
+                        self.log(e.into());
+                    }
+                }
+            }
+        }
+        let c = &self.counters;
+        if self.cfg.populate_on_deflate {
+            add(&c.discard_ns, t0.elapsed().as_nanos() as u64);
+        }
+        add(&c.pages_deflated, moved);
+        add(&c.pages_stray_deflated, stray);
+        moved
+    }
+
+    // ---- stats (§5.5.6.3) ----
+
+    fn process_stats(&mut self, index: u16) -> Result<QueueRun, BalloonError> {
+        let broken = |source| BalloonError::Queue {
+            queue: "stats",
+            source,
+        };
+        let mut run = QueueRun::default();
+        let mut returned = 0u32;
+        let mut chain = std::mem::take(&mut self.chain);
+        loop {
+            match self.queue(index).pop_into(&mut chain) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    self.chain = chain;
+                    return Err(broken(e));
+                }
+            }
+            run.buffers += 1;
+            add(&self.counters.stats_buffers, 1);
+            let head = chain.head();
+            if let Some(held) = self.stats.held.replace(head) {
+                // One buffer is outstanding at a time; give the old one back, lose nothing.
+                self.log(BalloonError::StatsBufferAlreadyHeld { held, head });
+                if let Err(e) = self.queue(index).add_used(held, 0) {
+                    self.chain = chain;
+                    return Err(broken(e));
+                }
+                returned += 1;
+            }
+            if let Err(e) = self.parse_stats(&chain) {
+                run.bad_buffers += 1;
+                self.log(e);
+            }
+        }
+        self.chain = chain;
+        if returned > 0 {
+            run.interrupted = self.queue(index).signal_used().map_err(broken)?;
+            if run.interrupted {
+                add(&self.counters.interrupts, 1);
+            }
+        }
+        Ok(run)
+    }
+
+    fn parse_stats(&mut self, chain: &DescriptorChain) -> Result<(), BalloonError> {
+        if let Some(s) = chain.writable().first() {
+            return Err(BalloonError::WritableSegment {
+                queue: "stats",
+                addr: s.addr.raw(),
+                len: s.len,
+            });
+        }
+        let len = chain.readable_len();
+        if len > STATS_MAX_LEN as u64 {
+            return Err(BalloonError::StatsTooLong {
+                len,
+                max: STATS_MAX_LEN,
+            });
+        }
+        if len % STATS_ENTRY_SIZE as u64 != 0 {
+            return Err(BalloonError::StatsLength { len });
+        }
+        self.scratch.clear();
+        chain
+            .read_into(&self.mem, &mut self.scratch)
+            .map_err(|source| BalloonError::Queue {
+                queue: "stats",
+                source,
+            })?;
+        let unknown = stats::parse_into(&self.scratch, &mut self.stats.sample);
+        add(&self.counters.stats_unknown_tags, unknown);
+        Ok(())
+    }
+
+    /// Asks the guest for fresh statistics by returning the buffer the device holds; returns
+    /// whether it held one. The driver refills it and adds it again; the next
+    /// [`BalloonDevice::process_queue`] on the stats queue parses it.
+    pub fn request_stats(&mut self) -> Result<bool, BalloonError> {
+        let Some(index) = self.features.and_then(|f| f.queues().stats) else {
+            return Ok(false);
+        };
+        let Some(head) = self.stats.held.take() else {
+            return Ok(false);
+        };
+        add(&self.counters.stats_requests, 1);
+        let broken = |source| BalloonError::Queue {
+            queue: "stats",
+            source,
+        };
+        self.queue(index).add_used(head, 0).map_err(broken)?;
+        if self.queue(index).signal_used().map_err(broken)? {
+            add(&self.counters.interrupts, 1);
+        }
+        Ok(true)
+    }
+
+    /// The guest's statistics as last received.
+    pub fn stats(&self) -> &StatsSample {
+        &self.stats.sample
+    }
+
+    /// Whether the device holds a stats buffer (it can ask for a sample).
+    pub fn holds_stats_buffer(&self) -> bool {
+        self.stats.held.is_some()
+    }
+}
+
+/// Sorts runs and merges those that overlap or touch, in place.
+pub fn merge_runs(runs: &mut Vec<(u64, u64)>) {
+    if runs.len() < 2 {
+        return;
+    }
+    if !runs.windows(2).all(|w| w[0].0 <= w[1].0) {
+        runs.sort_unstable();
+    }
+    let mut out = 0;
+    for i in 1..runs.len() {
+        let (s, l) = runs[i];
+        let (ps, pl) = runs[out];
+        if s <= ps + pl {
+            runs[out].1 = (s + l).max(ps + pl) - ps;
+        } else {
+            out += 1;
+            runs[out] = (s, l);
+        }
+    }
+    runs.truncate(out + 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_merge_runs_joins_overlapping_and_touching() {
+        let mut r = vec![(10, 2), (0, 4), (4, 1), (11, 5), (30, 1)];
+        merge_runs(&mut r);
+        assert_eq!(r, vec![(0, 5), (10, 6), (30, 1)]);
+        let mut one = vec![(3, 1)];
+        merge_runs(&mut one);
+        assert_eq!(one, vec![(3, 1)]);
+    }
+}

@@ -1,0 +1,181 @@
+//! What the host configures a balloon device with: the features it offers and how it frees
+//! memory.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::abi::{
+    bit, AbiMode, VBALLOON_F_PAGE_AUTO, VBALLOON_F_PAGE_EXTENTS, VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+    VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_STATS_VQ,
+};
+use crate::pages::Encoding;
+use crate::virtq::defs::{feature, VIRTIO_F_VERSION_1};
+use crate::virtq::NotifyMode;
+
+/// How the device gives inflated pages back to the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DiscardPolicy {
+    /// One discard per maximal run of pages, runs coalesced across the buffers the device
+    /// serves in one go (Firecracker merges up to 2048 PFNs; here a whole batch).
+    #[default]
+    Coalesced,
+    /// One discard per 4 KiB page, as QEMU and Cloud Hypervisor do: the seed's baseline.
+    PerPage,
+    /// Never discard (bookkeeping only), as QEMU does while discards are inhibited (VFIO).
+    Never,
+}
+
+impl DiscardPolicy {
+    /// Every policy.
+    pub const ALL: [DiscardPolicy; 3] = [
+        DiscardPolicy::Coalesced,
+        DiscardPolicy::PerPage,
+        DiscardPolicy::Never,
+    ];
+
+    /// "coalesced", "per-page" or "never".
+    pub fn name(self) -> &'static str {
+        match self {
+            DiscardPolicy::Coalesced => "coalesced",
+            DiscardPolicy::PerPage => "per-page",
+            DiscardPolicy::Never => "never",
+        }
+    }
+}
+
+impl fmt::Display for DiscardPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DiscardPolicy {
+    type Err = String;
+
+    /// Parses a name (`per_page` and `perpage` too), ignoring ASCII case.
+    fn from_str(s: &str) -> Result<DiscardPolicy, String> {
+        let t = s.trim().to_ascii_lowercase().replace(['_', ' '], "-");
+        match t.as_str() {
+            "coalesced" | "coalesce" | "runs" => Ok(DiscardPolicy::Coalesced),
+            "per-page" | "perpage" | "page" => Ok(DiscardPolicy::PerPage),
+            "never" | "off" | "none" => Ok(DiscardPolicy::Never),
+            _ => Err(format!(
+                "unknown discard policy {s:?} (expected coalesced, per-page or never)"
+            )),
+        }
+    }
+}
+
+/// Queue size the device takes by default (QEMU's inflate, deflate and stats queues).
+pub const DEFAULT_QUEUE_SIZE: u16 = 128;
+
+/// A balloon device's configuration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceConfig {
+    /// Feature numbering on the wire.
+    pub abi: AbiMode,
+    /// The inflate/deflate encoding to offer: its feature bit (none for [`Encoding::Pfn`]).
+    pub encoding: Encoding,
+    /// Offer VIRTIO_BALLOON_F_MUST_TELL_HOST.
+    pub must_tell_host: bool,
+    /// Refuse FEATURES_OK if the driver does not accept MUST_TELL_HOST (the spec allows it).
+    pub require_must_tell_host: bool,
+    /// Offer VIRTIO_BALLOON_F_STATS_VQ.
+    pub stats: bool,
+    /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
+    pub deflate_on_oom: bool,
+    /// How inflated pages are given back.
+    pub discard: DiscardPolicy,
+    /// Fault deflated pages back in right away (`MADV_POPULATE_WRITE`). Off by default: for
+    /// anonymous and memfd RAM a discarded page simply faults in, zeroed, on the guest's next
+    /// touch, so there is nothing to do (QEMU's MADV_WILLNEED only matters for swapped pages).
+    pub populate_on_deflate: bool,
+    /// Largest queue size the driver may use.
+    pub queue_max_size: u16,
+    /// Eventfds (device on its own thread) or polling counters (one thread).
+    pub notify: NotifyMode,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            abi: AbiMode::Vballoon,
+            encoding: Encoding::Bitmap,
+            must_tell_host: true,
+            require_must_tell_host: false,
+            stats: true,
+            deflate_on_oom: false,
+            discard: DiscardPolicy::Coalesced,
+            populate_on_deflate: false,
+            queue_max_size: DEFAULT_QUEUE_SIZE,
+            notify: NotifyMode::EventFd,
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// The feature bits this configuration offers.
+    ///
+    /// VERSION_1 always (the device is modern and little-endian only). In v3 mode the bitmap
+    /// is bit 3 and extents/auto do not exist: asking for them offers PFN arrays only.
+    pub fn device_features(&self) -> u64 {
+        let mut f = feature(VIRTIO_F_VERSION_1);
+        if self.must_tell_host {
+            f |= bit(VIRTIO_BALLOON_F_MUST_TELL_HOST);
+        }
+        if self.stats {
+            f |= bit(VIRTIO_BALLOON_F_STATS_VQ);
+        }
+        if self.deflate_on_oom {
+            f |= bit(VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+        }
+        match (self.encoding, self.abi) {
+            (Encoding::Pfn, _) => {}
+            (Encoding::Bitmap, mode) => f |= bit(mode.page_bitmap_bit()),
+            (Encoding::Extents, AbiMode::Vballoon) => f |= bit(VBALLOON_F_PAGE_EXTENTS),
+            (Encoding::Auto, AbiMode::Vballoon) => f |= bit(VBALLOON_F_PAGE_AUTO),
+            (_, AbiMode::V3) => {}
+        }
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::BalloonFeatures;
+    use crate::transport::wire::encoding_for;
+
+    #[test]
+    fn test_offered_bits_select_the_encoding() {
+        for abi in [AbiMode::Vballoon, AbiMode::V3] {
+            for enc in Encoding::ALL {
+                let cfg = DeviceConfig {
+                    abi,
+                    encoding: enc,
+                    ..Default::default()
+                };
+                let got = encoding_for(BalloonFeatures::new(cfg.device_features(), abi));
+                let want = match (abi, enc) {
+                    (AbiMode::V3, Encoding::Extents | Encoding::Auto) => Encoding::Pfn,
+                    _ => enc,
+                };
+                assert_eq!(got, want, "{abi:?} {enc}");
+            }
+        }
+        let v3 = DeviceConfig {
+            abi: AbiMode::V3,
+            ..Default::default()
+        };
+        assert!(v3.device_features() & bit(3) != 0);
+    }
+
+    #[test]
+    fn test_policy_names() {
+        for p in DiscardPolicy::ALL {
+            assert_eq!(p.name().parse::<DiscardPolicy>(), Ok(p));
+        }
+        assert_eq!("Per_Page".parse(), Ok(DiscardPolicy::PerPage));
+        assert!("sometimes".parse::<DiscardPolicy>().is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! What the device has done, counted with atomics so another thread can read them live.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// A snapshot of the device's counters.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct DeviceCounters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// The live counters (one atomic each), shared by the device and its readers.
+        #[derive(Debug, Default)]
+        pub struct SharedCounters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl SharedCounters {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> DeviceCounters {
+                DeviceCounters { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+
+            /// Sets every counter to zero.
+            pub fn reset(&self) {
+                $(self.$name.store(0, Ordering::Relaxed);)*
+            }
+        }
+
+        impl DeviceCounters {
+            /// The counts accumulated since `earlier` (a snapshot taken before).
+            pub fn since(&self, earlier: &DeviceCounters) -> DeviceCounters {
+                DeviceCounters { $($name: self.$name.saturating_sub(earlier.$name),)* }
+            }
+
+            /// Every counter with its name, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Inflate and deflate buffers popped (good and bad).
+    buffers,
+    /// Buffers refused with an error (returned used, length 0).
+    bad_buffers,
+    /// Readable bytes read from inflate and deflate buffers.
+    bytes,
+    /// Inflate buffers popped.
+    inflate_buffers,
+    /// Deflate buffers popped.
+    deflate_buffers,
+    /// Pages newly inflated (not already in the balloon).
+    pages_inflated,
+    /// Pages inflated again while already in the balloon (discarded again, counted once).
+    pages_reinflated,
+    /// Pages deflated (taken out of the balloon).
+    pages_deflated,
+    /// Pages the guest deflated that were not in the balloon (ignored).
+    pages_stray_deflated,
+    /// Runs the inflated pages formed after coalescing across the buffers of a batch.
+    runs,
+    /// Discard calls made on the backend (madvise or fallocate).
+    discard_calls,
+    /// Discard calls that failed.
+    discard_errors,
+    /// Nanoseconds spent reading and decoding inflate/deflate messages.
+    decode_ns,
+    /// Nanoseconds spent in discard (and populate-on-deflate) calls.
+    discard_ns,
+    /// Times the device looked at a queue after a kick.
+    queue_runs,
+    /// Interrupts the device sent for used buffers.
+    interrupts,
+    /// Stats buffers received.
+    stats_buffers,
+    /// Stats samples the device asked for.
+    stats_requests,
+    /// Stats entries with an unknown tag (ignored).
+    stats_unknown_tags,
+    /// Times a queue broke and the device set DEVICE_NEEDS_RESET.
+    queue_errors,
+}
+
+impl DeviceCounters {
+    /// Seconds spent decoding.
+    pub fn decode_secs(&self) -> f64 {
+        self.decode_ns as f64 * 1e-9
+    }
+
+    /// Seconds spent discarding.
+    pub fn discard_secs(&self) -> f64 {
+        self.discard_ns as f64 * 1e-9
+    }
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}

@@ -1,0 +1,373 @@
+//! A guest made of arbitrary bytes: the harness behind the fuzz target and the hostile-guest
+//! tests.
+//!
+//! [`GuardedMemory`] maps guest RAM with canary pages right below and right above it (so a
+//! discard or write that strays one byte out of guest RAM lands on a canary). [`Harness`]
+//! negotiates a device over it, then lets the input bytes be the whole of guest RAM (rings,
+//! descriptors, buffers) and runs every queue handler, twice, with a stats request between.
+
+use std::ptr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use super::{BalloonDevice, DeviceConfig, DiscardPolicy};
+use crate::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::pages::Encoding;
+use crate::transport::{
+    Transport, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK,
+};
+use crate::virtq::{NotifyMode, QueueLayout};
+
+/// Canary pages on each side of guest RAM.
+pub const CANARY_PAGES: u64 = 4;
+/// The byte canaries are filled with.
+pub const CANARY_BYTE: u8 = 0xa5;
+
+/// One canary mapping.
+#[derive(Debug)]
+struct Canary {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Canary {
+    /// Maps `len` bytes at exactly `at`, failing if anything is mapped there.
+    fn map_at(at: usize, len: usize) -> Option<Canary> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping: it fails instead.
+        let p = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        if p as usize != at {
+            // Kernels before 4.17 treat the flag as a hint; give back a misplaced mapping.
+            // SAFETY: `p` is the mapping just made, of `len` bytes.
+            unsafe { libc::munmap(p, len) };
+            return None;
+        }
+        // SAFETY: fresh private mapping of `len` bytes that we own.
+        unsafe { ptr::write_bytes(p.cast::<u8>(), CANARY_BYTE, len) };
+        Some(Canary {
+            base: p.cast(),
+            len,
+        })
+    }
+
+    /// Whether every byte still holds the pattern and every page is resident.
+    fn intact(&self) -> bool {
+        let pages = self.len / PAGE_SIZE as usize;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: our own mapping; `vec` has one byte per page.
+        let rc = unsafe { libc::mincore(self.base.cast(), self.len, vec.as_mut_ptr()) };
+        if rc != 0 || vec.iter().any(|b| b & 1 == 0) {
+            return false;
+        }
+        (0..self.len).all(|i| {
+            // SAFETY: `i < len`, inside our mapping; an atomic load makes no reference to it.
+            let b = unsafe { AtomicU8::from_ptr(self.base.add(i)) };
+            b.load(Ordering::Relaxed) == CANARY_BYTE
+        })
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping of exactly this size.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// Guest RAM with canary pages mapped directly below and above it.
+#[derive(Debug)]
+pub struct GuardedMemory {
+    mem: Arc<GuestMemory>,
+    below: Canary,
+    above: Canary,
+}
+
+// SAFETY: the canaries are private mappings only read through atomics or by mincore.
+unsafe impl Send for GuardedMemory {}
+// SAFETY: as above.
+unsafe impl Sync for GuardedMemory {}
+
+impl GuardedMemory {
+    /// Maps `size` bytes of anonymous guest RAM with [`CANARY_PAGES`] canary pages on each
+    /// side; `None` if the address space around it could not be had after a few tries.
+    /// `backing` must be [`Backing::Anonymous`].
+    pub fn new(size: u64, backing: Backing) -> Option<GuardedMemory> {
+        let _ = backing; // canary rigs use anonymous RAM, the only backing `new_at` places
+        let clen = (CANARY_PAGES * PAGE_SIZE) as usize;
+        let total = size as usize + 2 * clen;
+        for _ in 0..16 {
+            // Reserve the whole span so the three mappings are contiguous, then release it and
+            // map canary, guest, canary into the hole. Another thread can only race us in the
+            // instant between, and then NOREPLACE fails and we try again.
+            // SAFETY: a fresh inaccessible mapping at a kernel-chosen address.
+            let r = unsafe {
+                libc::mmap(
+                    ptr::null_mut(),
+                    total,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if r == libc::MAP_FAILED {
+                return None;
+            }
+            // SAFETY: exactly the reservation just made.
+            unsafe { libc::munmap(r, total) };
+            let at = r as usize;
+            let below = Canary::map_at(at, clen);
+            let mem = GuestMemory::new_at(size, at + clen).ok();
+            let above = Canary::map_at(at + clen + size as usize, clen);
+            if let (Some(below), Some(mem), Some(above)) = (below, mem, above) {
+                return Some(GuardedMemory {
+                    mem: Arc::new(mem),
+                    below,
+                    above,
+                });
+            }
+        }
+        None
+    }
+
+    /// The guest RAM.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// Whether both canaries are untouched and resident.
+    pub fn canaries_intact(&self) -> bool {
+        self.below.intact() && self.above.intact()
+    }
+}
+
+/// Guest pages the harness maps: 128 KiB, so fuzz inputs cover all of RAM.
+pub const HARNESS_PAGES: u64 = 32;
+/// Queue size the harness sets up.
+pub const HARNESS_QUEUE_SIZE: u16 = 8;
+/// Guest address of queue `i`'s rings.
+pub const fn harness_queue_addr(i: u16) -> u64 {
+    0x100 * i as u64
+}
+
+/// What one harness run saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostileOutcome {
+    /// Errors the device logged (bad buffers, broken queues, host errors).
+    pub errors: u64,
+    /// Whether a queue broke (DEVICE_NEEDS_RESET).
+    pub needs_reset: bool,
+    /// Pages in the balloon at the end.
+    pub balloon_pages: u64,
+    /// Buffers the device popped.
+    pub buffers: u64,
+}
+
+/// A device negotiated over [`GuardedMemory`], fed arbitrary guest RAM.
+#[derive(Debug)]
+pub struct Harness {
+    guarded: GuardedMemory,
+}
+
+impl Harness {
+    /// Maps the guarded guest; `None` if the canaries could not be placed.
+    pub fn new() -> Option<Harness> {
+        Some(Harness {
+            guarded: GuardedMemory::new(HARNESS_PAGES * PAGE_SIZE, Backing::Anonymous)?,
+        })
+    }
+
+    /// The guarded memory.
+    pub fn guarded(&self) -> &GuardedMemory {
+        &self.guarded
+    }
+
+    /// The device configuration byte 0 of an input selects.
+    pub fn config_for(selector: u8) -> DeviceConfig {
+        DeviceConfig {
+            encoding: Encoding::ALL[usize::from(selector & 3)],
+            stats: selector & 4 != 0,
+            must_tell_host: selector & 8 != 0,
+            discard: DiscardPolicy::ALL[usize::from((selector >> 4) & 3) % 3],
+            abi: if selector & 0x40 != 0 {
+                crate::abi::AbiMode::V3
+            } else {
+                crate::abi::AbiMode::Vballoon
+            },
+            populate_on_deflate: selector & 0x80 != 0,
+            queue_max_size: HARNESS_QUEUE_SIZE,
+            notify: NotifyMode::Polling,
+            ..DeviceConfig::default()
+        }
+    }
+
+    /// Runs one input: byte 0 picks the configuration, the rest becomes guest RAM from
+    /// address 0 (rings of queue `i` at `0x100 * i`, size 8). Every queue is served, the host
+    /// asks for stats, and every queue is served again. Never panics on any input.
+    pub fn run(&self, data: &[u8]) -> HostileOutcome {
+        let mem = self.guarded.memory();
+        let _ = mem.fill(GuestAddress(0), mem.size(), 0);
+        let Some((&selector, rest)) = data.split_first() else {
+            return HostileOutcome::default();
+        };
+        let cfg = Self::config_for(selector);
+        let Ok(mut dev) = BalloonDevice::new(Arc::clone(mem), cfg) else {
+            return HostileOutcome::default();
+        };
+        if negotiate(dev.transport()).is_err() || dev.activate().is_err() {
+            return HostileOutcome::default();
+        }
+        let n = rest.len().min(mem.size() as usize);
+        let _ = mem.write(GuestAddress(0), &rest[..n]);
+        for round in 0..2 {
+            for q in 0..dev.num_queues() {
+                let _ = dev.process_queue(q);
+            }
+            if round == 0 {
+                let _ = dev.request_stats();
+            }
+        }
+        let c = dev.counters();
+        HostileOutcome {
+            errors: dev.errors_total(),
+            needs_reset: dev.transport().status() & crate::transport::VIRTIO_CONFIG_S_NEEDS_RESET
+                != 0,
+            balloon_pages: dev.balloon_pages(),
+            buffers: c.buffers + c.stats_buffers,
+        }
+    }
+}
+
+/// Well-formed inputs for every configuration a selector byte can pick: rings holding one valid
+/// message on the inflate and deflate queues and a stats buffer, so a fuzzer starts from
+/// buffers the device accepts.
+pub fn seed_inputs() -> Vec<Vec<u8>> {
+    use crate::device::stats::encode as encode_stats;
+    use crate::pages::encode;
+    use crate::virtq::{DriverQueue, Segment};
+    let mut seeds = Vec::new();
+    for selector in [0u8, 1, 2, 3, 4, 5, 6, 7, 0x0d, 0x15, 0x45, 0x84] {
+        let cfg = Harness::config_for(selector);
+        let Ok(mem) = GuestMemory::new(HARNESS_PAGES * PAGE_SIZE, Backing::Anonymous) else {
+            continue;
+        };
+        let mem = Arc::new(mem);
+        let features = cfg.device_features();
+        let q = crate::abi::BalloonFeatures::new(features, cfg.abi).queues();
+        let enc = crate::transport::wire::encoding_for(crate::abi::BalloonFeatures::new(
+            features, cfg.abi,
+        ));
+        let mut at = 0x4000u64;
+        for i in 0..q.count {
+            let Ok(layout) =
+                QueueLayout::place(GuestAddress(harness_queue_addr(i)), HARNESS_QUEUE_SIZE)
+            else {
+                continue;
+            };
+            let Ok(mut dq) = DriverQueue::new(Arc::clone(&mem), layout, features) else {
+                continue;
+            };
+            let segments: Vec<Vec<u8>> = if Some(i) == q.stats {
+                let mut b = Vec::new();
+                encode_stats(&[(4, 1 << 20), (5, 2 << 20)], &mut b);
+                vec![b]
+            } else {
+                let runs: &[(u64, u64)] = &[(8, 3), (13, 1), (20, 4)];
+                match encode(enc, runs) {
+                    Ok(m) if !m.is_empty() => m[0].segments.clone(),
+                    _ => continue,
+                }
+            };
+            let mut segs = Vec::new();
+            for s in &segments {
+                let _ = mem.write(GuestAddress(at), s);
+                segs.push(Segment::readable(GuestAddress(at), s.len() as u32));
+                at += (s.len() as u64).next_multiple_of(64);
+            }
+            let _ = dq.add(&segs);
+        }
+        let mut image = vec![0u8; mem.size() as usize];
+        if mem.read(GuestAddress(0), &mut image).is_err() {
+            continue;
+        }
+        let used = image.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+        let mut input = vec![selector];
+        input.extend_from_slice(&image[..used]);
+        seeds.push(input);
+    }
+    seeds
+}
+
+/// Plays the driver's part of initialisation: accept everything offered, set up every queue at
+/// [`harness_queue_addr`], DRIVER_OK.
+fn negotiate(t: &Transport) -> Result<(), crate::transport::TransportError> {
+    let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+    t.set_status(s)?;
+    t.set_driver_features(t.device_features())?;
+    t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK)?;
+    for i in 0..t.num_queues() {
+        let layout = QueueLayout::place(GuestAddress(harness_queue_addr(i)), HARNESS_QUEUE_SIZE)
+            .map_err(crate::transport::TransportError::Notify)?;
+        t.set_queue(i, layout)?;
+        t.set_queue_ready(i, true)?;
+    }
+    t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::Rng;
+
+    #[test]
+    fn test_seed_inputs_are_served() {
+        let h = Harness::new().expect("canaries placed");
+        for seed in seed_inputs() {
+            let out = h.run(&seed);
+            assert!(out.buffers >= 2, "selector {:#x}: {out:?}", seed[0]);
+            assert!(!out.needs_reset, "selector {:#x}: {out:?}", seed[0]);
+            assert!(h.guarded().canaries_intact());
+        }
+    }
+
+    /// Writes [`seed_inputs`] into the fuzz corpus: `cargo test --no-default-features --lib
+    /// write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/device_queues");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, s) in seed_inputs().iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i:02}")), s).unwrap();
+        }
+    }
+
+    #[test]
+    fn test_random_guests_never_escape() {
+        let h = Harness::new().expect("canaries placed");
+        assert!(h.guarded().canaries_intact());
+        let mut rng = Rng::new(7);
+        let mut buf = vec![0u8; 4096];
+        for i in 0..300 {
+            let n = 1 + rng.below(buf.len() as u64) as usize;
+            rng.fill(&mut buf[..n]);
+            buf[0] = i as u8;
+            h.run(&buf[..n]);
+            assert!(h.guarded().canaries_intact(), "input {i}");
+        }
+    }
+}
