@@ -8,18 +8,22 @@ from typing_extensions import Buffer
 __version__: str
 
 _Size = int | str
+_Rate = int | str
+_Duration = float | str
 
 __all__ = [
     "BalloonError",
     "Chain",
     "ConfigError",
     "EncodingError",
+    "Guest",
     "GuestError",
     "GuestMemory",
     "GuestMemoryError",
     "GuestView",
     "InflateReport",
     "MigrationError",
+    "MigrationResult",
     "PageSet",
     "QueueLayout",
     "Session",
@@ -29,8 +33,10 @@ __all__ = [
     "VirtqueueError",
     "__version__",
     "bench_inflate_table",
+    "bench_migrate_rows",
     "decode_pages",
     "encode_pages",
+    "listen_migration",
     "parse_size",
     "peak_rss_bytes",
     "pump_queue",
@@ -293,3 +299,112 @@ def bench_inflate_table(
     mode: str = "sync",
     backing: str = "anonymous",
 ) -> dict[str, Any]: ...
+
+@final
+class MigrationResult:
+    """What a migration did, as the source saw it (and the destination, when it ran here)."""
+
+    @property
+    def hints(self) -> str: ...
+    @property
+    def skip_unpopulated(self) -> bool: ...
+    @property
+    def total_secs(self) -> float: ...
+    @property
+    def downtime_secs(self) -> float: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def converged(self) -> bool: ...
+    @property
+    def bytes_sent(self) -> int: ...
+    @property
+    def pages_sent(self) -> int: ...
+    @property
+    def zero_pages(self) -> int: ...
+    @property
+    def hinted_pages(self) -> int: ...
+    @property
+    def unpopulated_pages(self) -> int: ...
+    @property
+    def pages_read(self) -> int: ...
+    @property
+    def peak_rss_bytes(self) -> int: ...
+    @property
+    def verified_pages(self) -> int | None: ...
+    @property
+    def mismatched_pages(self) -> int | None: ...
+    @property
+    def free_pages_differing(self) -> int | None: ...
+    @property
+    def workload_pages_dirtied(self) -> int: ...
+    @property
+    def dirty_backend(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class Guest:
+    """A running guest to migrate: RAM, page allocator and a workload that can keep writing."""
+
+    def __new__(
+        cls,
+        size: _Size | None = None,
+        *,
+        scenario: str | None = None,
+        used: _Size | None = None,
+        free_share: float = 0.0,
+        backing: str = "anonymous",
+        seed: int = 1,
+    ) -> Guest: ...
+    @property
+    def memory(self) -> GuestMemory: ...
+    def info(self) -> dict[str, Any]: ...
+    def free_pages(self) -> PageSet: ...
+    def used_pages(self) -> PageSet: ...
+    def dirty_pages(self) -> PageSet: ...
+    def write(self, addr: int, data: Buffer) -> None: ...
+    def mark_dirty(self, pfn: int, count: int = 1) -> None: ...
+    def progress(self) -> dict[str, int | bool]: ...
+    def resume(self) -> None: ...
+    def migrate(
+        self,
+        *,
+        hints: str = "off",
+        bandwidth: _Rate | None = None,
+        downtime: _Duration | None = None,
+        dirty_rate: _Rate | None = None,
+        skip_unpopulated: bool = False,
+        dirty_tracking: str = "explicit",
+        link: str = "socketpair",
+        verify: bool = True,
+        max_rounds: int = 30,
+        dest_backing: str = "anonymous",
+        timeout: float = 30.0,
+    ) -> MigrationResult: ...
+    def send(
+        self,
+        address: str,
+        *,
+        hints: str = "off",
+        bandwidth: _Rate | None = None,
+        downtime: _Duration | None = None,
+        dirty_rate: _Rate | None = None,
+        skip_unpopulated: bool = False,
+        dirty_tracking: str = "explicit",
+        verify: bool = True,
+        max_rounds: int = 30,
+        timeout: float = 30.0,
+    ) -> MigrationResult: ...
+
+def listen_migration(
+    address: str, size: _Size, *, backing: str = "memfd", timeout: float = 60.0
+) -> dict[str, Any]: ...
+def bench_migrate_rows(
+    scenarios: list[str] = ...,
+    variants: list[str] | None = None,
+    *,
+    guest: _Size | None = None,
+    repetitions: int = 3,
+    bandwidth: _Rate | None = None,
+    dirty_rate: _Rate | None = None,
+) -> list[dict[str, Any]]: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -137,6 +138,120 @@ def cmd_bench_inflate(args: argparse.Namespace) -> int:
     return 0
 
 
+MIGRATE_COLUMNS = [
+    "scenario",
+    "variant",
+    "time ms",
+    "sent MB",
+    "pages read",
+    "hinted",
+    "unpopulated",
+    "downtime ms",
+    "peak RSS MB",
+    "floor ms",
+    "/ floor",
+    "speed-up",
+    "verified",
+]
+
+
+def migrate_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
+    """Migration bench rows as a table."""
+    out = []
+    for r in rows:
+        if r.get("skipped"):
+            out.append([r["scenario"], r["variant"], f"skipped: {r['skipped']}"] + [""] * 10)
+            continue
+        speedup = r.get("speedup_vs_no_hints")
+        out.append(
+            [
+                r["scenario"],
+                r["variant"],
+                f"{r['total_ms']:,.0f}",
+                f"{r['bytes_sent'] / 1e6:,.1f}",
+                f"{r['pages_read']:,}",
+                f"{r['hinted_pages']:,}",
+                f"{r['unpopulated_pages']:,}",
+                f"{r['downtime_ms']:.1f}",
+                f"{r['peak_rss_bytes'] / 1e6:,.0f}",
+                f"{r['floor_ms']:,.0f}",
+                f"{r['ratio_to_floor']:.2f}",
+                f"{speedup:.2f}x" if speedup else "-",
+                {True: "yes", False: "NO", None: "-"}[r.get("verified")],
+            ]
+        )
+    return _table(title, MIGRATE_COLUMNS, out)
+
+
+def cmd_bench_migrate(args: argparse.Namespace) -> int:
+    rows = _native.bench_migrate_rows(
+        args.scenarios.split(","),
+        args.variants.split(",") if args.variants else None,
+        guest=args.guest,
+        repetitions=args.repetitions,
+        bandwidth=args.bandwidth,
+        dirty_rate=args.dirty_rate,
+    )
+    console.print(migrate_table(rows, f"Live migration at {args.bandwidth}"))
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+def cmd_migrate_listen(args: argparse.Namespace) -> int:
+    console.print(f"listening on {args.address} for a {args.size} guest ({args.backing})")
+    report = _native.listen_migration(
+        args.address, args.size, backing=args.backing, timeout=args.timeout
+    )
+    print(json.dumps(report))
+    return 0 if report.get("mismatched_pages", 0) == 0 else 1
+
+
+def cmd_migrate_send(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    guest = _native.Guest(args.size, scenario=args.scenario, used=args.used, backing=args.backing)
+    console.print(f"source: {guest!r}")
+    result: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result["r"] = guest.send(
+                args.to,
+                hints=args.hints,
+                bandwidth=args.bandwidth,
+                downtime=args.downtime,
+                dirty_rate=args.dirty_rate,
+                skip_unpopulated=args.skip_unpopulated,
+                dirty_tracking=args.dirty_tracking,
+                timeout=args.timeout,
+            )
+        except BaseException as e:  # re-raised on the main thread
+            failure.append(e)
+
+    worker = threading.Thread(target=run, name="vballoon-migrate")
+    columns = (
+        TextColumn("round {task.fields[round]}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%  {task.fields[mb]:,.0f} MB sent"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("migrate", total=1.0, round=0, mb=0.0)
+        worker.start()
+        while worker.is_alive():
+            p = guest.progress()
+            done = p["pages_done"] / p["pages_total"] if p["pages_total"] else 0.0
+            bar.update(task, completed=done, round=p["round"], mb=p["bytes_sent"] / 1e6)
+            worker.join(0.05)
+    if failure:
+        raise failure[0]
+    print(json.dumps(result["r"].to_dict()))
+    return 0 if result["r"].mismatched_pages in (0, None) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vballoon",
@@ -171,6 +286,40 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--backing", default="anonymous", choices=["anonymous", "memfd"])
     bi.add_argument("--json", action="store_true")
     bi.set_defaults(func=cmd_bench_inflate)
+    bm = bsub.add_parser("migrate", help="live migration with and without hints (M1-M3)")
+    bm.add_argument("--scenarios", default="m1,m2", help="comma list of m1, m2, m3")
+    bm.add_argument(
+        "--variants", default=None, help="comma list: off, skip, bitmap, upstream, reporting"
+    )
+    bm.add_argument("--guest", default=None, help="scale the scenarios to this guest size")
+    bm.add_argument("--repetitions", type=int, default=3)
+    bm.add_argument("--bandwidth", default="10Gbit")
+    bm.add_argument("--dirty-rate", default=None, help="guest workload writes per second")
+    bm.add_argument("--json", action="store_true")
+    bm.set_defaults(func=cmd_bench_migrate)
+
+    mig = sub.add_parser("migrate", help="live migration between two processes over TCP")
+    msub = mig.add_subparsers(dest="side", required=True)
+    ml = msub.add_parser("listen", help="the destination: receive one guest")
+    ml.add_argument("--address", default="127.0.0.1:4444")
+    ml.add_argument("--size", required=True, help="guest RAM size, as the source's")
+    ml.add_argument("--backing", default="memfd", choices=["anonymous", "memfd"])
+    ml.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    ml.set_defaults(func=cmd_migrate_listen)
+    ms = msub.add_parser("send", help="the source: build a guest and migrate it")
+    ms.add_argument("--to", default="127.0.0.1:4444", help="the destination's host:port")
+    ms.add_argument("--size", default=None, help="guest RAM size (default: the scenario's)")
+    ms.add_argument("--scenario", default=None, choices=["m1", "m2", "m3"])
+    ms.add_argument("--used", default="400MiB", help="bytes the guest uses (no scenario)")
+    ms.add_argument("--backing", default="memfd", choices=["anonymous", "memfd"])
+    ms.add_argument("--hints", default="off", choices=["off", "bitmap", "upstream", "reporting"])
+    ms.add_argument("--bandwidth", default="10Gbit")
+    ms.add_argument("--downtime", default="300ms")
+    ms.add_argument("--dirty-rate", default=None, help="workload writes per second")
+    ms.add_argument("--skip-unpopulated", action="store_true")
+    ms.add_argument("--dirty-tracking", default="explicit", choices=["explicit", "kernel", "auto"])
+    ms.add_argument("--timeout", type=float, default=30.0)
+    ms.set_defaults(func=cmd_migrate_send)
     return p
 
 

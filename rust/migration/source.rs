@@ -18,7 +18,7 @@
 //! while the engine reads the next pages, as a NIC would.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +75,8 @@ pub struct MigrationConfig {
     pub io_timeout: Duration,
     /// Set to true to cancel the migration (checked between chunks).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Live progress for a watcher (a progress bar), updated after every chunk.
+    pub progress: Option<Arc<Progress>>,
     /// Pages per chunk of a round: hints are polled, residency checked and cancellation seen
     /// once per chunk ([`CHUNK_PAGES`] by default).
     pub chunk_pages: u64,
@@ -91,8 +93,33 @@ impl Default for MigrationConfig {
             skip_unpopulated: true,
             io_timeout: Duration::from_secs(10),
             cancel: None,
+            progress: None,
             chunk_pages: CHUNK_PAGES,
         }
+    }
+}
+
+/// A migration's progress, readable from another thread while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Current round (1-based; 0 before the first).
+    pub round: AtomicU64,
+    /// Pages of guest RAM the current round has walked past.
+    pub pages_done: AtomicU64,
+    /// Pages of guest RAM.
+    pub pages_total: AtomicU64,
+    /// Bytes handed to the link so far.
+    pub bytes_sent: AtomicU64,
+    /// Set once the stop-and-copy round has started.
+    pub stop_and_copy: AtomicBool,
+}
+
+impl Progress {
+    fn update(&self, round: u32, done: u64, total: u64, bytes: u64) {
+        self.round.store(u64::from(round), Ordering::Relaxed);
+        self.pages_done.store(done, Ordering::Relaxed);
+        self.pages_total.store(total, Ordering::Relaxed);
+        self.bytes_sent.store(bytes, Ordering::Relaxed);
     }
 }
 
@@ -638,6 +665,9 @@ impl Engine<'_> {
         };
         // Stop and copy.
         self.check_cancel()?;
+        if let Some(p) = &self.cfg.progress {
+            p.stop_and_copy.store(true, Ordering::Relaxed);
+        }
         let paused_at = pause.pause();
         let t = Instant::now();
         let bytes0 = sink.sent;
@@ -692,6 +722,9 @@ impl Engine<'_> {
             }
             if set.count_range(chunk, end - chunk) == 0 {
                 chunk = end;
+                if let Some(p) = &self.cfg.progress {
+                    p.update(st.round, chunk, pages, sink.sent);
+                }
                 continue;
             }
             // Without skipping, a memfd guest's holes are still found, to be read through the
@@ -734,6 +767,9 @@ impl Engine<'_> {
                 }
             }
             chunk = end;
+            if let Some(p) = &self.cfg.progress {
+                p.update(st.round, chunk, pages, sink.sent);
+            }
         }
         if let Some((f, c)) = run {
             w.zero_run(sink, f, c).map_err(io)?;

@@ -7,6 +7,7 @@ mod buffer;
 mod convert;
 mod errors;
 mod memory;
+mod migrate;
 mod pages;
 mod session;
 mod virtq;
@@ -36,5 +37,9 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<session::PySession>()?;
     m.add_class::<session::PyInflateReport>()?;
     m.add_function(wrap_pyfunction!(session::bench_inflate_table, m)?)?;
+    m.add_class::<migrate::PyGuest>()?;
+    m.add_class::<migrate::PyMigrationResult>()?;
+    m.add_function(wrap_pyfunction!(migrate::listen_migration, m)?)?;
+    m.add_function(wrap_pyfunction!(migrate::bench_migrate_rows, m)?)?;
     Ok(())
 }
