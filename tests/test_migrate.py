@@ -69,7 +69,7 @@ def test_two_processes_over_tcp_with_the_cli():
     try:
         assert "listening" in listener.stdout.readline()
         g = Guest("256MiB", used="32MiB", backing="memfd")
-        r = g.send(f"127.0.0.1:{port}", dirty_rate="16MiB")
+        r = g.migrate(to=f"127.0.0.1:{port}", dirty_rate="16MiB")
         out, _ = listener.communicate(timeout=60)
     finally:
         listener.kill()
@@ -83,7 +83,7 @@ def test_two_processes_over_tcp_with_the_cli():
 def test_nobody_listening_is_a_typed_error():
     g = Guest("16MiB", used="1MiB")
     with pytest.raises(MigrationError):
-        g.send(f"127.0.0.1:{_free_port()}", timeout=2)
+        g.migrate(to=f"127.0.0.1:{_free_port()}", timeout=2)
 
 
 def test_listen_times_out_cleanly():

@@ -369,6 +369,7 @@ class Guest:
     def migrate(
         self,
         *,
+        to: str | None = None,
         hints: str = "off",
         bandwidth: _Rate | None = None,
         downtime: _Duration | None = None,
@@ -379,20 +380,6 @@ class Guest:
         verify: bool = True,
         max_rounds: int = 30,
         dest_backing: str = "anonymous",
-        timeout: float = 30.0,
-    ) -> MigrationResult: ...
-    def send(
-        self,
-        address: str,
-        *,
-        hints: str = "off",
-        bandwidth: _Rate | None = None,
-        downtime: _Duration | None = None,
-        dirty_rate: _Rate | None = None,
-        skip_unpopulated: bool = False,
-        dirty_tracking: str = "explicit",
-        verify: bool = True,
-        max_rounds: int = 30,
         timeout: float = 30.0,
     ) -> MigrationResult: ...
 

@@ -218,8 +218,8 @@ def cmd_migrate_send(args: argparse.Namespace) -> int:
 
     def run() -> None:
         try:
-            result["r"] = guest.send(
-                args.to,
+            result["r"] = guest.migrate(
+                to=args.to,
                 hints=args.hints,
                 bandwidth=args.bandwidth,
                 downtime=args.downtime,

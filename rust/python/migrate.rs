@@ -316,12 +316,14 @@ impl PyGuest {
         crate::migration::GuestControl::resume(&*self.runner);
     }
 
-    /// Migrates the guest to a fresh destination in this process (over a socketpair, or TCP
-    /// loopback with `link="tcp"`), the workload running at `dirty_rate` meanwhile; verifies
-    /// every used page on the destination unless `verify=False`. The guest stays paused after
-    /// a successful migration (call `resume()`).
+    /// Migrates the guest, its workload running at `dirty_rate` meanwhile. With `to`
+    /// (`"host:port"`, a destination started by `listen_migration` or `vballoon migrate
+    /// listen`), over TCP to that process; otherwise to a fresh destination in this process
+    /// (over a socketpair, or TCP loopback with `link="tcp"`, into `dest_backing` RAM).
+    /// With `verify`, every used page is checked on the destination. The guest stays paused
+    /// after a successful migration (call `resume()`).
     #[pyo3(signature = (
-        *, hints = "off", bandwidth = None, downtime = None, dirty_rate = None,
+        *, to = None, hints = "off", bandwidth = None, downtime = None, dirty_rate = None,
         skip_unpopulated = false, dirty_tracking = "explicit", link = "socketpair",
         verify = true, max_rounds = 30, dest_backing = "anonymous", timeout = 30.0
     ))]
@@ -329,6 +331,7 @@ impl PyGuest {
     fn migrate(
         &self,
         py: Python<'_>,
+        to: Option<&str>,
         hints: &str,
         bandwidth: Option<&Bound<'_, PyAny>>,
         downtime: Option<&Bound<'_, PyAny>>,
@@ -341,7 +344,7 @@ impl PyGuest {
         dest_backing: &str,
         timeout: f64,
     ) -> PyResult<PyMigrationResult> {
-        let opts = options(
+        let mut opts = options(
             hints,
             bandwidth,
             downtime,
@@ -352,7 +355,6 @@ impl PyGuest {
             max_rounds,
             timeout,
         )?;
-        let mut opts = opts;
         opts.progress = Some(self.fresh_progress());
         opts.link = match link {
             "socketpair" | "inprocess" => LocalLink::SocketPair,
@@ -365,55 +367,17 @@ impl PyGuest {
         };
         opts.dest_backing = backing(dest_backing)?;
         let runner = Arc::clone(&self.runner);
+        if let Some(addr) = to {
+            let r = py.detach(|| send(addr, &runner, &opts))?;
+            return Ok(PyMigrationResult::from_remote(
+                &r,
+                opts.hints,
+                opts.skips_unpopulated(),
+            ));
+        }
         let report = py.detach(|| crate::machine::migrate_local(&runner, &opts))?;
         let backend = format!("{:?}", report.result.dirty_backend);
         Ok(PyMigrationResult::new(&report.summary(), backend))
-    }
-
-    /// Migrates the guest to a destination listening at `address` (`"host:port"`, see
-    /// `vballoon.listen`). With `verify`, the destination checks every used page against
-    /// checksums sent after the stream.
-    #[pyo3(signature = (
-        address, *, hints = "off", bandwidth = None, downtime = None, dirty_rate = None,
-        skip_unpopulated = false, dirty_tracking = "explicit", verify = true, max_rounds = 30,
-        timeout = 30.0
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &self,
-        py: Python<'_>,
-        address: &str,
-        hints: &str,
-        bandwidth: Option<&Bound<'_, PyAny>>,
-        downtime: Option<&Bound<'_, PyAny>>,
-        dirty_rate: Option<&Bound<'_, PyAny>>,
-        skip_unpopulated: bool,
-        dirty_tracking: &str,
-        verify: bool,
-        max_rounds: u32,
-        timeout: f64,
-    ) -> PyResult<PyMigrationResult> {
-        let opts = options(
-            hints,
-            bandwidth,
-            downtime,
-            dirty_rate,
-            skip_unpopulated,
-            dirty_tracking,
-            verify,
-            max_rounds,
-            timeout,
-        )?;
-        let mut opts = opts;
-        opts.progress = Some(self.fresh_progress());
-        let runner = Arc::clone(&self.runner);
-        let addr = address.to_string();
-        let r = py.detach(|| send(addr.as_str(), &runner, &opts))?;
-        Ok(PyMigrationResult::from_remote(
-            &r,
-            opts.hints,
-            opts.skips_unpopulated(),
-        ))
     }
 
     fn __repr__(&self) -> String {
