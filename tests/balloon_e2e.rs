@@ -429,3 +429,17 @@ fn test_v3_rule_without_stats_clears_page_bitmap() {
     assert_eq!(f.bits & bit(VIRTIO_BALLOON_F_STATS_VQ), 0);
     assert_eq!(s.driver().encoding(), Encoding::Pfn);
 }
+
+#[test]
+fn test_populate_on_deflate_faults_pages_back_in() {
+    let mut s = session(Encoding::Extents, |c| c.populate_on_deflate = true);
+    let mem = Arc::clone(s.memory());
+    mem.populate(GuestAddress(0), mem.size()).unwrap();
+    let all = s.resident_pages().unwrap();
+    s.set_target_pages(2048).unwrap();
+    s.run_until_settled(T).unwrap();
+    assert!(s.resident_pages().unwrap() <= all - 2048);
+    s.set_target_pages(0).unwrap();
+    s.run_until_settled(T).unwrap();
+    assert_eq!(s.resident_pages().unwrap(), all);
+}

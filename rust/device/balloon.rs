@@ -568,7 +568,7 @@ impl BalloonDevice {
         let t0 = Instant::now();
         let (mut calls, mut fresh, mut again) = (0u64, 0u64, 0u64);
         for &(start, len) in runs {
-            let already: u64 = self.balloon.runs_in(start, start + len).map(|r| r.1).sum();
+            let already = count_in(&self.balloon, start, start + len);
             again += already;
             fresh += len - already;
             self.balloon.insert_range(start, len);
@@ -609,19 +609,23 @@ impl BalloonDevice {
     fn deflate(&mut self, runs: &[(u64, u64)]) -> u64 {
         let (mut moved, mut stray) = (0u64, 0u64);
         let t0 = Instant::now();
+        let mut inside = Vec::new();
         for &(start, len) in runs {
-            let inside: Vec<(u64, u64)> = self.balloon.runs_in(start, start + len).collect();
-            let n: u64 = inside.iter().map(|r| r.1).sum();
+            let n = count_in(&self.balloon, start, start + len);
             moved += n;
             stray += len - n;
-            self.balloon.remove_range(start, len);
             if self.cfg.populate_on_deflate {
-                for (s, l) in inside {
+                inside.clear();
+                runs_within(&self.balloon, start, start + len, |s, l| {
+                    inside.push((s, l))
+                });
+                for &(s, l) in &inside {
                     if let Err(e) = self.mem.populate(Pfn(s).addr(), l * PAGE_SIZE) {
                         self.log(e.into());
                     }
                 }
             }
+            self.balloon.remove_range(start, len);
         }
         let c = &self.counters;
         if self.cfg.populate_on_deflate {
@@ -741,6 +745,60 @@ impl BalloonDevice {
     }
 }
 
+/// Mask of the bits of word `w` that stand for pages in `[start, end)`.
+fn word_mask(w: u64, start: u64, end: u64) -> u64 {
+    let lo = (w * 64).max(start) - w * 64;
+    let hi = ((w + 1) * 64).min(end) - w * 64;
+    let upper = if hi >= 64 { u64::MAX } else { (1u64 << hi) - 1 };
+    upper & !((1u64 << lo) - 1)
+}
+
+/// Pages of `set` in `[start, end)`, in O((end - start) / 64): the device calls this once per
+/// run, so it must not depend on the size of the set.
+fn count_in(set: &PageSet, start: u64, end: u64) -> u64 {
+    let end = end.min(set.npages());
+    if start >= end {
+        return 0;
+    }
+    let words = set.words();
+    (start / 64..end.div_ceil(64))
+        .map(|w| u64::from((words[w as usize] & word_mask(w, start, end)).count_ones()))
+        .sum()
+}
+
+/// Calls `f(first, len)` for each maximal run of `set` inside `[start, end)`, cut at the bounds.
+fn runs_within(set: &PageSet, start: u64, end: u64, mut f: impl FnMut(u64, u64)) {
+    let end = end.min(set.npages());
+    if start >= end {
+        return;
+    }
+    let words = set.words();
+    let mut cur: Option<(u64, u64)> = None;
+    for w in start / 64..end.div_ceil(64) {
+        let mut b = words[w as usize] & word_mask(w, start, end);
+        while b != 0 {
+            let tz = u64::from(b.trailing_zeros());
+            let ones = u64::from((b >> tz).trailing_ones());
+            let (s, l) = (w * 64 + tz, ones);
+            cur = match cur {
+                Some((cs, cl)) if cs + cl == s => Some((cs, cl + l)),
+                Some((cs, cl)) => {
+                    f(cs, cl);
+                    Some((s, l))
+                }
+                None => Some((s, l)),
+            };
+            if tz + ones >= 64 {
+                break;
+            }
+            b &= u64::MAX << (tz + ones);
+        }
+    }
+    if let Some((s, l)) = cur {
+        f(s, l);
+    }
+}
+
 /// Sorts runs and merges those that overlap or touch, in place.
 pub fn merge_runs(runs: &mut Vec<(u64, u64)>) {
     if runs.len() < 2 {
@@ -766,6 +824,19 @@ pub fn merge_runs(runs: &mut Vec<(u64, u64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_count_and_runs_within_bounds() {
+        let set = PageSet::from_runs(300, [(3, 5), (62, 4), (100, 1), (200, 100)]).unwrap();
+        for (s, e) in [(0, 300), (4, 64), (63, 101), (150, 299), (7, 7), (299, 400)] {
+            let want: u64 = set.runs_in(s, e).map(|r| r.1).sum();
+            assert_eq!(count_in(&set, s, e), want, "[{s}, {e})");
+            let mut got = Vec::new();
+            runs_within(&set, s, e, |a, l| got.push((a, l)));
+            let want: Vec<(u64, u64)> = set.runs_in(s, e).collect();
+            assert_eq!(got, want, "[{s}, {e})");
+        }
+    }
 
     #[test]
     fn test_merge_runs_joins_overlapping_and_touching() {
