@@ -9,11 +9,12 @@ use super::config::{DeviceConfig, DiscardPolicy};
 use super::counters::{add, DeviceCounters, SharedCounters};
 use super::error::BalloonError;
 use super::stats::{self, StatsSample, STATS_MAX_LEN};
+use super::vectored::SelfMadvise;
 use crate::abi::{
     bit, BalloonFeatures, QueueIndexes, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
     STATS_ENTRY_SIZE, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_ID_BALLOON,
 };
-use crate::memory::{GuestMemory, Pfn, PAGE_SIZE};
+use crate::memory::{Backing, GuestMemory, Pfn, PAGE_SIZE};
 use crate::pages::{decode, Encoding, PageSet};
 use crate::transport::wire::{encoding_for, max_message_len};
 use crate::transport::{
@@ -122,6 +123,9 @@ pub struct BalloonDevice {
     stats: StatsState,
     errors: VecDeque<BalloonError>,
     errors_total: u64,
+    /// For [`DiscardPolicy::Vectored`]: our pidfd, and whether the kernel took it so far.
+    self_madvise: Option<SelfMadvise>,
+    vectored_ok: bool,
     // Reused per batch so the hot path does not allocate.
     chain: DescriptorChain,
     scratch: Vec<u8>,
@@ -181,6 +185,8 @@ impl BalloonDevice {
             stats: StatsState::default(),
             errors: VecDeque::new(),
             errors_total: 0,
+            self_madvise: None,
+            vectored_ok: true,
             chain: DescriptorChain::new(),
             scratch: Vec::new(),
             runs: Vec::new(),
@@ -573,7 +579,7 @@ impl BalloonDevice {
             fresh += len - already;
             self.balloon.insert_range(start, len);
             match self.cfg.discard {
-                DiscardPolicy::Never => {}
+                DiscardPolicy::Never | DiscardPolicy::Vectored => {}
                 DiscardPolicy::Coalesced => {
                     calls += 1;
                     self.discard(start, len);
@@ -586,6 +592,9 @@ impl BalloonDevice {
                 }
             }
         }
+        if self.cfg.discard == DiscardPolicy::Vectored {
+            calls += self.discard_vectored(runs);
+        }
         let c = &self.counters;
         add(&c.discard_ns, t0.elapsed().as_nanos() as u64);
         add(&c.discard_calls, calls);
@@ -593,6 +602,34 @@ impl BalloonDevice {
         add(&c.pages_inflated, fresh);
         add(&c.pages_reinflated, again);
         fresh
+    }
+
+    /// Discards `runs` with one `process_madvise` per 1024 runs where the kernel allows it,
+    /// otherwise (memfd RAM, an older kernel) one discard per run; returns the calls made.
+    fn discard_vectored(&mut self, runs: &[(u64, u64)]) -> u64 {
+        let mut calls = 0u64;
+        let mut from = 0usize;
+        if self.mem.backing() == Backing::Anonymous && self.vectored_ok {
+            if self.self_madvise.is_none() {
+                self.self_madvise = SelfMadvise::open();
+            }
+            match &self.self_madvise {
+                Some(m) => match m.discard(&self.mem, runs, &mut calls) {
+                    Ok(()) => from = runs.len(),
+                    Err((done, _)) => {
+                        // Not supported here (or partial): finish run by run from now on.
+                        from = done;
+                        self.vectored_ok = false;
+                    }
+                },
+                None => self.vectored_ok = false,
+            }
+        }
+        for &(start, len) in &runs[from..] {
+            calls += 1;
+            self.discard(start, len);
+        }
+        calls
     }
 
     fn discard(&mut self, start: u64, len: u64) {

@@ -214,7 +214,7 @@ impl Harness {
             encoding: Encoding::ALL[usize::from(selector & 3)],
             stats: selector & 4 != 0,
             must_tell_host: selector & 8 != 0,
-            discard: DiscardPolicy::ALL[usize::from((selector >> 4) & 3) % 3],
+            discard: DiscardPolicy::ALL[usize::from((selector >> 4) & 3)],
             abi: if selector & 0x40 != 0 {
                 crate::abi::AbiMode::V3
             } else {

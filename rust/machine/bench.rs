@@ -49,8 +49,9 @@ impl BenchVariant {
         }
     }
 
-    /// The five of the seed's comparison: `pfn` (per-page discard, the baseline),
-    /// `pfn+coalesce`, `bitmap`, `extents`, `auto` (the last four coalesce discards).
+    /// The seed's comparison: `pfn` (per-page discard, the baseline), `pfn+coalesce`,
+    /// `bitmap`, `extents`, `auto` (these four coalesce discards), and `bitmap+vectored`
+    /// (coalesced runs, 1024 per `process_madvise` call).
     pub fn defaults() -> Vec<BenchVariant> {
         vec![
             BenchVariant::new("pfn", Encoding::Pfn, DiscardPolicy::PerPage),
@@ -58,6 +59,7 @@ impl BenchVariant {
             BenchVariant::new("bitmap", Encoding::Bitmap, DiscardPolicy::Coalesced),
             BenchVariant::new("extents", Encoding::Extents, DiscardPolicy::Coalesced),
             BenchVariant::new("auto", Encoding::Auto, DiscardPolicy::Coalesced),
+            BenchVariant::new("bitmap+vectored", Encoding::Bitmap, DiscardPolicy::Vectored),
         ]
     }
 }
@@ -469,8 +471,8 @@ mod tests {
             ..InflateBenchConfig::default()
         };
         let t = bench_inflate(&cfg).unwrap();
-        assert_eq!(t.rows.len(), 5 + 3);
-        for r in &t.rows[..5] {
+        assert_eq!(t.rows.len(), 6 + 3);
+        for r in &t.rows[..6] {
             assert_eq!(r.pages, 3072, "{}", r.name);
             assert!(r.inflate_secs > 0.0);
         }
