@@ -104,3 +104,15 @@ def test_bench_inflate_table_small():
     for row in t["rows"]:
         assert row["inflate_secs"] > 0
     assert "pfn" in t["text"]
+
+
+@pytest.mark.parametrize("discard", ["coalesced", "per-page", "vectored", "parallel"])
+def test_every_discard_policy_returns_the_memory(discard):
+    with Session("256MiB", discard=discard) as s:
+        s.memory.populate(0, s.memory.size)
+        before = s.resident_bytes()
+        s.set_target("128MiB")  # above the parallel policy's 64 MiB threshold
+        r = s.run_until_settled()
+        assert r.outcome == "settled"
+        assert abs(before - s.resident_bytes() - 128 * MiB) <= 0.05 * 128 * MiB
+        assert s.device_counters()["discard_errors"] == 0

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::config::{DeviceConfig, DiscardPolicy};
+use super::config::{
+    DeviceConfig, DiscardPolicy, PARALLEL_DISCARD_MIN_PAGES, PARALLEL_DISCARD_THREADS,
+};
 use super::counters::{add, DeviceCounters, SharedCounters};
 use super::error::BalloonError;
 use super::stats::{self, StatsSample, STATS_MAX_LEN};
@@ -14,7 +16,7 @@ use crate::abi::{
     bit, BalloonFeatures, QueueIndexes, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
     STATS_ENTRY_SIZE, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_ID_BALLOON,
 };
-use crate::memory::{Backing, GuestMemory, Pfn, PAGE_SIZE};
+use crate::memory::{Backing, GuestMemory, MemoryError, Pfn, PAGE_SIZE};
 use crate::pages::{decode, Encoding, PageSet};
 use crate::transport::wire::{encoding_for, max_message_len};
 use crate::transport::{
@@ -579,7 +581,7 @@ impl BalloonDevice {
             fresh += len - already;
             self.balloon.insert_range(start, len);
             match self.cfg.discard {
-                DiscardPolicy::Never | DiscardPolicy::Vectored => {}
+                DiscardPolicy::Never | DiscardPolicy::Vectored | DiscardPolicy::Parallel => {}
                 DiscardPolicy::Coalesced => {
                     calls += 1;
                     self.discard(start, len);
@@ -592,8 +594,10 @@ impl BalloonDevice {
                 }
             }
         }
-        if self.cfg.discard == DiscardPolicy::Vectored {
-            calls += self.discard_vectored(runs);
+        match self.cfg.discard {
+            DiscardPolicy::Vectored => calls += self.discard_vectored(runs),
+            DiscardPolicy::Parallel => calls += self.discard_parallel(runs),
+            _ => {}
         }
         let c = &self.counters;
         add(&c.discard_ns, t0.elapsed().as_nanos() as u64);
@@ -630,6 +634,44 @@ impl BalloonDevice {
             self.discard(start, len);
         }
         calls
+    }
+
+    /// Discards `runs` split into page-balanced shares, one per thread; returns the calls made.
+    fn discard_parallel(&mut self, runs: &[(u64, u64)]) -> u64 {
+        let total: u64 = runs.iter().map(|r| r.1).sum();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = cores.min(PARALLEL_DISCARD_THREADS);
+        if threads < 2 || total < PARALLEL_DISCARD_MIN_PAGES {
+            for &(start, len) in runs {
+                self.discard(start, len);
+            }
+            return runs.len() as u64;
+        }
+        let shares = split_runs(runs, threads);
+        let mem = &self.mem;
+        let results: Vec<Vec<MemoryError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = shares
+                .iter()
+                .map(|share| {
+                    scope.spawn(move || {
+                        // Same bounds as `discard`: decoded pages, checked again by GuestMemory.
+                        share
+                            .iter()
+                            .filter_map(|&(s, l)| mem.discard(Pfn(s).addr(), l * PAGE_SIZE).err())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        for e in results.into_iter().flatten() {
+            add(&self.counters.discard_errors, 1);
+            self.log(e.into());
+        }
+        shares.iter().map(|s| s.len() as u64).sum()
     }
 
     fn discard(&mut self, start: u64, len: u64) {
@@ -883,5 +925,52 @@ mod tests {
         let mut one = vec![(3, 1)];
         merge_runs(&mut one);
         assert_eq!(one, vec![(3, 1)]);
+    }
+}
+
+/// Cuts sorted, disjoint `runs` into `n` lists of about equal page counts (a run may be split).
+fn split_runs(runs: &[(u64, u64)], n: usize) -> Vec<Vec<(u64, u64)>> {
+    let total: u64 = runs.iter().map(|r| r.1).sum();
+    let per = total.div_ceil(n as u64).max(1);
+    let mut out: Vec<Vec<(u64, u64)>> = Vec::new();
+    let mut share = Vec::new();
+    let mut room = per;
+    for &(mut start, mut len) in runs {
+        while len > 0 {
+            if room == 0 {
+                out.push(std::mem::take(&mut share));
+                room = per;
+            }
+            let take = len.min(room);
+            share.push((start, take));
+            start += take;
+            len -= take;
+            room -= take;
+        }
+    }
+    out.push(share);
+    out
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_runs;
+
+    #[test]
+    fn test_split_runs_balances_pages_and_loses_nothing() {
+        let runs = [(0, 10), (20, 3), (100, 50)];
+        for n in 1..6 {
+            let shares = split_runs(&runs, n);
+            assert!(shares.len() <= n);
+            let mut flat: Vec<(u64, u64)> = shares.iter().flatten().copied().collect();
+            flat.sort();
+            let pages: Vec<u64> = flat.iter().flat_map(|&(s, l)| s..s + l).collect();
+            let want: Vec<u64> = runs.iter().flat_map(|&(s, l)| s..s + l).collect();
+            assert_eq!(pages, want);
+            let per = 63u64.div_ceil(n as u64);
+            assert!(shares
+                .iter()
+                .all(|s| s.iter().map(|r| r.1).sum::<u64>() <= per));
+        }
     }
 }

@@ -25,7 +25,10 @@ pub mod stats;
 mod vectored;
 
 pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, ERROR_LOG_LEN};
-pub use config::{DeviceConfig, DiscardPolicy, DEFAULT_QUEUE_SIZE};
+pub use config::{
+    DeviceConfig, DiscardPolicy, DEFAULT_QUEUE_SIZE, PARALLEL_DISCARD_MIN_PAGES,
+    PARALLEL_DISCARD_THREADS,
+};
 pub use counters::{DeviceCounters, SharedCounters};
 pub use error::BalloonError;
 pub use stats::StatsSample;

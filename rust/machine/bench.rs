@@ -60,6 +60,7 @@ impl BenchVariant {
             BenchVariant::new("extents", Encoding::Extents, DiscardPolicy::Coalesced),
             BenchVariant::new("auto", Encoding::Auto, DiscardPolicy::Coalesced),
             BenchVariant::new("bitmap+vectored", Encoding::Bitmap, DiscardPolicy::Vectored),
+            BenchVariant::new("bitmap+parallel", Encoding::Bitmap, DiscardPolicy::Parallel),
         ]
     }
 }
