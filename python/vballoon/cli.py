@@ -111,6 +111,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         table = _native.bench_inflate_table(args.guest, args.inflate, rounds=args.rounds)
         console.print(inflate_table(table))
         result["inflate"] = {k: v for k, v in table.items() if k != "text"}
+        rows = _native.bench_migrate_rows(
+            ["m1", "m2"],
+            ["off", "skip", "bitmap", "upstream", "reporting"],
+            guest=args.migrate_guest,
+            repetitions=1,
+        )
+        console.print(
+            migrate_table(
+                rows,
+                f"Live migration of a {args.migrate_guest} guest at 10 Gbit/s "
+                "(M1: idle; M2: after a memory-heavy workload freed its memory)",
+            )
+        )
+        result["migrate"] = rows
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
@@ -266,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--guest", default="2GiB", help="guest size for the inflate comparison")
     demo.add_argument("--inflate", default="1792MiB", help="how much of it to inflate")
     demo.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    demo.add_argument("--migrate-guest", default="1GiB", help="guest size for the migrations")
     demo.add_argument("--ring-only", action="store_true", help="only the ring demo")
     demo.add_argument("--json", action="store_true", help="also print the results as JSON")
     demo.set_defaults(func=cmd_demo)
