@@ -14,7 +14,8 @@
 #![allow(clippy::print_stdout)]
 
 use vballoon::machine::{
-    bench_migrate, format_table, measure_floors, BenchMigrateConfig, BenchVariant, Scenario,
+    bench_migrate, format_migrate_table, measure_floors, BenchMigrateConfig, MigrateVariant,
+    Scenario,
 };
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -48,7 +49,7 @@ fn main() {
         assert!(rows
             .iter()
             .all(|r| r.skipped.is_some() || r.verified == Some(true)));
-        println!("{}", format_table(&rows));
+        println!("{}", format_migrate_table(&rows));
         return;
     }
     if let Ok(list) = std::env::var("VB_BENCH_SCENARIOS") {
@@ -60,7 +61,7 @@ fn main() {
     if let Ok(list) = std::env::var("VB_BENCH_VARIANTS") {
         cfg.variants = list
             .split(',')
-            .map(|n| BenchVariant::parse(n.trim()).expect("variant: off, skip, bitmap, ..."))
+            .map(|n| MigrateVariant::parse(n.trim()).expect("variant: off, skip, bitmap, ..."))
             .collect();
     }
     let f = measure_floors(1 << 30).expect("floors");
@@ -94,6 +95,6 @@ fn main() {
                 r.untouched_bytes as f64 / 1e6
             );
         }
-        println!("{}", format_table(&rows));
+        println!("{}", format_migrate_table(&rows));
     }
 }

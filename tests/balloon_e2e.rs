@@ -145,6 +145,7 @@ fn test_discard_policies_count_calls() {
         (Encoding::Pfn, DiscardPolicy::Coalesced, pages / 256),
         (Encoding::Bitmap, DiscardPolicy::Coalesced, 2),
         (Encoding::Bitmap, DiscardPolicy::Never, 0),
+        (Encoding::Bitmap, DiscardPolicy::Vectored, 2),
     ] {
         let mut s = session(enc, |c| c.discard = policy);
         s.set_target_pages(pages).unwrap();
@@ -428,4 +429,54 @@ fn test_v3_rule_without_stats_clears_page_bitmap() {
     assert!(!f.page_bitmap());
     assert_eq!(f.bits & bit(VIRTIO_BALLOON_F_STATS_VQ), 0);
     assert_eq!(s.driver().encoding(), Encoding::Pfn);
+}
+
+#[test]
+fn test_populate_on_deflate_faults_pages_back_in() {
+    let mut s = session(Encoding::Extents, |c| c.populate_on_deflate = true);
+    let mem = Arc::clone(s.memory());
+    mem.populate(GuestAddress(0), mem.size()).unwrap();
+    let all = s.resident_pages().unwrap();
+    s.set_target_pages(2048).unwrap();
+    s.run_until_settled(T).unwrap();
+    assert!(s.resident_pages().unwrap() <= all - 2048);
+    s.set_target_pages(0).unwrap();
+    s.run_until_settled(T).unwrap();
+    assert_eq!(s.resident_pages().unwrap(), all);
+}
+
+#[test]
+fn test_fragmented_guest_with_vectored_discards() {
+    for policy in [DiscardPolicy::Vectored, DiscardPolicy::Coalesced] {
+        let mut s = session(Encoding::Bitmap, |c| c.discard = policy);
+        let mem = Arc::clone(s.memory());
+        let mut w = Workload::new(5);
+        let free = s.guest().allocator().free_pages() * PAGE_SIZE;
+        // Every other page stays held: the balloon gets single-page runs.
+        w.fragment(s.guest_mut(), free, 0.5, 1.0).unwrap();
+        let sums = w.checksums(s.guest()).unwrap();
+        let before = s.resident_pages().unwrap();
+        let target = s.guest().allocator().free_pages();
+        s.set_target_pages(target).unwrap();
+        let r = s.run_until_settled(T).unwrap();
+        assert_eq!(r.end_pages, target);
+        assert!(r.discard_calls < target, "{policy}: {r}");
+        if policy == DiscardPolicy::Vectored {
+            assert!(r.discard_calls <= target.div_ceil(1024) + 1, "{r}");
+        }
+        // The driver's request buffers fault in as it first writes them.
+        let dropped = before - s.resident_pages().unwrap();
+        assert!(
+            dropped.abs_diff(target) <= s.driver().area().pages,
+            "{dropped} {target}"
+        );
+        for (start, len) in s.balloon_set().runs() {
+            assert!(mem
+                .is_zero(GuestAddress(start * PAGE_SIZE), len * PAGE_SIZE)
+                .unwrap());
+        }
+        assert!(Workload::changed_pages(s.guest(), &sums)
+            .unwrap()
+            .is_empty());
+    }
 }

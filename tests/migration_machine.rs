@@ -150,3 +150,19 @@ fn test_send_and_listen_verify_through_the_trailer() {
     assert_eq!(r.bytes_sent, d.bytes_received);
     assert!(guest.is_paused());
 }
+
+#[test]
+fn test_no_hints_pass_over_a_memfd_guest_does_not_populate_its_holes() {
+    let (guest, info) = Scenario::m1()
+        .with_guest_bytes(64 * MIB)
+        .with_backing(Backing::Memfd)
+        .build()
+        .unwrap();
+    let before = guest.resident_pages().unwrap();
+    let r = migrate_local(&guest, &opts(HintMode::Off, false)).unwrap();
+    // Every page was read (holes through the file), none of the holes got allocated.
+    assert_eq!(r.result.pages_read, 64 * MIB / PAGE_SIZE);
+    assert_eq!(r.result.data_pages * PAGE_SIZE, info.used_bytes);
+    assert_eq!(guest.resident_pages().unwrap(), before);
+    assert!(r.verify.unwrap().ok());
+}

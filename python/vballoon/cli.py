@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,8 @@ from rich.table import Table
 
 from vballoon import _native
 
-console = Console()
+# Tables are wider than 80 columns: keep them whole when the output is a pipe or a file.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
@@ -36,6 +38,55 @@ def ring_demo(guest_size: str = "1GiB", buffers: int = 1_000_000) -> list[dict[s
     return rows
 
 
+def _ms(secs: float) -> str:
+    return f"{secs * 1e3:,.1f}"
+
+
+def inflate_table(table: dict[str, Any]) -> Table:
+    """The inflate comparison as a table: time, stages, ratios to pfn and to the floor."""
+    gib = 1 << 30
+    title = (
+        f"Inflate {table['inflate_bytes'] / gib:.2f} GiB of a {table['guest_bytes'] / gib:.2f} GiB "
+        f"guest, every page touched (median of {table['rounds']})"
+    )
+    if table.get("fragmentation") is not None:
+        title += f", fragmentation {table['fragmentation']}"
+    rows = []
+    for r in table["rows"]:
+        rows.append(
+            [
+                r["name"],
+                _ms(r["inflate_secs"]),
+                _ms(r["alloc_secs"]),
+                _ms(r["encode_send_secs"]),
+                _ms(r["decode_secs"]),
+                _ms(r["discard_secs"]),
+                f"{r['buffers']:,}",
+                f"{r['discard_calls']:,}",
+                f"{r['rss_drop_bytes'] / (1 << 20):,.0f}",
+                f"{r['ratio_to_pfn']:.3f}" if r["ratio_to_pfn"] else "-",
+                f"{r['ratio_to_floor']:.2f}" if r["ratio_to_floor"] else "-",
+            ]
+        )
+    return _table(
+        title,
+        [
+            "variant",
+            "inflate ms",
+            "alloc",
+            "encode+send",
+            "decode",
+            "discard",
+            "buffers",
+            "discards",
+            "RSS drop MiB",
+            "/ pfn",
+            "/ floor",
+        ],
+        rows,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     rows = ring_demo(args.ring_guest, args.buffers)
     console.print(
@@ -55,14 +106,164 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ],
         )
     )
+    result: dict[str, Any] = {"ring": rows}
+    if not args.ring_only:
+        table = _native.bench_inflate_table(args.guest, args.inflate, rounds=args.rounds)
+        console.print(inflate_table(table))
+        result["inflate"] = {k: v for k, v in table.items() if k != "text"}
+        rows = _native.bench_migrate_rows(
+            ["m1", "m2"],
+            ["off", "skip", "bitmap", "upstream", "reporting"],
+            guest=args.migrate_guest,
+            repetitions=1,
+        )
+        console.print(
+            migrate_table(
+                rows,
+                f"Live migration of a {args.migrate_guest} guest at 10 Gbit/s "
+                "(M1: idle; M2: after a memory-heavy workload freed its memory)",
+            )
+        )
+        result["migrate"] = rows
     if args.json:
-        json.dump({"ring": rows}, sys.stdout, indent=2)
+        json.dump(result, sys.stdout, indent=2)
         print()
     return 0
 
 
 def cmd_bench_virtq(args: argparse.Namespace) -> int:
+    args.ring_only = True
     return cmd_demo(args)
+
+
+def cmd_bench_inflate(args: argparse.Namespace) -> int:
+    table = _native.bench_inflate_table(
+        args.guest,
+        args.inflate,
+        rounds=args.rounds,
+        fragmentation=args.fragmentation,
+        mode=args.mode,
+        backing=args.backing,
+    )
+    console.print(inflate_table(table))
+    if args.json:
+        json.dump({k: v for k, v in table.items() if k != "text"}, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+MIGRATE_COLUMNS = [
+    "scenario",
+    "variant",
+    "time ms",
+    "sent MB",
+    "pages read",
+    "hinted",
+    "unpopulated",
+    "downtime ms",
+    "peak RSS MB",
+    "floor ms",
+    "/ floor",
+    "speed-up",
+    "verified",
+]
+
+
+def migrate_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
+    """Migration bench rows as a table."""
+    out = []
+    for r in rows:
+        if r.get("skipped"):
+            out.append([r["scenario"], r["variant"], f"skipped: {r['skipped']}"] + [""] * 10)
+            continue
+        speedup = r.get("speedup_vs_no_hints")
+        out.append(
+            [
+                r["scenario"],
+                r["variant"],
+                f"{r['total_ms']:,.0f}",
+                f"{r['bytes_sent'] / 1e6:,.1f}",
+                f"{r['pages_read']:,}",
+                f"{r['hinted_pages']:,}",
+                f"{r['unpopulated_pages']:,}",
+                f"{r['downtime_ms']:.1f}",
+                f"{r['peak_rss_bytes'] / 1e6:,.0f}",
+                f"{r['floor_ms']:,.0f}",
+                f"{r['ratio_to_floor']:.2f}",
+                f"{speedup:.2f}x" if speedup else "-",
+                {True: "yes", False: "NO", None: "-"}[r.get("verified")],
+            ]
+        )
+    return _table(title, MIGRATE_COLUMNS, out)
+
+
+def cmd_bench_migrate(args: argparse.Namespace) -> int:
+    rows = _native.bench_migrate_rows(
+        args.scenarios.split(","),
+        args.variants.split(",") if args.variants else None,
+        guest=args.guest,
+        repetitions=args.repetitions,
+        bandwidth=args.bandwidth,
+        dirty_rate=args.dirty_rate,
+    )
+    console.print(migrate_table(rows, f"Live migration at {args.bandwidth}"))
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+def cmd_migrate_listen(args: argparse.Namespace) -> int:
+    console.print(f"listening on {args.address} for a {args.size} guest ({args.backing})")
+    report = _native.listen_migration(
+        args.address, args.size, backing=args.backing, timeout=args.timeout
+    )
+    print(json.dumps(report))
+    return 0 if report.get("mismatched_pages", 0) == 0 else 1
+
+
+def cmd_migrate_send(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    guest = _native.Guest(args.size, scenario=args.scenario, used=args.used, backing=args.backing)
+    console.print(f"source: {guest!r}")
+    result: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result["r"] = guest.migrate(
+                to=args.to,
+                hints=args.hints,
+                bandwidth=args.bandwidth,
+                downtime=args.downtime,
+                dirty_rate=args.dirty_rate,
+                skip_unpopulated=args.skip_unpopulated,
+                dirty_tracking=args.dirty_tracking,
+                timeout=args.timeout,
+            )
+        except BaseException as e:  # re-raised on the main thread
+            failure.append(e)
+
+    worker = threading.Thread(target=run, name="vballoon-migrate")
+    columns = (
+        TextColumn("round {task.fields[round]}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%  {task.fields[mb]:,.0f} MB sent"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("migrate", total=1.0, round=0, mb=0.0)
+        worker.start()
+        while worker.is_alive():
+            p = guest.progress()
+            done = p["pages_done"] / p["pages_total"] if p["pages_total"] else 0.0
+            bar.update(task, completed=done, round=p["round"], mb=p["bytes_sent"] / 1e6)
+            worker.join(0.05)
+    if failure:
+        raise failure[0]
+    print(json.dumps(result["r"].to_dict()))
+    return 0 if result["r"].mismatched_pages in (0, None) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main demo: rings, inflate comparison, migration")
     demo.add_argument("--ring-guest", default="1GiB", help="guest size for the ring demo")
     demo.add_argument("--buffers", type=int, default=1_000_000, help="buffers through the ring")
+    demo.add_argument("--guest", default="2GiB", help="guest size for the inflate comparison")
+    demo.add_argument("--inflate", default="1792MiB", help="how much of it to inflate")
+    demo.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    demo.add_argument("--migrate-guest", default="1GiB", help="guest size for the migrations")
+    demo.add_argument("--ring-only", action="store_true", help="only the ring demo")
     demo.add_argument("--json", action="store_true", help="also print the results as JSON")
     demo.set_defaults(func=cmd_demo)
 
@@ -86,6 +292,49 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument("--buffers", type=int, default=1_000_000)
     bv.add_argument("--json", action="store_true")
     bv.set_defaults(func=cmd_bench_virtq)
+    bi = bsub.add_parser("inflate", help="inflate/deflate: pfn vs bitmap vs extents vs auto")
+    bi.add_argument("--guest", default="8GiB", help="guest size (8GiB as in the seed)")
+    bi.add_argument("--inflate", default="7GiB", help="how much to inflate (7GiB in the seed)")
+    bi.add_argument("--rounds", type=int, default=3)
+    bi.add_argument("--fragmentation", type=float, default=None, help="0 (none) to 1 (pages)")
+    bi.add_argument("--mode", default="sync", choices=["sync", "threaded"])
+    bi.add_argument("--backing", default="anonymous", choices=["anonymous", "memfd"])
+    bi.add_argument("--json", action="store_true")
+    bi.set_defaults(func=cmd_bench_inflate)
+    bm = bsub.add_parser("migrate", help="live migration with and without hints (M1-M3)")
+    bm.add_argument("--scenarios", default="m1,m2", help="comma list of m1, m2, m3")
+    bm.add_argument(
+        "--variants", default=None, help="comma list: off, skip, bitmap, upstream, reporting"
+    )
+    bm.add_argument("--guest", default=None, help="scale the scenarios to this guest size")
+    bm.add_argument("--repetitions", type=int, default=3)
+    bm.add_argument("--bandwidth", default="10Gbit")
+    bm.add_argument("--dirty-rate", default=None, help="guest workload writes per second")
+    bm.add_argument("--json", action="store_true")
+    bm.set_defaults(func=cmd_bench_migrate)
+
+    mig = sub.add_parser("migrate", help="live migration between two processes over TCP")
+    msub = mig.add_subparsers(dest="side", required=True)
+    ml = msub.add_parser("listen", help="the destination: receive one guest")
+    ml.add_argument("--address", default="127.0.0.1:4444")
+    ml.add_argument("--size", required=True, help="guest RAM size, as the source's")
+    ml.add_argument("--backing", default="memfd", choices=["anonymous", "memfd"])
+    ml.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    ml.set_defaults(func=cmd_migrate_listen)
+    ms = msub.add_parser("send", help="the source: build a guest and migrate it")
+    ms.add_argument("--to", default="127.0.0.1:4444", help="the destination's host:port")
+    ms.add_argument("--size", default=None, help="guest RAM size (default: the scenario's)")
+    ms.add_argument("--scenario", default=None, choices=["m1", "m2", "m3"])
+    ms.add_argument("--used", default="400MiB", help="bytes the guest uses (no scenario)")
+    ms.add_argument("--backing", default="memfd", choices=["anonymous", "memfd"])
+    ms.add_argument("--hints", default="off", choices=["off", "bitmap", "upstream", "reporting"])
+    ms.add_argument("--bandwidth", default="10Gbit")
+    ms.add_argument("--downtime", default="300ms")
+    ms.add_argument("--dirty-rate", default=None, help="workload writes per second")
+    ms.add_argument("--skip-unpopulated", action="store_true")
+    ms.add_argument("--dirty-tracking", default="explicit", choices=["explicit", "kernel", "auto"])
+    ms.add_argument("--timeout", type=float, default=30.0)
+    ms.set_defaults(func=cmd_migrate_send)
     return p
 
 

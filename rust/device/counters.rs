@@ -33,6 +33,11 @@ macro_rules! counters {
             pub fn since(&self, earlier: &DeviceCounters) -> DeviceCounters {
                 DeviceCounters { $($name: self.$name.saturating_sub(earlier.$name),)* }
             }
+
+            /// Every counter with its name, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
         }
     };
 }

@@ -6,7 +6,8 @@
 //! - [`DeviceConfig`]: what it offers and how it frees memory ([`DiscardPolicy`]).
 //! - Inflate turns each batch of buffers into maximal runs, coalesced across buffers, and
 //!   discards each run once (`MADV_DONTNEED` for anonymous RAM, `PUNCH_HOLE` for memfd), or
-//!   page by page as QEMU does ([`DiscardPolicy::PerPage`]).
+//!   page by page as QEMU does ([`DiscardPolicy::PerPage`]), or up to 1024 runs per
+//!   `process_madvise` call ([`DiscardPolicy::Vectored`]).
 //! - Deflate is bookkeeping: a discarded page faults back in, zeroed, when the guest touches
 //!   it. Deflating a page that is not in the balloon is counted
 //!   ([`DeviceCounters::pages_stray_deflated`]) and ignored, not an error: it harms only the
@@ -21,12 +22,16 @@ mod counters;
 mod error;
 pub mod hostile;
 pub mod stats;
+mod vectored;
 
 pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, ERROR_LOG_LEN};
 pub use balloon::{
     FreePageStatus, HintCounters, HintError, HintEvent, HintOffer, HintSink, WriteLog,
 };
-pub use config::{DeviceConfig, DiscardPolicy, DEFAULT_QUEUE_SIZE};
+pub use config::{
+    DeviceConfig, DiscardPolicy, DEFAULT_QUEUE_SIZE, PARALLEL_DISCARD_MIN_PAGES,
+    PARALLEL_DISCARD_THREADS,
+};
 pub use counters::{DeviceCounters, SharedCounters};
 pub use error::BalloonError;
 pub use stats::StatsSample;

@@ -49,8 +49,9 @@ impl BenchVariant {
         }
     }
 
-    /// The five of the seed's comparison: `pfn` (per-page discard, the baseline),
-    /// `pfn+coalesce`, `bitmap`, `extents`, `auto` (the last four coalesce discards).
+    /// The seed's comparison: `pfn` (per-page discard, the baseline), `pfn+coalesce`,
+    /// `bitmap`, `extents`, `auto` (these four coalesce discards), and `bitmap+vectored`
+    /// (coalesced runs, 1024 per `process_madvise` call).
     pub fn defaults() -> Vec<BenchVariant> {
         vec![
             BenchVariant::new("pfn", Encoding::Pfn, DiscardPolicy::PerPage),
@@ -58,6 +59,8 @@ impl BenchVariant {
             BenchVariant::new("bitmap", Encoding::Bitmap, DiscardPolicy::Coalesced),
             BenchVariant::new("extents", Encoding::Extents, DiscardPolicy::Coalesced),
             BenchVariant::new("auto", Encoding::Auto, DiscardPolicy::Coalesced),
+            BenchVariant::new("bitmap+vectored", Encoding::Bitmap, DiscardPolicy::Vectored),
+            BenchVariant::new("bitmap+parallel", Encoding::Bitmap, DiscardPolicy::Parallel),
         ]
     }
 }
@@ -430,15 +433,16 @@ impl fmt::Display for InflateBenchTable {
         )?;
         writeln!(
             f,
-            "| variant | inflate s | vs pfn | vs floor | deflate s | alloc s | encode+send s | decode s | discard s | buffers | discard calls | RSS drop GiB |"
+            "| variant | inflate s (median) | min s | vs pfn | vs floor | deflate s | alloc s | encode+send s | decode s | discard s | buffers | discard calls | RSS drop GiB |"
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
         for r in &self.rows {
             writeln!(
                 f,
-                "| {} | {:.3} | {:.3} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {:.2} |",
+                "| {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {:.2} |",
                 r.name,
                 r.inflate_secs,
+                r.min_secs,
                 r.ratio_to_pfn,
                 r.ratio_to_floor,
                 r.deflate_secs,
@@ -468,8 +472,8 @@ mod tests {
             ..InflateBenchConfig::default()
         };
         let t = bench_inflate(&cfg).unwrap();
-        assert_eq!(t.rows.len(), 5 + 3);
-        for r in &t.rows[..5] {
+        assert_eq!(t.rows.len(), 6 + 3);
+        for r in &t.rows[..6] {
             assert_eq!(r.pages, 3072, "{}", r.name);
             assert!(r.inflate_secs > 0.0);
         }

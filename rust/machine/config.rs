@@ -141,3 +141,44 @@ impl MachineConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_names_parse() {
+        assert_eq!("sync".parse::<RunMode>().unwrap(), RunMode::Synchronous);
+        assert_eq!(" Threaded ".parse::<RunMode>().unwrap(), RunMode::Threaded);
+        assert!("both".parse::<RunMode>().is_err());
+        assert_eq!(parse_abi("v3").unwrap(), AbiMode::V3);
+        assert_eq!(parse_abi("VBALLOON").unwrap(), AbiMode::Vballoon);
+        assert!(parse_abi("v6").is_err());
+    }
+
+    #[test]
+    fn test_validate_rejects_bad_sizes() {
+        let ok = MachineConfig::default();
+        ok.validate().unwrap();
+        for bad in [
+            MachineConfig {
+                guest_bytes: 4097,
+                ..ok
+            },
+            MachineConfig {
+                guest_bytes: 0,
+                ..ok
+            },
+            MachineConfig {
+                queue_size: 100,
+                ..ok
+            },
+            MachineConfig {
+                guest_bytes: 1 << 45,
+                ..ok
+            },
+        ] {
+            assert!(matches!(bad.validate(), Err(Error::Config(_))), "{bad:?}");
+        }
+    }
+}

@@ -30,7 +30,7 @@ use crate::memory::{Backing, GuestMemory};
 use crate::migration::{
     in_process_pair, tcp_accept, tcp_connect, tcp_listen, verify, Channel, DestConfig, DestReport,
     Destination, DirtyTracking, HintSource, MigrationConfig, MigrationError, MigrationResult,
-    Source, VerifyReport, CHUNK_PAGES, TEN_GBIT,
+    Progress, Source, VerifyReport, CHUNK_PAGES, TEN_GBIT,
 };
 use crate::pages::PageSet;
 
@@ -78,6 +78,8 @@ pub struct MigrateOptions {
     pub io_timeout: Duration,
     /// Set to true to cancel.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Live progress for a watcher (a progress bar).
+    pub progress: Option<Arc<Progress>>,
     /// Pages per chunk of a round: hints are polled once per chunk.
     pub chunk_pages: u64,
 }
@@ -99,6 +101,7 @@ impl Default for MigrateOptions {
             dest_backing: Backing::Anonymous,
             io_timeout: Duration::from_secs(30),
             cancel: None,
+            progress: None,
             chunk_pages: CHUNK_PAGES,
         }
     }
@@ -145,6 +148,7 @@ impl MigrateOptions {
             skip_unpopulated: self.skips_unpopulated(),
             io_timeout: self.io_timeout,
             cancel: self.cancel.clone(),
+            progress: self.progress.clone(),
             chunk_pages: self.chunk_pages,
         }
     }

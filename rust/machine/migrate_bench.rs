@@ -29,17 +29,17 @@ use crate::migration::{stream::DATA_RECORD_LEN, DirtyTracking, GuestControl, TEN
 
 /// One column of the table: a hint mode and whether unpopulated pages are skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BenchVariant {
+pub struct MigrateVariant {
     /// The hint mode.
     pub hints: HintMode,
     /// Unpopulated skipping (always on with [`HintMode::Reporting`]).
     pub skip_unpopulated: bool,
 }
 
-impl BenchVariant {
+impl MigrateVariant {
     /// The default set: no hints, unpopulated skipping, then the three balloon modes.
-    pub fn defaults() -> Vec<BenchVariant> {
-        let v = |hints, skip_unpopulated| BenchVariant {
+    pub fn defaults() -> Vec<MigrateVariant> {
+        let v = |hints, skip_unpopulated| MigrateVariant {
             hints,
             skip_unpopulated,
         };
@@ -53,18 +53,18 @@ impl BenchVariant {
     }
 
     /// Parses `"off"`, `"skip"`, a hint mode name, or `"<mode>+skip"`.
-    pub fn parse(s: &str) -> Option<BenchVariant> {
+    pub fn parse(s: &str) -> Option<MigrateVariant> {
         let (mode, skip) = match s.strip_suffix("+skip") {
             Some(m) => (m, true),
             None => (s, false),
         };
         if mode == "skip" || mode == "unpopulated" {
-            return Some(BenchVariant {
+            return Some(MigrateVariant {
                 hints: HintMode::Off,
                 skip_unpopulated: true,
             });
         }
-        Some(BenchVariant {
+        Some(MigrateVariant {
             hints: HintMode::parse(mode)?,
             skip_unpopulated: skip,
         })
@@ -88,7 +88,7 @@ pub struct BenchMigrateConfig {
     /// Scenarios, each built once (default: M1, M2, M3).
     pub scenarios: Vec<Scenario>,
     /// Variants, run interleaved on each scenario.
-    pub variants: Vec<BenchVariant>,
+    pub variants: Vec<MigrateVariant>,
     /// The balloon session's hint provider (default: [`BalloonHints`](super::BalloonHints), a
     /// balloon on each scenario's guest); without one, hint-mode variants are reported as
     /// skipped (unless the stand-in is on).
@@ -120,7 +120,7 @@ impl Default for BenchMigrateConfig {
     fn default() -> BenchMigrateConfig {
         BenchMigrateConfig {
             scenarios: vec![Scenario::m1(), Scenario::m2(), Scenario::m3()],
-            variants: BenchVariant::defaults(),
+            variants: MigrateVariant::defaults(),
             hint_provider: Some(Arc::new(super::BalloonHints::default())),
             stand_in: false,
             repetitions: 3,
@@ -272,12 +272,12 @@ pub fn bench_migrate(cfg: &BenchMigrateConfig) -> Result<Vec<BenchMigrateRow>> {
 }
 
 struct Plan {
-    variant: BenchVariant,
+    variant: MigrateVariant,
     label: String,
     opts: std::result::Result<MigrateOptions, String>,
 }
 
-fn plan(cfg: &BenchMigrateConfig, v: BenchVariant, stand_in: &Arc<dyn HintProvider>) -> Plan {
+fn plan(cfg: &BenchMigrateConfig, v: MigrateVariant, stand_in: &Arc<dyn HintProvider>) -> Plan {
     let base = MigrateOptions {
         hints: v.hints,
         skip_unpopulated: v.skip_unpopulated,
@@ -491,7 +491,7 @@ pub fn measure_floors(bytes: u64) -> Result<MigrateFloors> {
 }
 
 /// The rows as a Markdown table (what `benches/migrate.rs` prints).
-pub fn format_table(rows: &[BenchMigrateRow]) -> String {
+pub fn format_migrate_table(rows: &[BenchMigrateRow]) -> String {
     use std::fmt::Write as _;
     let mut s = String::from(
         "| scenario | variant | time ms | sent MB | pages read | hinted | unpop | downtime ms | \

@@ -32,8 +32,8 @@ pub use migrate::{
     MigrationSummary,
 };
 pub use migrate_bench::{
-    bench_migrate, format_table, measure_floors, BenchMigrateConfig, BenchMigrateRow, BenchVariant,
-    MigrateFloors,
+    bench_migrate, format_migrate_table, measure_floors, BenchMigrateConfig, BenchMigrateRow,
+    MigrateFloors, MigrateVariant,
 };
 pub use migrate_guest::{GuestHandle, GuestRunner, GuestState, WorkloadCounters};
 pub use migrate_hints::{FreeListStandIn, HintMode, HintProvider};

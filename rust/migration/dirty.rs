@@ -55,6 +55,11 @@ impl DirtyLog {
         self.bits.set_range(pfn.0, npages);
     }
 
+    /// The pages marked and not yet synced, without resetting them.
+    pub fn snapshot(&self) -> PageSet {
+        self.bits.snapshot()
+    }
+
     /// Whether `pfn` is marked and not yet synced.
     pub fn is_marked(&self, pfn: Pfn) -> bool {
         self.bits.test(pfn.0)

@@ -84,7 +84,8 @@ pub use hints::{
     HintFeed, HintGuard, HintSource, QueuedHints, StaticHints, CMD_ID_DONE, CMD_ID_MIN, CMD_ID_STOP,
 };
 pub use source::{
-    GuestControl, MigrationConfig, MigrationResult, NoGuest, RoundStats, Source, CHUNK_PAGES,
+    GuestControl, MigrationConfig, MigrationResult, NoGuest, Progress, RoundStats, Source,
+    CHUNK_PAGES,
 };
 pub use transport::{
     in_process_pair, tcp_accept, tcp_connect, tcp_listen, Channel, RateLimited, TokenBucket,

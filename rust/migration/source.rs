@@ -18,7 +18,7 @@
 //! while the engine reads the next pages, as a NIC would.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use super::stream::{
 };
 use super::transport::{map_io_error, Channel, RateLimited, TEN_GBIT};
 use crate::guest::hash::hash64;
-use crate::memory::{process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::memory::{is_zero_raw, process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::PageSet;
 
 /// Pauses and resumes the guest's vCPUs (here: its workload threads).
@@ -75,6 +75,8 @@ pub struct MigrationConfig {
     pub io_timeout: Duration,
     /// Set to true to cancel the migration (checked between chunks).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Live progress for a watcher (a progress bar), updated after every chunk.
+    pub progress: Option<Arc<Progress>>,
     /// Pages per chunk of a round: hints are polled, residency checked and cancellation seen
     /// once per chunk ([`CHUNK_PAGES`] by default).
     pub chunk_pages: u64,
@@ -91,8 +93,33 @@ impl Default for MigrationConfig {
             skip_unpopulated: true,
             io_timeout: Duration::from_secs(10),
             cancel: None,
+            progress: None,
             chunk_pages: CHUNK_PAGES,
         }
+    }
+}
+
+/// A migration's progress, readable from another thread while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Current round (1-based; 0 before the first).
+    pub round: AtomicU64,
+    /// Pages of guest RAM the current round has walked past.
+    pub pages_done: AtomicU64,
+    /// Pages of guest RAM.
+    pub pages_total: AtomicU64,
+    /// Bytes handed to the link so far.
+    pub bytes_sent: AtomicU64,
+    /// Set once the stop-and-copy round has started.
+    pub stop_and_copy: AtomicBool,
+}
+
+impl Progress {
+    fn update(&self, round: u32, done: u64, total: u64, bytes: u64) {
+        self.round.store(u64::from(round), Ordering::Relaxed);
+        self.pages_done.store(done, Ordering::Relaxed);
+        self.pages_total.store(total, Ordering::Relaxed);
+        self.bytes_sent.store(bytes, Ordering::Relaxed);
     }
 }
 
@@ -244,6 +271,7 @@ impl<'a> Source<'a> {
             mem,
             cfg: &config,
             stats: Vec::new(),
+            scratch: Vec::new(),
         };
         let res = engine.migrate(log, &mut chan, &mut hints, &mut pause, used, t0);
         match res {
@@ -266,6 +294,78 @@ fn unexpected(code: ReplyCode) -> MigrationError {
     MigrationError::BadReply {
         magic: REPLY_MAGIC,
         code: code.to_u32(),
+    }
+}
+
+impl Engine<'_> {
+    /// Reads `n` pages from `pfn` that a memfd-backed guest has not populated, with `pread` on
+    /// the memfd: shmem answers holes with the zero page instead of allocating them, as a read
+    /// fault through a shared mapping would (a no-hints pass over a 128 GiB memfd guest would
+    /// otherwise populate all of it). Pages populated meanwhile read as their contents.
+    fn read_holes(
+        &mut self,
+        pfn: u64,
+        n: u64,
+        run: &mut Option<(u64, u64)>,
+        w: &mut StreamWriter,
+        sink: &mut QueueSink,
+        st: &mut RoundStats,
+    ) -> Result<(), MigrationError> {
+        let io_timeout = self.cfg.io_timeout;
+        let io = |e| map_io_error("send batch", io_timeout, e);
+        let Some(fd) = self.mem.memfd() else {
+            return Ok(());
+        };
+        let page = PAGE_SIZE as usize;
+        let mut at = pfn;
+        while at < pfn + n {
+            let m = HOLE_READ_PAGES.min(pfn + n - at);
+            let len = m as usize * page;
+            self.scratch.resize(len.max(self.scratch.len()), 0);
+            let buf = &mut self.scratch[..len];
+            let mut got = 0;
+            while got < len {
+                let off = (at * PAGE_SIZE) as usize + got;
+                // SAFETY: `buf[got..]` is a live, writable buffer of `len - got` bytes that we
+                // own; `fd` is the guest's memfd, open for the life of `self.mem`.
+                let r = unsafe {
+                    libc::pread(
+                        fd,
+                        buf[got..].as_mut_ptr().cast(),
+                        len - got,
+                        off as libc::off_t,
+                    )
+                };
+                if r <= 0 {
+                    let e = if r == 0 {
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "memfd shorter than RAM")
+                    } else {
+                        io::Error::last_os_error()
+                    };
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(MigrationError::Io {
+                        op: "read a hole of the guest memfd",
+                        source: e,
+                    });
+                }
+                got += r as usize;
+            }
+            for (i, p) in buf.chunks_exact(page).enumerate() {
+                let this = at + i as u64;
+                // SAFETY: `p` is a page of our own scratch buffer.
+                if self.cfg.zero_detection && unsafe { is_zero_raw(p.as_ptr(), page) } {
+                    st.zero_pages += 1;
+                    extend_zero_run(run, this, 1, w, sink).map_err(io)?;
+                } else {
+                    w.data_slot(sink, this).map_err(io)?.copy_from_slice(p);
+                    st.data_pages += 1;
+                }
+            }
+            at += m;
+        }
+        Ok(())
     }
 }
 
@@ -357,7 +457,12 @@ struct Engine<'e> {
     mem: &'e GuestMemory,
     cfg: &'e MigrationConfig,
     stats: Vec<RoundStats>,
+    /// Where holes of a memfd-backed guest are read through the file (see `read_holes`).
+    scratch: Vec<u8>,
 }
+
+/// Pages read through the file at a time from a hole of a memfd-backed guest.
+const HOLE_READ_PAGES: u64 = 256;
 
 impl Engine<'_> {
     fn check_cancel(&self) -> Result<(), MigrationError> {
@@ -560,6 +665,9 @@ impl Engine<'_> {
         };
         // Stop and copy.
         self.check_cancel()?;
+        if let Some(p) = &self.cfg.progress {
+            p.stop_and_copy.store(true, Ordering::Relaxed);
+        }
         let paused_at = pause.pause();
         let t = Instant::now();
         let bytes0 = sink.sent;
@@ -614,9 +722,14 @@ impl Engine<'_> {
             }
             if set.count_range(chunk, end - chunk) == 0 {
                 chunk = end;
+                if let Some(p) = &self.cfg.progress {
+                    p.update(st.round, chunk, pages, sink.sent);
+                }
                 continue;
             }
-            let resident = if self.cfg.skip_unpopulated {
+            // Without skipping, a memfd guest's holes are still found, to be read through the
+            // file: reading them through the mapping would allocate every one of them.
+            let resident = if self.cfg.skip_unpopulated || mem.memfd().is_some() {
                 Some(mem.residency(GuestAddress(chunk * PAGE_SIZE), (end - chunk) * PAGE_SIZE)?)
             } else {
                 None
@@ -629,9 +742,14 @@ impl Engine<'_> {
                         let from = (pfn - chunk) as usize;
                         let to = (first + n - chunk) as usize;
                         let k = r[from..to].iter().take_while(|&&b| b & 1 == 0).count() as u64;
-                        if k > 0 {
+                        if k > 0 && self.cfg.skip_unpopulated {
                             st.unpopulated_pages += k;
                             extend_zero_run(&mut run, pfn, k, w, sink).map_err(io)?;
+                            pfn += k;
+                            continue;
+                        }
+                        if k > 0 {
+                            self.read_holes(pfn, k, &mut run, w, sink, st)?;
                             pfn += k;
                             continue;
                         }
@@ -649,6 +767,9 @@ impl Engine<'_> {
                 }
             }
             chunk = end;
+            if let Some(p) = &self.cfg.progress {
+                p.update(st.round, chunk, pages, sink.sent);
+            }
         }
         if let Some((f, c)) = run {
             w.zero_run(sink, f, c).map_err(io)?;

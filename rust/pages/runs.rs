@@ -166,18 +166,21 @@ impl Iterator for Runs<'_> {
             self.cur &= u64::MAX << (tz + ones);
         } else {
             // The run reaches the end of this word: skip full words, then count into the next.
+            // Only words below `nbits` are looked at, so a run cut short by `runs_in` costs
+            // the words it covers, not the rest of the set.
+            let limit = (self.nbits.div_ceil(WORD_BITS) as usize).min(self.words.len());
             self.idx += 1;
-            while self.words.get(self.idx) == Some(&u64::MAX) {
+            while self.idx < limit && self.words[self.idx] == u64::MAX {
                 self.idx += 1;
             }
             match self.words.get(self.idx) {
-                Some(&w) => {
+                Some(&w) if self.idx < limit => {
                     let t = w.trailing_ones();
                     end = self.idx as u64 * WORD_BITS + u64::from(t);
                     self.cur = w & (u64::MAX << t);
                 }
-                None => {
-                    end = self.words.len() as u64 * WORD_BITS;
+                _ => {
+                    end = self.idx as u64 * WORD_BITS;
                     self.cur = 0;
                 }
             }

@@ -7,7 +7,9 @@ mod buffer;
 mod convert;
 mod errors;
 mod memory;
+mod migrate;
 mod pages;
+mod session;
 mod virtq;
 
 use pyo3::prelude::*;
@@ -32,5 +34,12 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pages::PyPageSet>()?;
     m.add_function(wrap_pyfunction!(pages::encode_pages, m)?)?;
     m.add_function(wrap_pyfunction!(pages::decode_pages, m)?)?;
+    m.add_class::<session::PySession>()?;
+    m.add_class::<session::PyInflateReport>()?;
+    m.add_function(wrap_pyfunction!(session::bench_inflate_table, m)?)?;
+    m.add_class::<migrate::PyGuest>()?;
+    m.add_class::<migrate::PyMigrationResult>()?;
+    m.add_function(wrap_pyfunction!(migrate::listen_migration, m)?)?;
+    m.add_function(wrap_pyfunction!(migrate::bench_migrate_rows, m)?)?;
     Ok(())
 }

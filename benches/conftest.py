@@ -1,0 +1,1 @@
+"""pytest-benchmark runs: `pytest benches/` (kept out of the default test run)."""

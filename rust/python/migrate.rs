@@ -1,0 +1,581 @@
+//! Live migration from Python: a running guest, `migrate(...)`, two-process send/listen, bench.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+use super::convert::{rate_arg, size_arg};
+use super::errors::config_err;
+use super::memory::PyGuestMemory;
+use super::pages::PyPageSet;
+use crate::machine::{
+    bench_migrate, listen, send, BenchMigrateConfig, BenchMigrateRow, GuestRunner, HintMode,
+    HintProvider, LocalLink, MigrateOptions, MigrateVariant, MigrationSummary, Scenario,
+    ScenarioInfo,
+};
+use crate::memory::{Backing, GuestAddress};
+use crate::migration::{DestConfig, DestReport, DirtyTracking, MigrationResult, Progress};
+
+/// The provider of guest-cooperative hints (the balloon's queues), where one is built in.
+fn hint_provider() -> Option<Arc<dyn HintProvider>> {
+    None
+}
+
+/// A duration argument: seconds as a number, or a string like `"300ms"` / `"2s"`.
+fn duration_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        let s = s.to_str()?.trim().to_ascii_lowercase();
+        let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+            (n, 1e-3)
+        } else if let Some(n) = s.strip_suffix("us") {
+            (n, 1e-6)
+        } else if let Some(n) = s.strip_suffix('s') {
+            (n, 1.0)
+        } else {
+            (s.as_str(), 1.0)
+        };
+        let v: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| config_err(format!("{what}: cannot parse {s:?}")))?;
+        return Duration::try_from_secs_f64(v * scale)
+            .map_err(|_| config_err(format!("{what}: {s:?}")));
+    }
+    let v: f64 = obj
+        .extract()
+        .map_err(|_| config_err(format!("{what}: seconds or a string like '300ms'")))?;
+    Duration::try_from_secs_f64(v).map_err(|_| config_err(format!("{what}: {v} is not a duration")))
+}
+
+fn backing(s: &str) -> PyResult<Backing> {
+    Backing::parse(s)
+        .ok_or_else(|| config_err(format!("backing must be 'anonymous' or 'memfd', not {s:?}")))
+}
+
+/// What a migration did, as the source saw it (and the destination, when it ran here).
+#[pyclass(name = "MigrationResult", module = "vballoon", frozen, get_all)]
+pub struct PyMigrationResult {
+    /// Hint mode: "off", "bitmap", "upstream" or "reporting".
+    hints: String,
+    /// Whether pages the host never populated were skipped without reading.
+    skip_unpopulated: bool,
+    /// Total time, seconds.
+    total_secs: f64,
+    /// Guest paused until the destination had everything, seconds.
+    downtime_secs: f64,
+    /// Pre-copy rounds, including stop-and-copy.
+    rounds: u32,
+    /// Whether the dirty set fit the downtime target before max rounds.
+    converged: bool,
+    /// Bytes written to the link.
+    bytes_sent: u64,
+    /// Pages sent as data.
+    pages_sent: u64,
+    /// Pages sent as zero markers.
+    zero_pages: u64,
+    /// Pages skipped because the guest hinted them free.
+    hinted_pages: u64,
+    /// Pages skipped because the host never populated them.
+    unpopulated_pages: u64,
+    /// Pages the source read.
+    pages_read: u64,
+    /// Peak RSS of this process, bytes.
+    peak_rss_bytes: u64,
+    /// Used pages found byte-identical on the destination (None: not verified).
+    verified_pages: Option<u64>,
+    /// Used pages that differ (must be 0).
+    mismatched_pages: Option<u64>,
+    /// Free pages that differ (allowed: their contents are not the guest's).
+    free_pages_differing: Option<u64>,
+    /// Pages the guest's workload dirtied during the migration.
+    workload_pages_dirtied: u64,
+    /// The dirty tracking used ("explicit", or the kernel's, with the fallback reason).
+    dirty_backend: String,
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "None".into(), |v| v.to_string())
+}
+
+impl PyMigrationResult {
+    fn new(s: &MigrationSummary, dirty_backend: String) -> Self {
+        PyMigrationResult {
+            hints: s.hints.clone(),
+            skip_unpopulated: s.skip_unpopulated,
+            total_secs: s.total_ms / 1e3,
+            downtime_secs: s.downtime_ms / 1e3,
+            rounds: s.rounds,
+            converged: s.converged,
+            bytes_sent: s.bytes_sent,
+            pages_sent: s.pages_sent,
+            zero_pages: s.zero_pages,
+            hinted_pages: s.hinted_pages,
+            unpopulated_pages: s.unpopulated_pages,
+            pages_read: s.pages_read,
+            peak_rss_bytes: s.peak_rss_bytes,
+            verified_pages: s.verified_pages,
+            mismatched_pages: s.mismatched_pages,
+            free_pages_differing: s.free_pages_differing,
+            workload_pages_dirtied: s.workload_pages_dirtied,
+            dirty_backend,
+        }
+    }
+
+    fn from_remote(r: &MigrationResult, hints: HintMode, skip: bool) -> Self {
+        let mut s = MigrationSummary::from_result(r);
+        s.hints = hints.name().to_string();
+        s.skip_unpopulated = skip;
+        if let Some(v) = &r.remote_verify {
+            s.verified_pages = Some(v.pages_checked);
+            s.mismatched_pages = Some(v.mismatched);
+        }
+        PyMigrationResult::new(&s, format!("{:?}", r.dirty_backend))
+    }
+}
+
+#[pymethods]
+impl PyMigrationResult {
+    /// The result as a plain dict (for JSON).
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("hints", &self.hints)?;
+        d.set_item("skip_unpopulated", self.skip_unpopulated)?;
+        d.set_item("total_secs", self.total_secs)?;
+        d.set_item("downtime_secs", self.downtime_secs)?;
+        d.set_item("rounds", self.rounds)?;
+        d.set_item("converged", self.converged)?;
+        d.set_item("bytes_sent", self.bytes_sent)?;
+        d.set_item("pages_sent", self.pages_sent)?;
+        d.set_item("zero_pages", self.zero_pages)?;
+        d.set_item("hinted_pages", self.hinted_pages)?;
+        d.set_item("unpopulated_pages", self.unpopulated_pages)?;
+        d.set_item("pages_read", self.pages_read)?;
+        d.set_item("peak_rss_bytes", self.peak_rss_bytes)?;
+        d.set_item("verified_pages", self.verified_pages)?;
+        d.set_item("mismatched_pages", self.mismatched_pages)?;
+        d.set_item("free_pages_differing", self.free_pages_differing)?;
+        d.set_item("workload_pages_dirtied", self.workload_pages_dirtied)?;
+        d.set_item("dirty_backend", &self.dirty_backend)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "MigrationResult(hints={:?}, {:.1} ms, downtime {:.1} ms, {} rounds, {:.1} MB sent, \
+             {} pages read, {} hinted, {} unpopulated, verified={}, mismatched={})",
+            self.hints,
+            self.total_secs * 1e3,
+            self.downtime_secs * 1e3,
+            self.rounds,
+            self.bytes_sent as f64 / 1e6,
+            self.pages_read,
+            self.hinted_pages,
+            self.unpopulated_pages,
+            opt(self.verified_pages),
+            opt(self.mismatched_pages)
+        )
+    }
+}
+
+/// A running guest to migrate: its RAM, page allocator and a workload that can keep writing
+/// (at `dirty_rate` bytes/s) while it migrates.
+///
+/// `scenario` builds a published setup (`"m1"`, `"m2"`, `"m3"`), scaled to `size` if given;
+/// otherwise the guest is `size` with `used` bytes allocated and filled, of which `free_share`
+/// is freed again (those free pages keep stale data).
+#[pyclass(name = "Guest", module = "vballoon", frozen)]
+pub struct PyGuest {
+    runner: Arc<GuestRunner>,
+    progress: Arc<Progress>,
+    info: ScenarioInfo,
+    memory: Py<PyGuestMemory>,
+}
+
+#[pymethods]
+impl PyGuest {
+    #[new]
+    #[pyo3(signature = (size = None, *, scenario = None, used = None, free_share = 0.0, backing = "anonymous", seed = 1))]
+    fn new(
+        py: Python<'_>,
+        size: Option<&Bound<'_, PyAny>>,
+        scenario: Option<&str>,
+        used: Option<&Bound<'_, PyAny>>,
+        free_share: f64,
+        backing: &str,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let mut sc = match scenario {
+            Some(name) => Scenario::by_name(name).ok_or_else(|| {
+                config_err(format!("scenario must be m1, m2 or m3, not {name:?}"))
+            })?,
+            None => Scenario {
+                name: "custom".into(),
+                free_share,
+                seed,
+                ..Scenario::m1()
+            },
+        };
+        if let Some(size) = size {
+            sc = sc.with_guest_bytes(size_arg(size, "size")?);
+        } else if scenario.is_none() {
+            return Err(config_err("give a size or a scenario"));
+        }
+        if let Some(used) = used {
+            sc.workload_bytes = size_arg(used, "used")?;
+        }
+        sc = sc.with_backing(self::backing(backing)?);
+        let (runner, info) = py.detach(|| sc.build())?;
+        let memory = Py::new(
+            py,
+            PyGuestMemory {
+                inner: Arc::clone(runner.memory()),
+            },
+        )?;
+        Ok(PyGuest {
+            runner: Arc::new(runner),
+            progress: Arc::default(),
+            info,
+            memory,
+        })
+    }
+
+    /// The guest's RAM.
+    #[getter]
+    fn memory(&self, py: Python<'_>) -> Py<PyGuestMemory> {
+        self.memory.clone_ref(py)
+    }
+
+    /// What was built: used, stale-free and untouched bytes, free blocks by order.
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("name", &self.info.name)?;
+        d.set_item("guest_bytes", self.info.guest_bytes)?;
+        d.set_item("used_bytes", self.info.used_bytes)?;
+        d.set_item("stale_free_bytes", self.info.stale_free_bytes)?;
+        d.set_item("untouched_bytes", self.info.untouched_bytes)?;
+        d.set_item(
+            "free_blocks_by_order",
+            self.info.free_blocks_by_order.clone(),
+        )?;
+        d.set_item("build_secs", self.info.build_time.as_secs_f64())?;
+        Ok(d)
+    }
+
+    /// Pages free in the guest's allocator.
+    fn free_pages(&self) -> PyPageSet {
+        PyPageSet::wrap(self.runner.free_pages())
+    }
+
+    /// Pages the guest uses (not free).
+    fn used_pages(&self) -> PyPageSet {
+        PyPageSet::wrap(self.runner.used_pages())
+    }
+
+    /// The pages written since the dirty log was last synced (a snapshot; does not reset it).
+    fn dirty_pages(&self) -> PyPageSet {
+        PyPageSet::wrap(self.runner.dirty_log().snapshot())
+    }
+
+    /// Writes `data` at `addr` as the guest (the dirty log sees it).
+    fn write(&self, addr: u64, data: &[u8]) -> PyResult<()> {
+        Ok(self.runner.lock().guest.write(GuestAddress(addr), data)?)
+    }
+
+    /// Marks `[pfn, pfn + count)` dirty: for writes a script made through a raw memory view,
+    /// which only the kernel tracker (`dirty_tracking="kernel"`) sees by itself.
+    #[pyo3(signature = (pfn, count = 1))]
+    fn mark_dirty(&self, pfn: u64, count: u64) -> PyResult<()> {
+        if pfn
+            .checked_add(count)
+            .is_none_or(|end| end > self.runner.memory().pages())
+        {
+            return Err(config_err("pages outside guest RAM"));
+        }
+        self.runner.dirty_log().mark(crate::memory::Pfn(pfn), count);
+        Ok(())
+    }
+
+    /// Progress of the migration running now (or the last one): round, pages done of the
+    /// round, total pages, bytes sent, and whether stop-and-copy has begun.
+    fn progress<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = &self.progress;
+        let d = PyDict::new(py);
+        d.set_item("round", p.round.load(Relaxed))?;
+        d.set_item("pages_done", p.pages_done.load(Relaxed))?;
+        d.set_item("pages_total", p.pages_total.load(Relaxed))?;
+        d.set_item("bytes_sent", p.bytes_sent.load(Relaxed))?;
+        d.set_item("stop_and_copy", p.stop_and_copy.load(Relaxed))?;
+        Ok(d)
+    }
+
+    /// Lets the guest run again after a successful migration paused it.
+    fn resume(&self) {
+        crate::migration::GuestControl::resume(&*self.runner);
+    }
+
+    /// Migrates the guest, its workload running at `dirty_rate` meanwhile. With `to`
+    /// (`"host:port"`, a destination started by `listen_migration` or `vballoon migrate
+    /// listen`), over TCP to that process; otherwise to a fresh destination in this process
+    /// (over a socketpair, or TCP loopback with `link="tcp"`, into `dest_backing` RAM).
+    /// With `verify`, every used page is checked on the destination. The guest stays paused
+    /// after a successful migration (call `resume()`).
+    #[pyo3(signature = (
+        *, to = None, hints = "off", bandwidth = None, downtime = None, dirty_rate = None,
+        skip_unpopulated = false, dirty_tracking = "explicit", link = "socketpair",
+        verify = true, max_rounds = 30, dest_backing = "anonymous", timeout = 30.0
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn migrate(
+        &self,
+        py: Python<'_>,
+        to: Option<&str>,
+        hints: &str,
+        bandwidth: Option<&Bound<'_, PyAny>>,
+        downtime: Option<&Bound<'_, PyAny>>,
+        dirty_rate: Option<&Bound<'_, PyAny>>,
+        skip_unpopulated: bool,
+        dirty_tracking: &str,
+        link: &str,
+        verify: bool,
+        max_rounds: u32,
+        dest_backing: &str,
+        timeout: f64,
+    ) -> PyResult<PyMigrationResult> {
+        let mut opts = options(
+            hints,
+            bandwidth,
+            downtime,
+            dirty_rate,
+            skip_unpopulated,
+            dirty_tracking,
+            verify,
+            max_rounds,
+            timeout,
+        )?;
+        opts.progress = Some(self.fresh_progress());
+        opts.link = match link {
+            "socketpair" | "inprocess" => LocalLink::SocketPair,
+            "tcp" => LocalLink::Tcp,
+            other => {
+                return Err(config_err(format!(
+                    "link must be 'socketpair' or 'tcp', not {other:?}"
+                )))
+            }
+        };
+        opts.dest_backing = backing(dest_backing)?;
+        let runner = Arc::clone(&self.runner);
+        if let Some(addr) = to {
+            let r = py.detach(|| send(addr, &runner, &opts))?;
+            return Ok(PyMigrationResult::from_remote(
+                &r,
+                opts.hints,
+                opts.skips_unpopulated(),
+            ));
+        }
+        let report = py.detach(|| crate::machine::migrate_local(&runner, &opts))?;
+        let backend = format!("{:?}", report.result.dirty_backend);
+        Ok(PyMigrationResult::new(&report.summary(), backend))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Guest({}: {} MiB, used {} MiB, stale free {} MiB, untouched {} MiB)",
+            self.info.name,
+            self.info.guest_bytes >> 20,
+            self.info.used_bytes >> 20,
+            self.info.stale_free_bytes >> 20,
+            self.info.untouched_bytes >> 20
+        )
+    }
+}
+
+impl PyGuest {
+    /// Zeroes the shared progress counters for a new migration and hands them out.
+    fn fresh_progress(&self) -> Arc<Progress> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = &self.progress;
+        for c in [&p.round, &p.pages_done, &p.pages_total, &p.bytes_sent] {
+            c.store(0, Relaxed);
+        }
+        p.stop_and_copy.store(false, Relaxed);
+        Arc::clone(p)
+    }
+}
+
+impl Drop for PyGuest {
+    fn drop(&mut self) {
+        self.runner.shutdown();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn options(
+    hints: &str,
+    bandwidth: Option<&Bound<'_, PyAny>>,
+    downtime: Option<&Bound<'_, PyAny>>,
+    dirty_rate: Option<&Bound<'_, PyAny>>,
+    skip_unpopulated: bool,
+    dirty_tracking: &str,
+    verify: bool,
+    max_rounds: u32,
+    timeout: f64,
+) -> PyResult<MigrateOptions> {
+    let mut o = MigrateOptions {
+        hints: HintMode::parse(hints).ok_or_else(|| {
+            config_err(format!(
+                "hints must be off, bitmap, upstream or reporting, not {hints:?}"
+            ))
+        })?,
+        skip_unpopulated,
+        verify,
+        max_rounds,
+        ..MigrateOptions::default()
+    };
+    o.bandwidth_bytes_per_s = match bandwidth {
+        Some(b) => rate_arg(b, "bandwidth")?,
+        None => MigrateOptions::default().bandwidth_bytes_per_s,
+    };
+    if let Some(d) = downtime {
+        o.downtime_target = duration_arg(d, "downtime")?;
+    }
+    if let Some(r) = dirty_rate {
+        o.dirty_rate_bytes_per_s = rate_arg(r, "dirty_rate")?;
+    }
+    o.dirty_tracking = DirtyTracking::parse(dirty_tracking).ok_or_else(|| {
+        config_err(format!(
+            "dirty_tracking must be explicit, kernel or auto, not {dirty_tracking:?}"
+        ))
+    })?;
+    o.io_timeout =
+        Duration::try_from_secs_f64(timeout).map_err(|_| config_err("timeout: seconds"))?;
+    if o.hints != HintMode::Off {
+        o.hint_provider = hint_provider();
+        if o.hint_provider.is_none() {
+            return Err(config_err(format!(
+                "hint mode {hints:?} needs the balloon's hint queues, not built in"
+            )));
+        }
+    }
+    Ok(o)
+}
+
+fn dest_report<'py>(py: Python<'py>, r: &DestReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("guest_bytes", r.header.guest_size)?;
+    d.set_item("rounds", r.rounds)?;
+    d.set_item("data_pages", r.data_pages)?;
+    d.set_item("zero_pages", r.zero_pages)?;
+    d.set_item("bytes_received", r.bytes_received)?;
+    d.set_item("total_secs", r.duration.as_secs_f64())?;
+    if let Some(v) = &r.verify {
+        d.set_item("verified_pages", v.pages_checked)?;
+        d.set_item("mismatched_pages", v.mismatched)?;
+    }
+    Ok(d)
+}
+
+/// Receives one migration on `address` (`"0.0.0.0:4444"`) into fresh guest RAM of `size`
+/// bytes; returns the destination's report. Any error discards the partial guest.
+#[pyfunction]
+#[pyo3(signature = (address, size, *, backing = "memfd", timeout = 60.0))]
+pub fn listen_migration<'py>(
+    py: Python<'py>,
+    address: &str,
+    size: &Bound<'_, PyAny>,
+    backing: &str,
+    timeout: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let bytes = size_arg(size, "size")?;
+    let backing = self::backing(backing)?;
+    let t = Duration::try_from_secs_f64(timeout).map_err(|_| config_err("timeout: seconds"))?;
+    let cfg = DestConfig {
+        accept_timeout: t,
+        io_timeout: t,
+        ..DestConfig::default()
+    };
+    let addr = address.to_string();
+    let report = py.detach(|| listen(addr.as_str(), bytes, backing, cfg))?;
+    dest_report(py, &report)
+}
+
+fn row<'py>(py: Python<'py>, r: &BenchMigrateRow) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("scenario", &r.scenario)?;
+    d.set_item("variant", &r.variant)?;
+    d.set_item("hints", r.hints.name())?;
+    d.set_item("hint_provider", &r.hint_provider)?;
+    d.set_item("skip_unpopulated", r.skip_unpopulated)?;
+    d.set_item("skipped", &r.skipped)?;
+    d.set_item("guest_bytes", r.guest_bytes)?;
+    d.set_item("used_bytes", r.used_bytes)?;
+    d.set_item("stale_free_bytes", r.stale_free_bytes)?;
+    d.set_item("untouched_bytes", r.untouched_bytes)?;
+    d.set_item("runs", r.runs)?;
+    d.set_item("total_ms", r.total_ms)?;
+    d.set_item("total_ms_range", r.total_ms_range)?;
+    d.set_item("downtime_ms", r.downtime_ms)?;
+    d.set_item("bytes_sent", r.bytes_sent)?;
+    d.set_item("pages_read", r.pages_read)?;
+    d.set_item("data_pages", r.data_pages)?;
+    d.set_item("hinted_pages", r.hinted_pages)?;
+    d.set_item("unpopulated_pages", r.unpopulated_pages)?;
+    d.set_item("rounds", r.rounds)?;
+    d.set_item("peak_rss_bytes", r.peak_rss_bytes)?;
+    d.set_item("floor_ms", r.floor_ms)?;
+    d.set_item("ratio_to_floor", r.ratio_to_floor)?;
+    d.set_item("ratio_to_link", r.ratio_to_link)?;
+    d.set_item("speedup_vs_no_hints", r.speedup_vs_no_hints)?;
+    d.set_item("verified", r.verified)?;
+    Ok(d)
+}
+
+/// The migration benchmark: each scenario (`"m1"`, `"m2"`, `"m3"`, optionally scaled to
+/// `guest`) × each variant (`"off"`, `"skip"`, `"bitmap"`, `"upstream"`, `"reporting"`, or
+/// `"<mode>+skip"`), interleaved, at `bandwidth`. Returns a list of row dicts.
+#[pyfunction]
+#[pyo3(signature = (scenarios = vec!["m1".to_string()], variants = None, *, guest = None, repetitions = 3, bandwidth = None, dirty_rate = None))]
+pub fn bench_migrate_rows<'py>(
+    py: Python<'py>,
+    scenarios: Vec<String>,
+    variants: Option<Vec<String>>,
+    guest: Option<&Bound<'_, PyAny>>,
+    repetitions: usize,
+    bandwidth: Option<&Bound<'_, PyAny>>,
+    dirty_rate: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let mut cfg = BenchMigrateConfig::default();
+    let guest_bytes = guest.map(|g| size_arg(g, "guest")).transpose()?;
+    cfg.scenarios = scenarios
+        .iter()
+        .map(|n| {
+            let s = Scenario::by_name(n)
+                .ok_or_else(|| config_err(format!("unknown scenario {n:?}")))?;
+            Ok(match guest_bytes {
+                Some(b) => s.with_guest_bytes(b),
+                None => s,
+            })
+        })
+        .collect::<PyResult<_>>()?;
+    if let Some(v) = variants {
+        cfg.variants = v
+            .iter()
+            .map(|n| {
+                MigrateVariant::parse(n).ok_or_else(|| config_err(format!("unknown variant {n:?}")))
+            })
+            .collect::<PyResult<_>>()?;
+    }
+    cfg.repetitions = repetitions.max(1);
+    cfg.repetitions_large = cfg.repetitions_large.min(cfg.repetitions);
+    if let Some(b) = bandwidth {
+        cfg.bandwidth_bytes_per_s = rate_arg(b, "bandwidth")?;
+    }
+    if let Some(r) = dirty_rate {
+        cfg.dirty_rate_bytes_per_s = rate_arg(r, "dirty_rate")?;
+    }
+    cfg.hint_provider = hint_provider();
+    let rows = py.detach(|| bench_migrate(&cfg))?;
+    rows.iter().map(|r| row(py, r)).collect()
+}

@@ -1,0 +1,103 @@
+"""Live migration from Python: in one process, over TCP, and between two processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vballoon import ConfigError, Guest, MigrationError, listen_migration
+
+MiB = 1 << 20
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("link", ["socketpair", "tcp"])
+def test_migrate_with_running_workload_verifies_every_used_page(link):
+    g = Guest("128MiB", used="16MiB")
+    r = g.migrate(dirty_rate="64MiB", link=link, downtime="5ms", bandwidth="2Gbit")
+    assert r.mismatched_pages == 0
+    assert r.verified_pages >= 16 * MiB // 4096
+    assert r.rounds >= 2  # the workload kept writing through round 1
+    g.resume()
+
+
+def test_skip_unpopulated_never_reads_untouched_pages():
+    g = Guest("256MiB", used="8MiB")
+    resident_before = g.memory.resident_pages()
+    r = g.migrate(skip_unpopulated=True)
+    assert r.unpopulated_pages >= (256 - 8 - 1) * MiB // 4096
+    assert r.pages_read <= resident_before + 64
+    assert g.memory.resident_pages() == resident_before
+    assert r.mismatched_pages == 0
+
+
+def test_scenario_m2_scaled_down_has_stale_free_pages():
+    g = Guest("64MiB", scenario="m2")
+    info = g.info()
+    assert info["stale_free_bytes"] > info["used_bytes"] > 0
+    free = g.free_pages()
+    words = np.frombuffer(free, dtype=np.uint64)
+    assert int(np.unpackbits(words.view(np.uint8)).sum()) == free.count()
+    r = g.migrate()
+    assert r.bytes_sent > info["stale_free_bytes"]  # without hints stale pages cross the link
+
+
+def test_writes_through_the_guest_are_logged():
+    g = Guest("16MiB", used="1MiB")
+    g.write(5 * 4096 + 10, b"dirty")
+    assert 5 in g.dirty_pages()
+    with pytest.raises(ConfigError):
+        g.mark_dirty(g.memory.pages, 1)
+
+
+def test_two_processes_over_tcp_with_the_cli():
+    port = _free_port()
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "vballoon.cli", "migrate", "listen", "--address",
+         f"127.0.0.1:{port}", "--size", "256MiB", "--timeout", "60"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert "listening" in listener.stdout.readline()
+        g = Guest("256MiB", used="32MiB", backing="memfd")
+        r = g.migrate(to=f"127.0.0.1:{port}", dirty_rate="16MiB")
+        out, _ = listener.communicate(timeout=60)
+    finally:
+        listener.kill()
+    dest = json.loads(out.strip().splitlines()[-1])
+    assert listener.returncode == 0
+    assert dest["mismatched_pages"] == 0 == r.mismatched_pages
+    assert dest["verified_pages"] == r.verified_pages >= 32 * MiB // 4096
+    assert dest["bytes_received"] == r.bytes_sent
+
+
+def test_nobody_listening_is_a_typed_error():
+    g = Guest("16MiB", used="1MiB")
+    with pytest.raises(MigrationError):
+        g.migrate(to=f"127.0.0.1:{_free_port()}", timeout=2)
+
+
+def test_listen_times_out_cleanly():
+    with pytest.raises(MigrationError, match=r"(?i)time"):
+        listen_migration(f"127.0.0.1:{_free_port()}", "16MiB", timeout=0.5)
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError, match="scenario"):
+        Guest(scenario="m9")
+    with pytest.raises(ConfigError):
+        Guest()
+    g = Guest("16MiB", used="1MiB")
+    with pytest.raises(ConfigError, match="hints"):
+        g.migrate(hints="telepathy")
+    with pytest.raises(ConfigError, match="bandwidth"):
+        g.migrate(bandwidth="fast")
