@@ -383,6 +383,25 @@ impl BalloonDriver {
         Ok(blocks.len() as u64 * (1 << HINT_ORDER))
     }
 
+    /// Gives the guest back everything the hint side holds, for a driver being removed (the
+    /// device must no longer serve it): held hinted blocks, blocks isolated for a report, the
+    /// hint area; the shrinker is removed. The hint queues do nothing afterwards.
+    pub fn unplug_hints(&mut self, guest: &mut Guest) -> Result<(), DriverError> {
+        self.return_hinted_blocks(guest)?;
+        guest.set_shrinker(None);
+        if let Some((_, blocks)) = self.hints.reporting.take().and_then(|r| r.in_flight) {
+            for (pfn, order) in blocks {
+                guest.allocator_mut().putback(pfn, order, false)?;
+            }
+        }
+        self.hints.misc = None;
+        self.hints.free_page = None;
+        if let Some(a) = self.hints.area.take() {
+            guest.allocator_mut().free_range(a.pfn, a.pages)?;
+        }
+        Ok(())
+    }
+
     /// One step of every hint queue: acknowledgements, requests, command ids, blocks, reports.
     pub fn service_hints(&mut self, guest: &mut Guest) -> Result<HintStep, DriverError> {
         self.check_device()?;

@@ -26,6 +26,10 @@
 //! so that interleaved benchmark variants see the same guest ([`BalloonHints::unreport`]
 //! puts stale data back afterwards).
 //!
+//! Keep one provider per guest and pass it to every migration of that guest (the balloon stays
+//! plugged in between them, as a real one would); [`BalloonHints::detach`], or dropping the
+//! provider, gives the guest back the rings, buffers and blocks the balloon took.
+//!
 //! Ids are unique over the provider's life (the device must not reuse a command id before the
 //! driver's STOP, and the driver only starts on an id it has not started on); each migration's
 //! [`QueuedHints`] filters what arrives under any but the current one.
@@ -257,8 +261,13 @@ impl Drop for Attached {
         let s = &self.shared;
         s.guest.with(|st, _| {
             let mut drv = lock(&s.driver);
-            let _ = drv.return_hinted_blocks(&mut st.guest);
-            st.guest.set_shrinker(None);
+            if let Err(e) = drv.unplug_hints(&mut st.guest) {
+                s.record(e);
+            }
+            // The rings and request buffers go back too (nothing serves them any more).
+            if let Err(e) = drv.area().release(&mut st.guest) {
+                s.record(e);
+            }
         });
     }
 }
