@@ -353,6 +353,7 @@ class Guest:
         scenario: str | None = None,
         used: _Size | None = None,
         free_share: float = 0.0,
+        order: int = 0,
         backing: str = "anonymous",
         seed: int = 1,
     ) -> Guest: ...

@@ -11,17 +11,12 @@ use super::errors::config_err;
 use super::memory::PyGuestMemory;
 use super::pages::PyPageSet;
 use crate::machine::{
-    bench_migrate, listen, send, BenchMigrateConfig, BenchMigrateRow, GuestRunner, HintMode,
-    HintProvider, LocalLink, MigrateOptions, MigrateVariant, MigrationSummary, Scenario,
+    bench_migrate, listen, send, BalloonHints, BenchMigrateConfig, BenchMigrateRow, GuestRunner,
+    HintMode, HintProvider, LocalLink, MigrateOptions, MigrateVariant, MigrationSummary, Scenario,
     ScenarioInfo,
 };
 use crate::memory::{Backing, GuestAddress};
 use crate::migration::{DestConfig, DestReport, DirtyTracking, MigrationResult, Progress};
-
-/// The provider of guest-cooperative hints (the balloon's queues), where one is built in.
-fn hint_provider() -> Option<Arc<dyn HintProvider>> {
-    None
-}
 
 /// A duration argument: seconds as a number, or a string like `"300ms"` / `"2s"`.
 fn duration_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
@@ -184,10 +179,13 @@ impl PyMigrationResult {
 ///
 /// `scenario` builds a published setup (`"m1"`, `"m2"`, `"m3"`), scaled to `size` if given;
 /// otherwise the guest is `size` with `used` bytes allocated and filled, of which `free_share`
-/// is freed again (those free pages keep stale data).
+/// is freed again (those free pages keep stale data); the workload allocates in blocks of
+/// `2**order` pages, so `order=10` frees whole 4 MiB blocks and `order=0` scatters free pages.
 #[pyclass(name = "Guest", module = "vballoon", frozen)]
 pub struct PyGuest {
     runner: Arc<GuestRunner>,
+    /// The balloon that answers hint requests, plugged into this guest on first use.
+    hints: Arc<BalloonHints>,
     progress: Arc<Progress>,
     info: ScenarioInfo,
     memory: Py<PyGuestMemory>,
@@ -196,13 +194,14 @@ pub struct PyGuest {
 #[pymethods]
 impl PyGuest {
     #[new]
-    #[pyo3(signature = (size = None, *, scenario = None, used = None, free_share = 0.0, backing = "anonymous", seed = 1))]
+    #[pyo3(signature = (size = None, *, scenario = None, used = None, free_share = 0.0, order = 0, backing = "anonymous", seed = 1))]
     fn new(
         py: Python<'_>,
         size: Option<&Bound<'_, PyAny>>,
         scenario: Option<&str>,
         used: Option<&Bound<'_, PyAny>>,
         free_share: f64,
+        order: u8,
         backing: &str,
         seed: u64,
     ) -> PyResult<Self> {
@@ -213,6 +212,7 @@ impl PyGuest {
             None => Scenario {
                 name: "custom".into(),
                 free_share,
+                alloc_order: order,
                 seed,
                 ..Scenario::m1()
             },
@@ -235,6 +235,7 @@ impl PyGuest {
         )?;
         Ok(PyGuest {
             runner: Arc::new(runner),
+            hints: Arc::default(),
             progress: Arc::default(),
             info,
             memory,
@@ -356,6 +357,9 @@ impl PyGuest {
             timeout,
         )?;
         opts.progress = Some(self.fresh_progress());
+        if opts.hints != HintMode::Off {
+            opts.hint_provider = Some(Arc::clone(&self.hints) as Arc<dyn HintProvider>);
+        }
         opts.link = match link {
             "socketpair" | "inprocess" => LocalLink::SocketPair,
             "tcp" => LocalLink::Tcp,
@@ -451,14 +455,6 @@ fn options(
     })?;
     o.io_timeout =
         Duration::try_from_secs_f64(timeout).map_err(|_| config_err("timeout: seconds"))?;
-    if o.hints != HintMode::Off {
-        o.hint_provider = hint_provider();
-        if o.hint_provider.is_none() {
-            return Err(config_err(format!(
-                "hint mode {hints:?} needs the balloon's hint queues, not built in"
-            )));
-        }
-    }
     Ok(o)
 }
 
@@ -575,7 +571,6 @@ pub fn bench_migrate_rows<'py>(
     if let Some(r) = dirty_rate {
         cfg.dirty_rate_bytes_per_s = rate_arg(r, "dirty_rate")?;
     }
-    cfg.hint_provider = hint_provider();
     let rows = py.detach(|| bench_migrate(&cfg))?;
     rows.iter().map(|r| row(py, r)).collect()
 }
