@@ -195,6 +195,7 @@ pub struct PyGuest {
 impl PyGuest {
     #[new]
     #[pyo3(signature = (size = None, *, scenario = None, used = None, free_share = 0.0, order = 0, backing = "anonymous", seed = 1))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of a Python constructor
     fn new(
         py: Python<'_>,
         size: Option<&Bound<'_, PyAny>>,
