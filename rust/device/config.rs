@@ -30,10 +30,15 @@ pub enum DiscardPolicy {
     /// Falls back to [`DiscardPolicy::Coalesced`] where the kernel refuses or RAM is a memfd.
     Vectored,
     /// Coalesced runs, split by page count across up to [`PARALLEL_DISCARD_THREADS`] threads
-    /// when a batch frees at least [`PARALLEL_DISCARD_MIN_PAGES`]: `MADV_DONTNEED` takes the
-    /// mmap lock shared, so the kernel's page freeing runs on several cores at once.
+    /// when a batch frees at least [`PARALLEL_DISCARD_MIN_PAGES`] in runs averaging at least
+    /// [`PARALLEL_DISCARD_MIN_RUN_PAGES`]: `MADV_DONTNEED` takes the mmap lock shared, so the
+    /// kernel's page freeing runs on several cores at once. A batch of short runs (a fragmented
+    /// balloon) is discarded as [`DiscardPolicy::Vectored`] instead.
     Parallel,
 }
+
+/// Average run length, in pages, below which a [`DiscardPolicy::Parallel`] batch goes vectored.
+pub const PARALLEL_DISCARD_MIN_RUN_PAGES: u64 = 512;
 
 /// Most threads a [`DiscardPolicy::Parallel`] batch uses (bounded by the host's cores).
 pub const PARALLEL_DISCARD_THREADS: usize = 4;

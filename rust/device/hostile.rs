@@ -10,7 +10,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use super::{BalloonDevice, DeviceConfig, DiscardPolicy};
+use super::{BalloonDevice, DeviceConfig, DiscardPolicy, HintOffer};
 use crate::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::Encoding;
 use crate::transport::{
@@ -218,7 +218,18 @@ impl Harness {
         }
     }
 
-    /// Runs one input: byte 0 picks the configuration, the rest becomes guest RAM from
+    /// The hint queues byte 1 of an input offers: bit 0 the seed's misc queue, bit 1 upstream
+    /// FREE_PAGE_HINT, bit 2 free page reporting.
+    pub fn hints_for(selector: u8) -> HintOffer {
+        HintOffer {
+            misc: selector & 1 != 0,
+            free_page_hint: selector & 2 != 0,
+            reporting: selector & 4 != 0,
+        }
+    }
+
+    /// Runs one input: byte 0 picks the configuration, byte 1 the hint queues (and is the
+    /// request id the host asks with), the rest becomes guest RAM from
     /// address 0 (rings of queue `i` at `0x100 * i`, size 8). Every queue is served, the host
     /// asks for stats, and every queue is served again. Never panics on any input.
     pub fn run(&self, data: &[u8]) -> HostileOutcome {
@@ -229,7 +240,11 @@ impl Harness {
         let Some((&selector, rest)) = data.split_first() else {
             return HostileOutcome::default();
         };
-        let cfg = Self::config_for(selector);
+        let Some((&hint_selector, rest)) = rest.split_first() else {
+            return HostileOutcome::default();
+        };
+        let mut cfg = Self::config_for(selector);
+        cfg.hints = Self::hints_for(hint_selector);
         let Ok(mut dev) = BalloonDevice::new(Arc::clone(mem), cfg) else {
             return HostileOutcome::default();
         };
@@ -245,6 +260,9 @@ impl Harness {
             }
             if round == 0 {
                 let _ = dev.request_stats();
+                // Ask for hints too, so the guest's bytes are read as answers to them.
+                let _ = dev.request_unused_pages(u64::from(hint_selector));
+                let _ = dev.start_free_page_hint(0x8000_0000 | u32::from(hint_selector));
             }
         }
         let c = dev.counters();
@@ -311,7 +329,7 @@ pub fn seed_inputs() -> Vec<Vec<u8>> {
             continue;
         }
         let used = image.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
-        let mut input = vec![selector];
+        let mut input = vec![selector, 0];
         input.extend_from_slice(&image[..used]);
         seeds.push(input);
     }

@@ -30,7 +30,7 @@ pub use balloon::{
 };
 pub use config::{
     DeviceConfig, DiscardPolicy, DEFAULT_QUEUE_SIZE, PARALLEL_DISCARD_MIN_PAGES,
-    PARALLEL_DISCARD_THREADS,
+    PARALLEL_DISCARD_MIN_RUN_PAGES, PARALLEL_DISCARD_THREADS,
 };
 pub use counters::{DeviceCounters, SharedCounters};
 pub use error::BalloonError;
