@@ -449,6 +449,21 @@ impl BalloonDevice {
         }
     }
 
+    /// Pops queue `index`'s next chain into `chain`, unless `served` buffers (a queue's worth)
+    /// were already taken in this run: a guest that keeps adding cannot keep the device here.
+    fn pop_bounded(
+        &mut self,
+        index: u16,
+        served: u64,
+        chain: &mut DescriptorChain,
+    ) -> Result<bool, VirtqError> {
+        let queue = self.queue(index);
+        if served >= u64::from(queue.size()) {
+            return Ok(false);
+        }
+        queue.pop_into(chain)
+    }
+
     fn queue(&mut self, index: u16) -> &mut DeviceQueue {
         // Callers only pass indexes `process_queue` found a handler for.
         &mut self.handlers[usize::from(index)]
@@ -476,12 +491,7 @@ impl BalloonDevice {
         let mut runs = std::mem::take(&mut self.runs);
         let t0 = Instant::now();
         let popped = loop {
-            // One batch is at most a queue's worth of buffers, so a guest that keeps adding
-            // cannot keep the device here forever.
-            if self.heads.len() >= usize::from(self.queue(index).size()) {
-                break Ok(());
-            }
-            match self.queue(index).pop_into(&mut chain) {
+            match self.pop_bounded(index, self.heads.len() as u64, &mut chain) {
                 Ok(false) => break Ok(()),
                 Ok(true) => {}
                 Err(e) => break Err(broken(e)),
@@ -749,7 +759,7 @@ impl BalloonDevice {
         let mut returned = 0u32;
         let mut chain = std::mem::take(&mut self.chain);
         loop {
-            match self.queue(index).pop_into(&mut chain) {
+            match self.pop_bounded(index, run.buffers, &mut chain) {
                 Ok(false) => break,
                 Ok(true) => {}
                 Err(e) => {

@@ -93,11 +93,7 @@ impl BalloonDevice {
         let mut chain = std::mem::take(&mut self.chain);
         let mut used = 0u32;
         let res = loop {
-            // At most a queue's worth per call, so a guest that keeps adding cannot pin us.
-            if run.buffers >= u64::from(self.queue(index).size()) {
-                break Ok(());
-            }
-            match self.queue(index).pop_into(&mut chain) {
+            match self.pop_bounded(index, run.buffers, &mut chain) {
                 Ok(false) => break Ok(()),
                 Ok(true) => {}
                 Err(e) => break Err(broken(e)),

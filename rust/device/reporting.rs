@@ -35,10 +35,7 @@ impl BalloonDevice {
         let mut chain = std::mem::take(&mut self.chain);
         let mut runs = std::mem::take(&mut self.runs);
         let res = loop {
-            if run.buffers >= u64::from(self.queue(index).size()) {
-                break Ok(());
-            }
-            match self.queue(index).pop_into(&mut chain) {
+            match self.pop_bounded(index, run.buffers, &mut chain) {
                 Ok(false) => break Ok(()),
                 Ok(true) => {}
                 Err(e) => break Err(broken(e)),
