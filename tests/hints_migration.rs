@@ -74,6 +74,11 @@ fn test_every_mode_migrates_used_pages_intact_and_skips_free_ones() {
                     // Stale free blocks were reported and discarded: not read.
                     assert!(s.unpopulated_pages >= free * 9 / 10, "{mode}: {s:?}");
                 }
+                // Upstream hints race the first round (as in QEMU): on a loaded machine the
+                // guest's worker can post its last blocks after the engine passed them.
+                HintMode::Upstream => {
+                    assert!(s.hinted_pages >= free * 3 / 4, "{mode} {run_mode:?}: {s:?}");
+                }
                 _ => {
                     assert!(
                         s.hinted_pages >= free * 9 / 10,
