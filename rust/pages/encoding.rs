@@ -73,6 +73,17 @@ pub enum Pages<'a> {
     Runs(&'a [(u64, u64)]),
 }
 
+impl Pages<'_> {
+    /// Calls `f(start, len)` for every run: a set's maximal runs lowest first, or the listed
+    /// runs in the order given.
+    pub fn for_each_run(&self, mut f: impl FnMut(u64, u64)) {
+        match self {
+            Pages::Set(set) => set.runs().for_each(|(s, l)| f(s, l)),
+            Pages::Runs(list) => list.iter().for_each(|&(s, l)| f(s, l)),
+        }
+    }
+}
+
 impl<'a> From<&'a PageSet> for Pages<'a> {
     fn from(set: &'a PageSet) -> Pages<'a> {
         Pages::Set(set)

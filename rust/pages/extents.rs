@@ -78,7 +78,7 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
         }
     }
     let mut buf = Vec::with_capacity(EXTENTS_MAX_MESSAGE_LEN);
-    let mut run = |pfn: u64, len: u64| {
+    let run = |pfn: u64, len: u64| {
         if len == 0 {
             return;
         }
@@ -88,10 +88,7 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
         }
         push_record(&mut buf, pfn, len);
     };
-    match pages {
-        Pages::Set(set) => set.runs().for_each(|(s, l)| run(s, l)),
-        Pages::Runs(list) => list.iter().for_each(|&(s, l)| run(s, l)),
-    }
+    pages.for_each_run(run);
     if !buf.is_empty() {
         emit(&[&buf]);
     }

@@ -35,7 +35,7 @@ pub fn encode<'a>(pages: impl Into<Pages<'a>>) -> Result<Vec<Message>, PagesErro
 pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(), PagesError> {
     window::check_below(pages, PFN_LIMIT)?;
     let mut buf = Vec::with_capacity(PFN_ARRAY_MAX_LEN);
-    let mut run = |start: u64, len: u64| {
+    let run = |start: u64, len: u64| {
         for pfn in start..start + len {
             // check_below: pfn < 2^32.
             buf.extend_from_slice(&(pfn as u32).to_le_bytes());
@@ -45,10 +45,7 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
             }
         }
     };
-    match pages {
-        Pages::Set(set) => set.runs().for_each(|(s, l)| run(s, l)),
-        Pages::Runs(list) => list.iter().for_each(|&(s, l)| run(s, l)),
-    }
+    pages.for_each_run(run);
     if !buf.is_empty() {
         emit(&[&buf]);
     }
