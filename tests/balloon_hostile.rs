@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use vballoon::device::hostile::GuardedMemory;
 use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig};
-use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
+use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::bitmap::BmapHeader;
 use vballoon::pages::{encode, Encoding, PagesError};
 use vballoon::transport::{
@@ -33,7 +33,7 @@ struct Rig {
 
 impl Rig {
     fn new(enc: Encoding) -> Rig {
-        let guarded = GuardedMemory::new(PAGES * PAGE_SIZE, Backing::Anonymous).expect("canaries");
+        let guarded = GuardedMemory::new(PAGES * PAGE_SIZE).expect("canaries");
         let mem = Arc::clone(guarded.memory());
         let (s, l) = SENTINEL;
         mem.fill(GuestAddress(s * PAGE_SIZE), l * PAGE_SIZE, 0x77)

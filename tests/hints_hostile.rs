@@ -10,7 +10,7 @@ use vballoon::device::hostile::GuardedMemory;
 use vballoon::device::{
     BalloonDevice, BalloonError, DeviceConfig, FreePageStatus, HintError, HintEvent, HintOffer,
 };
-use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
+use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::bitmap::{
     BmapHeader, ReqHeader, BALLOON_FLAG_CONT, BALLOON_FLAG_DONE, BALLOON_GET_UNUSED_PAGES,
 };
@@ -40,7 +40,7 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
-        let guarded = GuardedMemory::new(PAGES * PAGE_SIZE, Backing::Anonymous).expect("canaries");
+        let guarded = GuardedMemory::new(PAGES * PAGE_SIZE).expect("canaries");
         let mem = Arc::clone(guarded.memory());
         let mut dev = BalloonDevice::new(
             Arc::clone(&mem),

@@ -100,11 +100,10 @@ unsafe impl Send for GuardedMemory {}
 unsafe impl Sync for GuardedMemory {}
 
 impl GuardedMemory {
-    /// Maps `size` bytes of anonymous guest RAM with [`CANARY_PAGES`] canary pages on each
-    /// side; `None` if the address space around it could not be had after a few tries.
-    /// `backing` must be [`Backing::Anonymous`].
-    pub fn new(size: u64, backing: Backing) -> Option<GuardedMemory> {
-        let _ = backing; // canary rigs use anonymous RAM, the only backing `new_at` places
+    /// Maps `size` bytes of anonymous guest RAM (the backing `GuestMemory::new_at` places) with
+    /// [`CANARY_PAGES`] canary pages on each side; `None` if the address space around it could
+    /// not be had after a few tries.
+    pub fn new(size: u64) -> Option<GuardedMemory> {
         let clen = (CANARY_PAGES * PAGE_SIZE) as usize;
         let total = size as usize + 2 * clen;
         for _ in 0..16 {
@@ -189,7 +188,7 @@ impl Harness {
     /// Maps the guarded guest; `None` if the canaries could not be placed.
     pub fn new() -> Option<Harness> {
         Some(Harness {
-            guarded: GuardedMemory::new(HARNESS_PAGES * PAGE_SIZE, Backing::Anonymous)?,
+            guarded: GuardedMemory::new(HARNESS_PAGES * PAGE_SIZE)?,
             dirty: std::sync::atomic::AtomicUsize::new(HARNESS_PAGES as usize * PAGE_SIZE as usize),
         })
     }

@@ -137,6 +137,22 @@ pub enum DirtyBackend {
     Kernel,
 }
 
+impl std::fmt::Display for DirtyBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirtyBackend::Explicit { fallback: None } => f.write_str("explicit"),
+            DirtyBackend::Explicit {
+                fallback: Some(why),
+            } => {
+                write!(f, "explicit (kernel tracker unavailable: {why})")
+            }
+            DirtyBackend::Kernel => {
+                f.write_str("kernel (userfaultfd write-protect + PAGEMAP_SCAN)")
+            }
+        }
+    }
+}
+
 /// The dirty tracking of one running migration: start, sync per round, stop on drop.
 #[derive(Debug)]
 pub struct DirtyTracker<'a> {

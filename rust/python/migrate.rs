@@ -126,7 +126,7 @@ impl PyMigrationResult {
             s.verified_pages = Some(v.pages_checked);
             s.mismatched_pages = Some(v.mismatched);
         }
-        PyMigrationResult::new(&s, format!("{:?}", r.dirty_backend))
+        PyMigrationResult::new(&s, r.dirty_backend.to_string())
     }
 }
 
@@ -381,7 +381,7 @@ impl PyGuest {
             ));
         }
         let report = py.detach(|| crate::machine::migrate_local(&runner, &opts))?;
-        let backend = format!("{:?}", report.result.dirty_backend);
+        let backend = report.result.dirty_backend.to_string();
         Ok(PyMigrationResult::new(&report.summary(), backend))
     }
 
