@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::config::{MachineConfig, RunMode};
+use super::progress::BenchProgress;
 use super::session::Session;
 use crate::device::DiscardPolicy;
 use crate::error::Result;
@@ -100,6 +101,8 @@ pub struct InflateBenchConfig {
     pub queue_size: u16,
     /// Order of the blocks the driver takes.
     pub alloc_order: u8,
+    /// Progress counters for a display on another thread (none: nothing is counted).
+    pub progress: Option<Arc<BenchProgress>>,
 }
 
 impl Default for InflateBenchConfig {
@@ -115,6 +118,7 @@ impl Default for InflateBenchConfig {
             mode: RunMode::Synchronous,
             queue_size: crate::device::DEFAULT_QUEUE_SIZE,
             alloc_order: 0,
+            progress: None,
         }
     }
 }
@@ -209,9 +213,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn populate(mem: &GuestMemory) -> Result<f64> {
+fn populate(mem: &GuestMemory, progress: Option<&BenchProgress>) -> Result<f64> {
     let t = Instant::now();
-    mem.populate(GuestAddress(0), mem.size())?;
+    let Some(p) = progress else {
+        mem.populate(GuestAddress(0), mem.size())?;
+        return Ok(t.elapsed().as_secs_f64());
+    };
+    // In chunks, so a display can show how far a multi-second pass has got.
+    const CHUNK: u64 = 64 << 20;
+    p.populate_start(mem.size());
+    let mut addr = 0;
+    while addr < mem.size() {
+        let len = CHUNK.min(mem.size() - addr);
+        mem.populate(GuestAddress(addr), len)?;
+        p.populate_add(len);
+        addr += len;
+    }
+    p.populate_end();
     Ok(t.elapsed().as_secs_f64())
 }
 
@@ -309,7 +327,13 @@ fn floor_alloc(mem: &Arc<GuestMemory>, cfg: &InflateBenchConfig, pages: u64) -> 
 /// for an 8 GiB guest, most of it faulting guest RAM back in between runs.
 pub fn bench_inflate(cfg: &InflateBenchConfig) -> Result<InflateBenchTable> {
     let mem = Arc::new(GuestMemory::new(cfg.guest_bytes, cfg.backing)?);
-    let mut populate_secs = populate(&mem)?;
+    let progress = cfg.progress.as_deref();
+    let rounds = cfg.rounds.max(1);
+    if let Some(p) = progress {
+        p.plan((rounds * (cfg.variants.len() + if cfg.floors { 3 } else { 0 })) as u64);
+        p.set_label("populate guest RAM");
+    }
+    let mut populate_secs = populate(&mem, progress)?;
     let mut samples: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
     let floor_names = [
         "floor: one discard",
@@ -318,14 +342,28 @@ pub fn bench_inflate(cfg: &InflateBenchConfig) -> Result<InflateBenchTable> {
     ];
     let nv = cfg.variants.len();
     let mut last_set = None;
-    for _ in 0..cfg.rounds.max(1) {
+    let label = |text: String| {
+        if let Some(p) = progress {
+            p.set_label(text);
+        }
+    };
+    let step = || {
+        if let Some(p) = progress {
+            p.step();
+        }
+    };
+    for round in 1..=rounds {
         for (i, v) in cfg.variants.iter().enumerate() {
+            label(format!("round {round}/{rounds}: {}", v.name));
             let s = run_variant(&mem, cfg, v, &mut last_set)?;
             samples.entry(i).or_default().push(s);
-            populate_secs += populate(&mem)?;
+            label(format!("round {round}/{rounds}: populate after {}", v.name));
+            populate_secs += populate(&mem, progress)?;
+            step();
         }
         if let (true, Some(set)) = (cfg.floors, &last_set) {
             for (k, per_page) in [(0, false), (1, true)] {
+                label(format!("round {round}/{rounds}: {}", floor_names[k]));
                 let (secs, calls, drop) = floor_discard(&mem, set, per_page)?;
                 samples.entry(nv + k).or_default().push(Sample {
                     inflate: secs,
@@ -335,9 +373,12 @@ pub fn bench_inflate(cfg: &InflateBenchConfig) -> Result<InflateBenchTable> {
                     drop,
                     ..Sample::default()
                 });
-                populate_secs += populate(&mem)?;
+                populate_secs += populate(&mem, progress)?;
+                step();
             }
+            label(format!("round {round}/{rounds}: {}", floor_names[2]));
             let secs = floor_alloc(&mem, cfg, set.count())?;
+            step();
             samples.entry(nv + 2).or_default().push(Sample {
                 inflate: secs,
                 alloc: secs,

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use super::migrate::{migrate_local, MigrateOptions};
 use super::migrate_guest::GuestRunner;
 use super::migrate_hints::{FreeListStandIn, HintMode, HintProvider};
+use super::progress::BenchProgress;
 use super::scenario::{Scenario, ScenarioInfo};
 use crate::error::Result;
 use crate::memory::PAGE_SIZE;
@@ -114,6 +115,8 @@ pub struct BenchMigrateConfig {
     /// 32 GiB: the first run to populate gigabytes of destination RAM also pays for the host
     /// reclaiming its page cache, which has nothing to do with the variant.
     pub warmup: bool,
+    /// Progress counters for a display on another thread (none: nothing is counted).
+    pub progress: Option<Arc<BenchProgress>>,
 }
 
 impl Default for BenchMigrateConfig {
@@ -131,6 +134,7 @@ impl Default for BenchMigrateConfig {
             dirty_tracking: DirtyTracking::Explicit,
             verify: true,
             warmup: true,
+            progress: None,
         }
     }
 }
@@ -225,7 +229,14 @@ fn reset_peak_rss() {
 pub fn bench_migrate(cfg: &BenchMigrateConfig) -> Result<Vec<BenchMigrateRow>> {
     let stand_in: Arc<dyn HintProvider> = Arc::new(FreeListStandIn::default());
     let mut rows = Vec::new();
+    let progress = cfg.progress.as_deref();
+    if let Some(p) = progress {
+        p.plan(cfg.scenarios.len() as u64);
+    }
     for scenario in &cfg.scenarios {
+        if let Some(p) = progress {
+            p.set_label(format!("{}: build the guest", scenario.name));
+        }
         let (guest, info) = scenario.build()?;
         let reps = if scenario.guest_bytes > 32 << 30 {
             cfg.repetitions_large
@@ -233,21 +244,37 @@ pub fn bench_migrate(cfg: &BenchMigrateConfig) -> Result<Vec<BenchMigrateRow>> {
             cfg.repetitions
         }
         .max(1);
-        let plans: Vec<_> = cfg
+        let mut plans: Vec<_> = cfg
             .variants
             .iter()
             .map(|v| plan(cfg, *v, &stand_in))
             .collect();
+        if let Some(p) = progress {
+            p.step();
+            p.plan((reps * plans.iter().filter(|p| p.opts.is_ok()).count()) as u64);
+            for o in plans.iter_mut().filter_map(|p| p.opts.as_mut().ok()) {
+                o.progress = Some(Arc::clone(&p.migration));
+            }
+        }
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); plans.len()];
         if cfg.warmup && scenario.guest_bytes <= 32 << 30 {
             if let Some(Ok(opts)) = plans.iter().map(|p| &p.opts).find(|o| o.is_ok()) {
+                if let Some(p) = progress {
+                    p.set_label(format!("{}: warm-up run", scenario.name));
+                }
                 run_once(&guest, opts)?;
             }
         }
-        for _ in 0..reps {
+        for rep in 1..=reps {
             for (i, p) in plans.iter().enumerate() {
                 if let Ok(opts) = &p.opts {
+                    if let Some(bp) = progress {
+                        bp.set_label(format!("{} {rep}/{reps}: {}", scenario.name, p.label));
+                    }
                     runs[i].push(run_once(&guest, opts)?);
+                    if let Some(bp) = progress {
+                        bp.step();
+                    }
                 }
             }
         }

@@ -16,6 +16,7 @@ mod migrate;
 mod migrate_bench;
 mod migrate_guest;
 mod migrate_hints;
+mod progress;
 mod report;
 mod ring_pump;
 mod scenario;
@@ -37,6 +38,7 @@ pub use migrate_bench::{
 };
 pub use migrate_guest::{GuestHandle, GuestRunner, GuestState, WorkloadCounters};
 pub use migrate_hints::{FreeListStandIn, HintMode, HintProvider};
+pub use progress::BenchProgress;
 pub use report::{InflateReport, Outcome};
 pub use ring_pump::{pump_buffers, PumpConfig, PumpResult};
 pub use scenario::{Scenario, ScenarioInfo};

@@ -10,13 +10,16 @@ use super::convert::{rate_arg, size_arg};
 use super::errors::config_err;
 use super::memory::PyGuestMemory;
 use super::pages::PyPageSet;
+use super::progress::{round_dicts, rounds, PyBenchProgress, PyRoundStats};
 use crate::machine::{
     bench_migrate, listen, send, BalloonHints, BenchMigrateConfig, BenchMigrateRow, GuestRunner,
     HintMode, HintProvider, LocalLink, MigrateOptions, MigrateVariant, MigrationSummary, Scenario,
     ScenarioInfo,
 };
 use crate::memory::{Backing, GuestAddress};
-use crate::migration::{DestConfig, DestReport, DirtyTracking, MigrationResult, Progress};
+use crate::migration::{
+    DestConfig, DestReport, DirtyTracking, MigrationResult, Progress, RoundStats,
+};
 
 /// A duration argument: seconds as a number, or a string like `"300ms"` / `"2s"`.
 fn duration_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
@@ -88,6 +91,8 @@ pub struct PyMigrationResult {
     workload_pages_dirtied: u64,
     /// The dirty tracking used ("explicit", or the kernel's, with the fallback reason).
     dirty_backend: String,
+    /// What each round did (the stop-and-copy round last).
+    per_round: Vec<PyRoundStats>,
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -95,7 +100,7 @@ fn opt(v: Option<u64>) -> String {
 }
 
 impl PyMigrationResult {
-    fn new(s: &MigrationSummary, dirty_backend: String) -> Self {
+    fn new(s: &MigrationSummary, dirty_backend: String, per_round: &[RoundStats]) -> Self {
         PyMigrationResult {
             hints: s.hints.clone(),
             skip_unpopulated: s.skip_unpopulated,
@@ -115,6 +120,7 @@ impl PyMigrationResult {
             free_pages_differing: s.free_pages_differing,
             workload_pages_dirtied: s.workload_pages_dirtied,
             dirty_backend,
+            per_round: rounds(per_round),
         }
     }
 
@@ -126,7 +132,7 @@ impl PyMigrationResult {
             s.verified_pages = Some(v.pages_checked);
             s.mismatched_pages = Some(v.mismatched);
         }
-        PyMigrationResult::new(&s, r.dirty_backend.to_string())
+        PyMigrationResult::new(&s, r.dirty_backend.to_string(), &r.per_round)
     }
 }
 
@@ -153,6 +159,7 @@ impl PyMigrationResult {
         d.set_item("free_pages_differing", self.free_pages_differing)?;
         d.set_item("workload_pages_dirtied", self.workload_pages_dirtied)?;
         d.set_item("dirty_backend", &self.dirty_backend)?;
+        d.set_item("per_round", round_dicts(py, &self.per_round)?)?;
         Ok(d)
     }
 
@@ -382,7 +389,12 @@ impl PyGuest {
         }
         let report = py.detach(|| crate::machine::migrate_local(&runner, &opts))?;
         let backend = report.result.dirty_backend.to_string();
-        Ok(PyMigrationResult::new(&report.summary(), backend))
+        let per_round = &report.result.per_round;
+        Ok(PyMigrationResult::new(
+            &report.summary(),
+            backend,
+            per_round,
+        ))
     }
 
     fn __repr__(&self) -> String {
@@ -533,7 +545,8 @@ fn row<'py>(py: Python<'py>, r: &BenchMigrateRow) -> PyResult<Bound<'py, PyDict>
 /// `guest`) × each variant (`"off"`, `"skip"`, `"bitmap"`, `"upstream"`, `"reporting"`, or
 /// `"<mode>+skip"`), interleaved, at `bandwidth`. Returns a list of row dicts.
 #[pyfunction]
-#[pyo3(signature = (scenarios = vec!["m1".to_string()], variants = None, *, guest = None, repetitions = 3, bandwidth = None, dirty_rate = None))]
+#[pyo3(signature = (scenarios = vec!["m1".to_string()], variants = None, *, guest = None, repetitions = 3, bandwidth = None, dirty_rate = None, progress = None))]
+#[allow(clippy::too_many_arguments)] // the keyword arguments of a Python function
 pub fn bench_migrate_rows<'py>(
     py: Python<'py>,
     scenarios: Vec<String>,
@@ -542,8 +555,10 @@ pub fn bench_migrate_rows<'py>(
     repetitions: usize,
     bandwidth: Option<&Bound<'_, PyAny>>,
     dirty_rate: Option<&Bound<'_, PyAny>>,
+    progress: Option<PyRef<'_, PyBenchProgress>>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let mut cfg = BenchMigrateConfig::default();
+    cfg.progress = progress.map(|p| Arc::clone(&p.inner));
     let guest_bytes = guest.map(|g| size_arg(g, "guest")).transpose()?;
     cfg.scenarios = scenarios
         .iter()

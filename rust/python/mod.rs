@@ -9,6 +9,7 @@ mod errors;
 mod memory;
 mod migrate;
 mod pages;
+mod progress;
 mod session;
 mod virtq;
 
@@ -41,5 +42,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<migrate::PyMigrationResult>()?;
     m.add_function(wrap_pyfunction!(migrate::listen_migration, m)?)?;
     m.add_function(wrap_pyfunction!(migrate::bench_migrate_rows, m)?)?;
+    m.add_class::<progress::PyBenchProgress>()?;
+    m.add_class::<progress::PyRoundStats>()?;
     Ok(())
 }

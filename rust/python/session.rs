@@ -11,6 +11,7 @@ use super::convert::size_arg;
 use super::errors::config_err;
 use super::memory::PyGuestMemory;
 use super::pages::PyPageSet;
+use super::progress::PyBenchProgress;
 use crate::abi::stat_name;
 use crate::device::DiscardPolicy;
 use crate::guest::{Fill, Workload};
@@ -373,7 +374,8 @@ impl PySession {
 /// each variant, interleaved over `rounds`, with the floors measured in the same run. Returns
 /// `{"rows": [...], "floor_secs": ..., ...}`.
 #[pyfunction]
-#[pyo3(signature = (guest = None, inflate = None, *, rounds = 3, fragmentation = None, mode = "sync", backing = "anonymous"))]
+#[pyo3(signature = (guest = None, inflate = None, *, rounds = 3, fragmentation = None, mode = "sync", backing = "anonymous", progress = None))]
+#[allow(clippy::too_many_arguments)] // the keyword arguments of a Python function
 pub fn bench_inflate_table<'py>(
     py: Python<'py>,
     guest: Option<&Bound<'_, PyAny>>,
@@ -382,8 +384,10 @@ pub fn bench_inflate_table<'py>(
     fragmentation: Option<f64>,
     mode: &str,
     backing: &str,
+    progress: Option<PyRef<'_, PyBenchProgress>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let mut cfg = InflateBenchConfig::default();
+    cfg.progress = progress.map(|p| Arc::clone(&p.inner));
     if let Some(g) = guest {
         cfg.guest_bytes = size_arg(g, "guest")?;
     }
