@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from vballoon import _native
+from vballoon import _native, output, progress, schema
 
-# Tables are wider than 80 columns: keep them whole when the output is a pipe or a file.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Errors and messages go to stderr; tables go where output.console_for says.
+console = Console(stderr=True)
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
@@ -27,14 +25,18 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
     return table
 
 
-def ring_demo(guest_size: str = "1GiB", buffers: int = 1_000_000) -> list[dict[str, Any]]:
+def ring_demo(
+    guest_size: str = "1GiB", buffers: int = 1_000_000, quiet: bool = True
+) -> list[dict[str, Any]]:
     """Pushes `buffers` chains through a queue pair in a fresh guest, one and two threads."""
     mem = _native.GuestMemory(guest_size)
     rows = []
-    for threaded in (False, True):
-        for segments in (1, 4):
-            r = _native.pump_queue(mem, buffers, segments=segments, threaded=threaded)
-            rows.append({"threads": 2 if threaded else 1, "segments": segments, **r})
+    with progress.steps("virtqueue round trips", 4, quiet) as advance:
+        for threaded in (False, True):
+            for segments in (1, 4):
+                r = _native.pump_queue(mem, buffers, segments=segments, threaded=threaded)
+                rows.append({"threads": 2 if threaded else 1, "segments": segments, **r})
+                advance(f"{rows[-1]['threads']} threads, {segments} segments")
     return rows
 
 
@@ -88,8 +90,9 @@ def inflate_table(table: dict[str, Any]) -> Table:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    rows = ring_demo(args.ring_guest, args.buffers)
-    console.print(
+    out = output.console_for(args)
+    rows = ring_demo(args.ring_guest, args.buffers, output.quiet(args))
+    out.print(
         _table(
             f"Virtqueue round trips: {args.buffers:,} buffers in a {args.ring_guest} guest",
             ["threads", "segments", "buffers/s", "kicks", "interrupts", "seconds"],
@@ -106,29 +109,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ],
         )
     )
-    result: dict[str, Any] = {"ring": rows}
+    parts = [schema.part("virtq", output.ring_scenario(args.ring_guest, args.buffers), rows)]
     if not args.ring_only:
-        table = _native.bench_inflate_table(args.guest, args.inflate, rounds=args.rounds)
-        console.print(inflate_table(table))
-        result["inflate"] = {k: v for k, v in table.items() if k != "text"}
-        rows = _native.bench_migrate_rows(
-            ["m1", "m2"],
-            ["off", "skip", "bitmap", "upstream", "reporting"],
-            guest=args.migrate_guest,
-            repetitions=1,
+        table = progress.run_bench(
+            lambda p: _native.bench_inflate_table(
+                args.guest, args.inflate, rounds=args.rounds, progress=p
+            ),
+            output.quiet(args),
         )
-        console.print(
+        out.print(inflate_table(table))
+        sc = output.inflate_scenario(table, "sync", "anonymous")
+        parts.append(schema.part("inflate", sc, table["rows"]))
+        scenarios, variants = ["m1", "m2"], ["off", "skip", "bitmap", "upstream", "reporting"]
+        rows = progress.run_bench(
+            lambda p: _native.bench_migrate_rows(
+                scenarios, variants, guest=args.migrate_guest, repetitions=1, progress=p
+            ),
+            output.quiet(args),
+        )
+        out.print(
             migrate_table(
                 rows,
                 f"Live migration of a {args.migrate_guest} guest at 10 Gbit/s "
                 "(M1: idle; M2: after a memory-heavy workload freed its memory)",
             )
         )
-        result["migrate"] = rows
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
+        sc = output.migrate_scenario(scenarios, variants, args.migrate_guest, 1, "10Gbit", None)
+        parts.append(schema.part("migrate", sc, rows))
+    if len(parts) == 1:
+        command = " ".join(filter(None, [args.command, getattr(args, "bench", None)]))
+        doc = schema.document(command, "virtq", parts[0]["scenario"], parts[0]["rows"])
+    else:
+        doc = schema.document("demo", "demo", vars_of(args), [], parts=parts)
+    output.emit(args, doc)
     return 0
+
+
+def vars_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's parameters, for a document's scenario."""
+    return {k: v for k, v in vars(args).items() if not callable(v)}
 
 
 def cmd_bench_virtq(args: argparse.Namespace) -> int:
@@ -137,18 +156,21 @@ def cmd_bench_virtq(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_inflate(args: argparse.Namespace) -> int:
-    table = _native.bench_inflate_table(
-        args.guest,
-        args.inflate,
-        rounds=args.rounds,
-        fragmentation=args.fragmentation,
-        mode=args.mode,
-        backing=args.backing,
+    table = progress.run_bench(
+        lambda p: _native.bench_inflate_table(
+            args.guest,
+            args.inflate,
+            rounds=args.rounds,
+            fragmentation=args.fragmentation,
+            mode=args.mode,
+            backing=args.backing,
+            progress=p,
+        ),
+        output.quiet(args),
     )
-    console.print(inflate_table(table))
-    if args.json:
-        json.dump({k: v for k, v in table.items() if k != "text"}, sys.stdout, indent=2)
-        print()
+    output.console_for(args).print(inflate_table(table))
+    sc = output.inflate_scenario(table, args.mode, args.backing)
+    output.emit(args, schema.document("bench inflate", "inflate", sc, table["rows"]))
     return 0
 
 
@@ -198,23 +220,30 @@ def migrate_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
 
 
 def cmd_bench_migrate(args: argparse.Namespace) -> int:
-    rows = _native.bench_migrate_rows(
-        args.scenarios.split(","),
-        args.variants.split(",") if args.variants else None,
-        guest=args.guest,
-        repetitions=args.repetitions,
-        bandwidth=args.bandwidth,
-        dirty_rate=args.dirty_rate,
+    scenarios = args.scenarios.split(",")
+    variants = args.variants.split(",") if args.variants else None
+    rows = progress.run_bench(
+        lambda p: _native.bench_migrate_rows(
+            scenarios,
+            variants,
+            guest=args.guest,
+            repetitions=args.repetitions,
+            bandwidth=args.bandwidth,
+            dirty_rate=args.dirty_rate,
+            progress=p,
+        ),
+        output.quiet(args),
     )
-    console.print(migrate_table(rows, f"Live migration at {args.bandwidth}"))
-    if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
+    output.console_for(args).print(migrate_table(rows, f"Live migration at {args.bandwidth}"))
+    sc = output.migrate_scenario(
+        scenarios, variants, args.guest, args.repetitions, args.bandwidth, args.dirty_rate
+    )
+    output.emit(args, schema.document("bench migrate", "migrate", sc, rows))
     return 0
 
 
 def cmd_migrate_listen(args: argparse.Namespace) -> int:
-    console.print(f"listening on {args.address} for a {args.size} guest ({args.backing})")
+    print(f"listening on {args.address} for a {args.size} guest ({args.backing})", flush=True)
     report = _native.listen_migration(
         args.address, args.size, backing=args.backing, timeout=args.timeout
     )
@@ -223,47 +252,25 @@ def cmd_migrate_listen(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_send(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     guest = _native.Guest(args.size, scenario=args.scenario, used=args.used, backing=args.backing)
     console.print(f"source: {guest!r}")
-    result: dict[str, Any] = {}
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result["r"] = guest.migrate(
-                to=args.to,
-                hints=args.hints,
-                bandwidth=args.bandwidth,
-                downtime=args.downtime,
-                dirty_rate=args.dirty_rate,
-                skip_unpopulated=args.skip_unpopulated,
-                dirty_tracking=args.dirty_tracking,
-                timeout=args.timeout,
-            )
-        except BaseException as e:  # re-raised on the main thread
-            failure.append(e)
-
-    worker = threading.Thread(target=run, name="vballoon-migrate")
-    columns = (
-        TextColumn("round {task.fields[round]}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%  {task.fields[mb]:,.0f} MB sent"),
-        TimeElapsedColumn(),
+    result = progress.run_migration(
+        guest,
+        lambda: guest.migrate(
+            to=args.to,
+            hints=args.hints,
+            bandwidth=args.bandwidth,
+            downtime=args.downtime,
+            dirty_rate=args.dirty_rate,
+            skip_unpopulated=args.skip_unpopulated,
+            dirty_tracking=args.dirty_tracking,
+            timeout=args.timeout,
+        ),
+        output.quiet(args),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("migrate", total=1.0, round=0, mb=0.0)
-        worker.start()
-        while worker.is_alive():
-            p = guest.progress()
-            done = p["pages_done"] / p["pages_total"] if p["pages_total"] else 0.0
-            bar.update(task, completed=done, round=p["round"], mb=p["bytes_sent"] / 1e6)
-            worker.join(0.05)
-    if failure:
-        raise failure[0]
-    print(json.dumps(result["r"].to_dict()))
-    return 0 if result["r"].mismatched_pages in (0, None) else 1
+    args.json = True  # the document is this command's output
+    output.emit(args, output.send_document(args, guest, result))
+    return 0 if result.mismatched_pages in (0, None) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     demo.add_argument("--migrate-guest", default="1GiB", help="guest size for the migrations")
     demo.add_argument("--ring-only", action="store_true", help="only the ring demo")
-    demo.add_argument("--json", action="store_true", help="also print the results as JSON")
+    output.add_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -290,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     bv = bsub.add_parser("virtq", help="ring round trips per second")
     bv.add_argument("--ring-guest", default="1GiB")
     bv.add_argument("--buffers", type=int, default=1_000_000)
-    bv.add_argument("--json", action="store_true")
+    output.add_options(bv)
     bv.set_defaults(func=cmd_bench_virtq)
     bi = bsub.add_parser("inflate", help="inflate/deflate: pfn vs bitmap vs extents vs auto")
     bi.add_argument("--guest", default="8GiB", help="guest size (8GiB as in the seed)")
@@ -299,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--fragmentation", type=float, default=None, help="0 (none) to 1 (pages)")
     bi.add_argument("--mode", default="sync", choices=["sync", "threaded"])
     bi.add_argument("--backing", default="anonymous", choices=["anonymous", "memfd"])
-    bi.add_argument("--json", action="store_true")
+    output.add_options(bi)
     bi.set_defaults(func=cmd_bench_inflate)
     bm = bsub.add_parser("migrate", help="live migration with and without hints (M1-M3)")
     bm.add_argument("--scenarios", default="m1,m2", help="comma list of m1, m2, m3")
@@ -310,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--repetitions", type=int, default=3)
     bm.add_argument("--bandwidth", default="10Gbit")
     bm.add_argument("--dirty-rate", default=None, help="guest workload writes per second")
-    bm.add_argument("--json", action="store_true")
+    output.add_options(bm)
     bm.set_defaults(func=cmd_bench_migrate)
 
     mig = sub.add_parser("migrate", help="live migration between two processes over TCP")
@@ -334,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--skip-unpopulated", action="store_true")
     ms.add_argument("--dirty-tracking", default="explicit", choices=["explicit", "kernel", "auto"])
     ms.add_argument("--timeout", type=float, default=30.0)
+    ms.add_argument("--quiet", action="store_true", help="no progress bar")
+    ms.add_argument("--plot", metavar="FILE", default=None, help="save the round timeline")
     ms.set_defaults(func=cmd_migrate_send)
+    output.add_report_parser(sub)
     return p
 
 
