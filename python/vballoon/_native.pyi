@@ -13,6 +13,7 @@ _Duration = float | str
 
 __all__ = [
     "BalloonError",
+    "BenchProgress",
     "Chain",
     "ConfigError",
     "EncodingError",
@@ -26,6 +27,7 @@ __all__ = [
     "MigrationResult",
     "PageSet",
     "QueueLayout",
+    "RoundStats",
     "Session",
     "VBalloonError",
     "VirtqDevice",
@@ -298,7 +300,41 @@ def bench_inflate_table(
     fragmentation: float | None = None,
     mode: str = "sync",
     backing: str = "anonymous",
+    progress: BenchProgress | None = None,
 ) -> dict[str, Any]: ...
+
+@final
+class BenchProgress:
+    """Counters a benchmark updates while it runs; poll `snapshot()` from another thread."""
+
+    def __new__(cls) -> BenchProgress: ...
+    def snapshot(self) -> dict[str, int | str]: ...
+
+@final
+class RoundStats:
+    """What one pre-copy round of a migration did."""
+
+    @property
+    def round(self) -> int: ...
+    @property
+    def stop_and_copy(self) -> bool: ...
+    @property
+    def pages_in_bitmap(self) -> int: ...
+    @property
+    def hinted_pages(self) -> int: ...
+    @property
+    def unpopulated_pages(self) -> int: ...
+    @property
+    def zero_pages(self) -> int: ...
+    @property
+    def data_pages(self) -> int: ...
+    @property
+    def bytes_sent(self) -> int: ...
+    @property
+    def secs(self) -> float: ...
+    @property
+    def dirty_after(self) -> int: ...
+    def to_dict(self) -> dict[str, Any]: ...
 
 @final
 class MigrationResult:
@@ -340,6 +376,8 @@ class MigrationResult:
     def workload_pages_dirtied(self) -> int: ...
     @property
     def dirty_backend(self) -> str: ...
+    @property
+    def per_round(self) -> list[RoundStats]: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
@@ -395,4 +433,5 @@ def bench_migrate_rows(
     repetitions: int = 3,
     bandwidth: _Rate | None = None,
     dirty_rate: _Rate | None = None,
+    progress: BenchProgress | None = None,
 ) -> list[dict[str, Any]]: ...

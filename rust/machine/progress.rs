@@ -96,4 +96,27 @@ mod tests {
         p.populate_end();
         assert_eq!(p.populate_total.load(Relaxed), 0);
     }
+
+    #[test]
+    fn inflate_bench_counts_every_variant_and_floor_of_every_round() {
+        let p = Arc::new(BenchProgress::default());
+        let cfg = crate::machine::InflateBenchConfig {
+            guest_bytes: 16 << 20,
+            inflate_bytes: 12 << 20,
+            rounds: 2,
+            progress: Some(Arc::clone(&p)),
+            ..Default::default()
+        };
+        let t = crate::machine::bench_inflate(&cfg).unwrap();
+        let per_round = cfg.variants.len() as u64 + 3;
+        assert_eq!(p.steps_total.load(Relaxed), 2 * per_round);
+        assert_eq!(p.steps_done.load(Relaxed), 2 * per_round);
+        assert_eq!(
+            p.populate_total.load(Relaxed),
+            0,
+            "no populate pass left running"
+        );
+        assert!(p.label().starts_with("round 2/2: "), "{}", p.label());
+        assert_eq!(t.rows.len() as u64, per_round);
+    }
 }
