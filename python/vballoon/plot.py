@@ -48,6 +48,11 @@ def _size(n: float) -> str:
     return f"{v:g} {unit}" if v == int(v) else f"{v:.1f} {unit}"
 
 
+def _ms(secs: float) -> str:
+    ms = secs * 1e3
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
 def caption(doc: Mapping[str, Any]) -> str:
     """Who measured it: command, machine, date."""
     m = doc.get("machine", {})
@@ -79,7 +84,7 @@ def draw_inflate(part: Mapping[str, Any], axes: Sequence[Axes]) -> None:
         ax.axvline(floor * 1e3, color="black", linestyle="--", label="floor")
     for y, r in zip(ys, rows):
         ratio = r.get("ratio_to_floor")
-        note = f" {r['inflate_secs'] * 1e3:,.3g} ms"
+        note = f" {_ms(r['inflate_secs'])} ms"
         if ratio:
             note += f" ({ratio:.2f}x floor)"
         ax.text(r["inflate_secs"] * 1e3, y, note, va="center", fontsize=8)
@@ -93,7 +98,7 @@ def draw_inflate(part: Mapping[str, Any], axes: Sequence[Axes]) -> None:
     if sc.get("fragmentation") is not None:
         title += f", fragmentation {sc['fragmentation']}"
     ax.set_title(title, loc="left", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.margins(x=0.25)
 
 
@@ -131,7 +136,7 @@ def _grouped(
 
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def draw_migrate(part: Mapping[str, Any], axes: Sequence[Axes]) -> None:

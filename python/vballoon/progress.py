@@ -68,7 +68,7 @@ class Bars:
     def __enter__(self) -> Bars:
         if self.on:
             self._progress = Progress(
-                TextColumn("{task.description:<44}"),
+                TextColumn("{task.description:<36}"),
                 BarColumn(),
                 TextColumn("{task.percentage:>3.0f}%  {task.fields[detail]}"),
                 TimeElapsedColumn(),
@@ -99,7 +99,7 @@ def _bench_poll(bars: Bars, steps: TaskID | None, inner: TaskID | None, probe: A
     s = probe.snapshot()
     bars.update(
         steps,
-        description=str(s["label"])[:44],
+        description=str(s["label"])[:36],
         completed=s["steps_done"],
         total=max(int(s["steps_total"]), 1),
         detail=f"{s['steps_done']}/{s['steps_total']} steps",
@@ -112,6 +112,7 @@ def _bench_poll(bars: Bars, steps: TaskID | None, inner: TaskID | None, probe: A
             completed=done,
             total=total,
             detail=f"{done / 2**30:.2f} of {total / 2**30:.2f} GiB",
+            visible=True,
         )
     elif s["pages_total"]:
         bars.update(
@@ -120,7 +121,10 @@ def _bench_poll(bars: Bars, steps: TaskID | None, inner: TaskID | None, probe: A
             completed=s["pages_done"],
             total=s["pages_total"],
             detail=f"{s['bytes_sent'] / 1e6:,.0f} MB sent",
+            visible=True,
         )
+    else:
+        bars.update(inner, visible=False)
 
 
 def run_bench(work: Callable[[Any], T], quiet: bool = False) -> T:
@@ -133,6 +137,7 @@ def run_bench(work: Callable[[Any], T], quiet: bool = False) -> T:
             return work(probe)
         steps = bars.add("starting")
         inner = bars.add("")
+        bars.update(inner, visible=False)
         return run_in_thread(
             lambda: work(probe), lambda: _bench_poll(bars, steps, inner, probe), "vballoon-bench"
         )

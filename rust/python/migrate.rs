@@ -557,8 +557,10 @@ pub fn bench_migrate_rows<'py>(
     dirty_rate: Option<&Bound<'_, PyAny>>,
     progress: Option<PyRef<'_, PyBenchProgress>>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let mut cfg = BenchMigrateConfig::default();
-    cfg.progress = progress.map(|p| Arc::clone(&p.inner));
+    let mut cfg = BenchMigrateConfig {
+        progress: progress.map(|p| Arc::clone(&p.inner)),
+        ..BenchMigrateConfig::default()
+    };
     let guest_bytes = guest.map(|g| size_arg(g, "guest")).transpose()?;
     cfg.scenarios = scenarios
         .iter()

@@ -386,8 +386,10 @@ pub fn bench_inflate_table<'py>(
     backing: &str,
     progress: Option<PyRef<'_, PyBenchProgress>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let mut cfg = InflateBenchConfig::default();
-    cfg.progress = progress.map(|p| Arc::clone(&p.inner));
+    let mut cfg = InflateBenchConfig {
+        progress: progress.map(|p| Arc::clone(&p.inner)),
+        ..InflateBenchConfig::default()
+    };
     if let Some(g) = guest {
         cfg.guest_bytes = size_arg(g, "guest")?;
     }
