@@ -46,7 +46,13 @@ impl PyBenchProgress {
 }
 
 /// What one pre-copy round of a migration did.
-#[pyclass(name = "RoundStats", module = "vballoon", frozen, get_all, skip_from_py_object)]
+#[pyclass(
+    name = "RoundStats",
+    module = "vballoon",
+    frozen,
+    get_all,
+    skip_from_py_object
+)]
 #[derive(Clone)]
 pub struct PyRoundStats {
     /// Round number (1-based; the stop-and-copy round is the last).
