@@ -185,6 +185,14 @@ def draw_timeline(part: Mapping[str, Any], axes: Sequence[Axes]) -> None:
         color="tab:grey",
         label="pages to send",
     )
+    if any(r.get("hinted_pages") for r in rows):
+        twin.plot(
+            rounds,
+            [r.get("hinted_pages", 0) for r in rows],
+            "^:",
+            color="tab:green",
+            label="pages hinted free",
+        )
     twin.set_ylabel("pages")
     twin.set_ylim(bottom=0)
     from matplotlib.patches import Patch
