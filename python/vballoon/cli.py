@@ -244,15 +244,19 @@ def cmd_bench_migrate(args: argparse.Namespace) -> int:
 
 def cmd_migrate_listen(args: argparse.Namespace) -> int:
     print(f"listening on {args.address} for a {args.size} guest ({args.backing})", flush=True)
-    report = _native.listen_migration(
-        args.address, args.size, backing=args.backing, timeout=args.timeout
-    )
+    with progress.status(f"waiting for the source on {args.address}", output.quiet(args)):
+        report = _native.listen_migration(
+            args.address, args.size, backing=args.backing, timeout=args.timeout
+        )
     print(json.dumps(report))
     return 0 if report.get("mismatched_pages", 0) == 0 else 1
 
 
 def cmd_migrate_send(args: argparse.Namespace) -> int:
-    guest = _native.Guest(args.size, scenario=args.scenario, used=args.used, backing=args.backing)
+    with progress.status("building the guest", output.quiet(args)):
+        guest = _native.Guest(
+            args.size, scenario=args.scenario, used=args.used, backing=args.backing
+        )
     console.print(f"source: {guest!r}")
     result = progress.run_migration(
         guest,
@@ -327,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--size", required=True, help="guest RAM size, as the source's")
     ml.add_argument("--backing", default="memfd", choices=["anonymous", "memfd"])
     ml.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    ml.add_argument("--quiet", action="store_true", help="no progress spinner")
     ml.set_defaults(func=cmd_migrate_listen)
     ms = msub.add_parser("send", help="the source: build a guest and migrate it")
     ms.add_argument("--to", default="127.0.0.1:4444", help="the destination's host:port")

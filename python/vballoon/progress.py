@@ -174,3 +174,13 @@ def steps(description: str, total: int, quiet: bool = False) -> Iterator[Callabl
             bars.update(task, advance=1, detail=label)
 
         yield advance
+
+
+@contextmanager
+def status(text: str, quiet: bool = False) -> Iterator[None]:
+    """A spinner with `text` on stderr while a native call without counters runs."""
+    if not enabled(quiet):
+        yield
+        return
+    with Console(stderr=True).status(text):
+        yield
