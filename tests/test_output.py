@@ -146,3 +146,15 @@ def test_run_in_thread_raises_the_workers_exception_here():
 
     with pytest.raises(vballoon.ConfigError, match="bad"):
         progress.run_in_thread(fail, lambda: None)
+
+
+def test_inflate_report_to_dict_matches_its_attributes_and_is_json():
+    with vballoon.Session("64MiB", encoding="bitmap") as s:
+        s.guest_fill("16MiB")
+        s.set_target("32MiB")
+        r = s.run_until_settled()
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["pages_inflated"] == 32 * MiB // 4096
+    public = {k for k in dir(r) if not k.startswith("_") and k != "to_dict"}
+    assert set(d) == public
+    assert all(d[k] == getattr(r, k) for k in public)

@@ -98,6 +98,38 @@ impl From<&InflateReport> for PyInflateReport {
 
 #[pymethods]
 impl PyInflateReport {
+    /// The report as a plain dict (for JSON), keyed by the attribute names.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("outcome", &self.outcome)?;
+        for (k, v) in [
+            ("target_pages", self.target_pages),
+            ("start_pages", self.start_pages),
+            ("end_pages", self.end_pages),
+            ("pages_inflated", self.pages_inflated),
+            ("pages_deflated", self.pages_deflated),
+            ("buffers", self.buffers),
+            ("kicks", self.kicks),
+            ("interrupts", self.interrupts),
+            ("discard_calls", self.discard_calls),
+            ("bad_buffers", self.bad_buffers),
+            ("resident_before", self.resident_before),
+            ("resident_after", self.resident_after),
+        ] {
+            d.set_item(k, v)?;
+        }
+        for (k, v) in [
+            ("total_secs", self.total_secs),
+            ("alloc_secs", self.alloc_secs),
+            ("encode_send_secs", self.encode_send_secs),
+            ("decode_secs", self.decode_secs),
+            ("discard_secs", self.discard_secs),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "InflateReport(outcome={:?}, pages {}→{}, {:.1} ms: alloc {:.1}, encode+send {:.1}, \
