@@ -125,3 +125,13 @@ def test_unknown_formats_and_kinds_are_refused(docs, tmp_path):
         plot.save(doc, tmp_path / "figure.gif")
     with pytest.raises(plot.PlotError, match="nothing to plot"):
         plot.figure({**doc, "rows": []})
+
+
+def test_bad_arguments_fail_before_measuring(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main([*SMALL["bench inflate"], "--plot", str(tmp_path / "figure.gif")])
+    assert e.value.code == 2
+    assert ".png or .svg" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text('{"schema": "vballoon.results"}')
+    assert cli.main(["report", str(tmp_path / "broken.json"), "-o", str(tmp_path / "out")]) == 1
+    assert "missing 'schema_version'" in capsys.readouterr().err

@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--dirty-tracking", default="explicit", choices=["explicit", "kernel", "auto"])
     ms.add_argument("--timeout", type=float, default=30.0)
     ms.add_argument("--quiet", action="store_true", help="no progress bar")
-    ms.add_argument("--plot", metavar="FILE", default=None, help="save the round timeline")
+    ms.add_argument("--plot", metavar="FILE", type=output.plot_path, help="save the timeline")
     ms.set_defaults(func=cmd_migrate_send)
     output.add_report_parser(sub)
     return p

@@ -37,7 +37,20 @@ def add_options(p: argparse.ArgumentParser, plot: bool = True) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if plot:
-        p.add_argument("--plot", metavar="FILE", default=None, help="save a figure (.png, .svg)")
+        p.add_argument(
+            "--plot", metavar="FILE", type=plot_path, help="save a figure (.png or .svg)"
+        )
+
+
+def plot_path(value: str) -> str:
+    """A `--plot` argument, checked before a long run rather than after it."""
+    from vballoon import plot
+
+    try:
+        plot.check(value)
+    except plot.PlotError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return value
 
 
 def emit(args: argparse.Namespace, doc: Mapping[str, Any]) -> None:
@@ -103,9 +116,14 @@ def send_document(args: argparse.Namespace, guest: Any, result: Any) -> dict[str
 
 def cmd_report(args: argparse.Namespace) -> int:
     """`vballoon report FILE... -o DIR`."""
+    from vballoon.plot import PlotError
     from vballoon.report import report
 
-    summary = report(args.files, args.output, fmt=args.format, with_plots=not args.no_plots)
+    try:
+        summary = report(args.files, args.output, fmt=args.format, with_plots=not args.no_plots)
+    except (OSError, ValueError, PlotError) as e:  # SchemaError and bad JSON are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(summary)
     return 0
 

@@ -277,12 +277,19 @@ def figure(doc: Mapping[str, Any]) -> Figure:
     return fig
 
 
+def check(path: str | Path) -> str:
+    """The format of `path` (from its suffix), once matplotlib is known to be there."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise PlotError(f"plot file must end in .png or .svg, not {Path(path).name!r}")
+    _figure_class()
+    return fmt
+
+
 def save(doc: Mapping[str, Any], path: str | Path) -> Path:
     """Draws `doc` into `path`; the format (PNG or SVG) comes from its suffix."""
     path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise PlotError(f"plot file must end in .png or .svg, not {path.name!r}")
+    fmt = check(path)
     fig = figure(doc)
     fig.savefig(path, format=fmt, dpi=110)
     return path
