@@ -639,7 +639,7 @@ impl BalloonDevice {
     fn discard_vectored(&mut self, runs: &[(u64, u64)]) -> u64 {
         let mut calls = 0u64;
         let mut from = 0usize;
-        if self.mem.backing() == Backing::Anonymous && self.vectored_ok {
+        if matches!(self.mem.backing(), Backing::Anonymous | Backing::Thp) && self.vectored_ok {
             if self.self_madvise.is_none() {
                 self.self_madvise = SelfMadvise::open();
             }
