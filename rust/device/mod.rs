@@ -20,6 +20,7 @@ mod balloon;
 mod config;
 mod counters;
 mod error;
+mod host_pages;
 pub mod hostile;
 pub mod stats;
 mod vectored;
@@ -34,4 +35,5 @@ pub use config::{
 };
 pub use counters::{DeviceCounters, SharedCounters};
 pub use error::BalloonError;
+pub use host_pages::{HostPageTracker, HugePartial};
 pub use stats::StatsSample;
