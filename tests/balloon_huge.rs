@@ -84,7 +84,11 @@ fn test_inflate_in_2mib_blocks_returns_whole_huge_pages() {
         );
         let set = s.balloon_set();
         for (start, len) in set.runs() {
-            assert_eq!(start % HUGE_PAGE_PAGES, 0, "{backing:?}: 2 MiB-aligned blocks");
+            assert_eq!(
+                start % HUGE_PAGE_PAGES,
+                0,
+                "{backing:?}: 2 MiB-aligned blocks"
+            );
             assert!(mem.is_zero(Pfn(start).addr(), len * PAGE_SIZE).unwrap());
         }
         s.set_target_pages(0).unwrap();
@@ -118,7 +122,10 @@ fn test_fragmented_guest_gets_memory_back_only_when_huge_pages_fill() {
         assert_eq!(s.balloon_pages(), odd.len() as u64);
         assert_eq!(s.device_counters().host_pages_filled, 0, "{backing:?}");
         let mid = host_bytes(&mem);
-        assert!(mid + HUGE_PAGE_SIZE > before, "{backing:?}: nothing whole to free");
+        assert!(
+            mid + HUGE_PAGE_SIZE > before,
+            "{backing:?}: nothing whole to free"
+        );
         // The guest frees the other half of one region; ballooning it fills those huge pages.
         let region: Vec<Pfn> = even
             .iter()
@@ -128,11 +135,15 @@ fn test_fragmented_guest_gets_memory_back_only_when_huge_pages_fill() {
         for p in &region {
             s.guest_mut().allocator_mut().free(*p, 0).unwrap();
         }
-        s.set_target_pages((odd.len() + region.len()) as u64).unwrap();
+        s.set_target_pages((odd.len() + region.len()) as u64)
+            .unwrap();
         s.run_until_settled(T).unwrap();
         assert_eq!(s.device_counters().host_pages_filled, 4, "{backing:?}");
         let end = host_bytes(&mem);
-        assert!(mid - end >= 4 * HUGE_PAGE_SIZE, "{backing:?}: {mid} -> {end}");
+        assert!(
+            mid - end >= 4 * HUGE_PAGE_SIZE,
+            "{backing:?}: {mid} -> {end}"
+        );
         assert!(mem
             .is_zero(Pfn(4 * HUGE_PAGE_PAGES).addr(), 4 * HUGE_PAGE_SIZE)
             .unwrap());
@@ -177,7 +188,10 @@ fn test_deflating_part_of_a_discarded_huge_page_loses_nothing() {
             .unwrap();
         assert!(mem.is_zero(Pfn(first).addr(), PAGE_SIZE).unwrap());
         mem.fill(Pfn(first).addr(), PAGE_SIZE, 0x11).unwrap();
-        assert!(host_bytes(&mem) >= low + PAGE_SIZE, "{backing:?}: refaulted");
+        assert!(
+            host_bytes(&mem) >= low + PAGE_SIZE,
+            "{backing:?}: refaulted"
+        );
         assert_eq!(mem.read_u8(Pfn(first).addr()).unwrap(), 0x11);
         // Inflating again: the counts still match the balloon, page for page, and every full
         // huge page is given back (the guest's allocator picks which pages it balloons).
@@ -207,7 +221,10 @@ fn test_deflating_part_of_a_discarded_huge_page_loses_nothing() {
                     .unwrap();
             }
         }
-        assert!(host_bytes(&mem) <= GUEST - full * HUGE_PAGE_SIZE, "{backing:?}");
+        assert!(
+            host_bytes(&mem) <= GUEST - full * HUGE_PAGE_SIZE,
+            "{backing:?}"
+        );
         s.stop().unwrap();
     }
 }

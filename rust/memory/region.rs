@@ -161,12 +161,12 @@ impl GuestMemory {
             flags |= libc::MAP_FIXED_NOREPLACE;
         }
         let hint = at.map_or(ptr::null_mut(), |a| a as *mut libc::c_void);
-        // SAFETY: a fresh mapping at a kernel-chosen address, or at `hint` with
-        // MAP_FIXED_NOREPLACE, which fails instead of replacing anything: no existing memory is
-        // affected; the result is checked against MAP_FAILED.
         let p = if backing == Backing::Thp {
             super::huge::map_aligned_anonymous(len)?
         } else {
+            // SAFETY: a fresh mapping at a kernel-chosen address, or at `hint` with
+            // MAP_FIXED_NOREPLACE, which fails instead of replacing anything: no existing memory
+            // is affected; the result is checked against MAP_FAILED.
             unsafe {
                 libc::mmap(
                     hint,
