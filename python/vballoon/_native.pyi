@@ -32,6 +32,7 @@ __all__ = [
     "VirtqDriver",
     "VirtqueueError",
     "__version__",
+    "bench_huge_table",
     "bench_inflate_table",
     "bench_migrate_rows",
     "decode_pages",
