@@ -3,6 +3,8 @@
 //! Hugetlb tests reserve their pages through /proc/sys/vm/nr_hugepages for their run (as root)
 //! and give them back; they skip, saying why, only where the kernel refuses.
 
+use std::os::fd::{BorrowedFd, OwnedFd};
+
 use vballoon::memory::{
     huge_pages_unavailable, Backing, GuestAddress, GuestMemory, HugetlbPool, HugetlbReservation,
     MemoryError, HUGE_PAGE_SIZE, PAGE_SIZE,
@@ -91,6 +93,28 @@ fn test_hugetlb_discard_frees_whole_pages_and_zeroes_partial_ones() {
     // The read of the punched page faulted a fresh zero page back in.
     let st = mem.huge_page_stats().unwrap();
     assert_eq!(st.file_allocated_bytes, Some(16 * MIB));
+}
+
+#[test]
+fn test_hugetlb_memfd_from_another_mapping_is_recognised() {
+    let Some((_res, mem)) = hugetlb_guest(8 * MIB) else {
+        return;
+    };
+    // SAFETY: the fd is `mem`'s memfd, open for the whole borrow.
+    let dup: OwnedFd = unsafe { BorrowedFd::borrow_raw(mem.memfd().unwrap()) }
+        .try_clone_to_owned()
+        .unwrap();
+    let other = GuestMemory::from_memfd(dup, 8 * MIB).unwrap();
+    assert_eq!(other.backing(), Backing::Hugetlb);
+    assert_eq!(other.host_page_size(), HUGE_PAGE_SIZE);
+    mem.fill(GuestAddress(0), 8 * MIB, 7).unwrap();
+    other
+        .discard(GuestAddress(HUGE_PAGE_SIZE), HUGE_PAGE_SIZE)
+        .unwrap();
+    assert!(mem
+        .is_zero(GuestAddress(HUGE_PAGE_SIZE), HUGE_PAGE_SIZE)
+        .unwrap());
+    assert_eq!(mem.read_u8(GuestAddress(0)).unwrap(), 7);
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! - [`Backing::Hugetlb`]: a memfd made with `MFD_HUGETLB | MFD_HUGE_2MB`, mapped shared and
 //!   without `MAP_NORESERVE`, so the kernel reserves every 2 MiB page at map time and a guest
 //!   touch can never SIGBUS; it needs pages in the pool (`/proc/sys/vm/nr_hugepages`).
+//!   Punching a ballooned page out drops its reservation with it (as for QEMU): a guest touch
+//!   after deflate takes a page from the pool again, so keep the pool sized for the guest.
 //!
 //! Feature checks run before anything is mapped and fail with
 //! [`MemoryError::HugePagesUnavailable`] naming what is missing. [`HugePageStats`] reports how
@@ -144,6 +146,20 @@ pub(super) fn check(backing: Backing, size: u64) -> Result<(), MemoryError> {
             }
             Ok(())
         }
+    }
+}
+
+/// [`Backing::Hugetlb`] if `fd` lives on hugetlbfs (a memfd made with `MFD_HUGETLB`, maybe in
+/// another process), else [`Backing::Memfd`].
+pub(super) fn memfd_backing(fd: &OwnedFd) -> Backing {
+    // SAFETY: a zeroed `statfs` is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is a valid descriptor and `st` a valid out-pointer.
+    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) };
+    if rc == 0 && st.f_type == libc::HUGETLBFS_MAGIC {
+        Backing::Hugetlb
+    } else {
+        Backing::Memfd
     }
 }
 

@@ -131,7 +131,12 @@ impl GuestMemory {
         if u64::try_from(st.st_size).unwrap_or(0) < size {
             return Err(MemoryError::BadSize { size });
         }
-        Self::map(size, Backing::Memfd, Some(fd), None)
+        let backing = super::huge::memfd_backing(&fd);
+        if backing == Backing::Hugetlb && size % super::huge::HUGE_PAGE_SIZE != 0 {
+            let huge = super::huge::HUGE_PAGE_SIZE;
+            return Err(MemoryError::NotHugeAligned { size, huge });
+        }
+        Self::map(size, backing, Some(fd), None)
     }
 
     fn check_size(size: u64) -> Result<(), MemoryError> {
