@@ -120,3 +120,48 @@ fn test_policy_names_parse() {
     }
     assert!("sometimes".parse::<HugePartial>().is_err());
 }
+
+#[test]
+fn test_counts_match_the_balloon_after_random_inflates_and_deflates() {
+    // A fixed xorshift stream of inflate/deflate batches over 6.5 host pages; after each the
+    // counts equal a recount from the bitmap, and every Wait discard is a full host page.
+    let n = 6 * HP + HP / 2;
+    let mut t = HostPageTracker::new(n, 2 << 20, HugePartial::Wait).unwrap();
+    let mut set = PageSet::new(n);
+    let x = std::cell::Cell::new(0x9e37_79b9_7f4a_7c15u64);
+    let next = |m: u64| {
+        let mut v = x.get();
+        v ^= v << 13;
+        v ^= v >> 7;
+        v ^= v << 17;
+        x.set(v);
+        v % m
+    };
+    for _ in 0..2000 {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for _ in 0..1 + next(4) {
+            let len = 1 + next(if next(4) == 0 { 700 } else { 40 });
+            let start = next(n - len);
+            runs.push((start, len));
+        }
+        crate::device::merge_runs(&mut runs);
+        if next(3) == 0 {
+            deflate(&mut t, &mut set, &runs);
+        } else {
+            for (s, l) in inflate(&mut t, &mut set, &runs) {
+                assert_eq!(s % HP, 0);
+                assert_eq!(
+                    set.count_range(s, l),
+                    l,
+                    "a discarded page is all ballooned"
+                );
+            }
+        }
+        let mut fresh = HostPageTracker::new(n, 2 << 20, HugePartial::Wait).unwrap();
+        fresh.rebuild(&set);
+        for hp in 0..7 {
+            assert_eq!(t.count(hp), fresh.count(hp), "host page {hp}");
+        }
+        assert_eq!(t.full_host_pages(), fresh.full_host_pages());
+    }
+}
