@@ -250,3 +250,28 @@ fn test_thp_split_policy_frees_partial_huge_pages_now() {
     assert!(before - after >= 100 * PAGE_SIZE, "{before} -> {after}");
     s.stop().unwrap();
 }
+
+#[test]
+fn test_parallel_discards_on_hugetlb_free_every_full_page() {
+    // 51 huge pages split over two threads: a share boundary must not cut a huge page in two
+    // (a cut hugetlb page is only zeroed, never freed).
+    const BIG: u64 = 128 * MIB;
+    let _res = match HugetlbReservation::new(BIG / HUGE_PAGE_SIZE) {
+        Ok(r) => r,
+        Err(e) => return eprintln!("skipping: the kernel refused hugetlb pages: {e}"),
+    };
+    let mem = Arc::new(GuestMemory::new(BIG, Backing::Hugetlb).unwrap());
+    mem.fill(GuestAddress(0), BIG, 1).unwrap();
+    let cfg = MachineConfig {
+        alloc_order: HUGE_PAGE_ORDER,
+        discard: vballoon::device::DiscardPolicy::Parallel,
+        ..MachineConfig::default()
+    };
+    let mut s = Session::with_memory(Arc::clone(&mem), cfg).unwrap();
+    let before = host_bytes(&mem);
+    s.set_target_bytes(51 * HUGE_PAGE_SIZE).unwrap();
+    s.run_until_settled(T).unwrap();
+    assert_eq!(s.device_counters().host_pages_filled, 51);
+    assert_eq!(before - host_bytes(&mem), 51 * HUGE_PAGE_SIZE);
+    s.stop().unwrap();
+}
