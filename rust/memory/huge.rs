@@ -52,6 +52,14 @@ fn unavailable(backing: Backing, reason: String) -> MemoryError {
     }
 }
 
+/// The typed error for a hugetlb mapping the kernel refused (no pages left to reserve).
+pub(super) fn map_refused(e: io::Error) -> MemoryError {
+    unavailable(
+        Backing::Hugetlb,
+        format!("mmap could not reserve the 2 MiB pages ({e}); reserve more with /proc/sys/vm/nr_hugepages"),
+    )
+}
+
 fn read_sys(path: &str) -> Result<String, io::Error> {
     std::fs::read_to_string(path).map(|s| s.trim().to_string())
 }

@@ -183,6 +183,10 @@ impl GuestMemory {
                 )
             }
         };
+        if p == libc::MAP_FAILED && backing == Backing::Hugetlb {
+            // The pool shrank between the check and the map (its reservation failed).
+            return Err(super::huge::map_refused(io::Error::last_os_error()));
+        }
         if p == libc::MAP_FAILED {
             return Err(os_err("mmap"));
         }
