@@ -34,6 +34,7 @@ __all__ = [
     "VirtqDriver",
     "VirtqueueError",
     "__version__",
+    "bench_huge_table",
     "bench_inflate_table",
     "bench_migrate_rows",
     "decode_pages",
@@ -70,6 +71,9 @@ class GuestMemory:
     def backing(self) -> str: ...
     @property
     def memfd(self) -> int | None: ...
+    @property
+    def host_page_size(self) -> int: ...
+    def huge_page_stats(self) -> dict[str, Any]: ...
     def read(self, addr: int, length: int) -> bytes: ...
     def write(self, addr: int, data: Buffer) -> None: ...
     def read_u8(self, addr: int) -> int: ...
@@ -302,6 +306,15 @@ def bench_inflate_table(
     mode: str = "sync",
     backing: str = "anonymous",
     progress: BenchProgress | None = None,
+) -> dict[str, Any]: ...
+def bench_huge_table(
+    guest: _Size | None = None,
+    inflate: _Size | None = None,
+    *,
+    rounds: int = 3,
+    backings: list[str] | None = None,
+    fragmented: bool = True,
+    reserve: bool = True,
 ) -> dict[str, Any]: ...
 
 @final

@@ -155,6 +155,21 @@ def cmd_bench_virtq(args: argparse.Namespace) -> int:
     return cmd_demo(args)
 
 
+def cmd_bench_huge(args: argparse.Namespace) -> int:
+    table = _native.bench_huge_table(
+        args.guest,
+        args.inflate,
+        rounds=args.rounds,
+        backings=args.backings.split(","),
+        fragmented=not args.no_fragmented,
+        reserve=not args.no_reserve,
+    )
+    output.console_for(args).print(table["text"], markup=False)
+    sc = {k: v for k, v in table.items() if k not in ("rows", "text")}
+    output.emit(args, schema.document("bench huge", "huge", sc, table["rows"]))
+    return 0
+
+
 def cmd_bench_inflate(args: argparse.Namespace) -> int:
     table = progress.run_bench(
         lambda p: _native.bench_inflate_table(
@@ -173,6 +188,8 @@ def cmd_bench_inflate(args: argparse.Namespace) -> int:
     output.emit(args, schema.document("bench inflate", "inflate", sc, table["rows"]))
     return 0
 
+
+BACKINGS = ["anonymous", "memfd", "thp", "hugetlb"]
 
 MIGRATE_COLUMNS = [
     "scenario",
@@ -309,9 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--rounds", type=int, default=3)
     bi.add_argument("--fragmentation", type=float, default=None, help="0 (none) to 1 (pages)")
     bi.add_argument("--mode", default="sync", choices=["sync", "threaded"])
-    bi.add_argument("--backing", default="anonymous", choices=["anonymous", "memfd"])
+    bi.add_argument("--backing", default="anonymous", choices=BACKINGS)
     output.add_options(bi)
     bi.set_defaults(func=cmd_bench_inflate)
+    bh = bsub.add_parser("huge", help="I4: inflate on THP and hugetlbfs RAM, memory back verified")
+    bh.add_argument("--guest", default="8GiB", help="guest size (8GiB for I4)")
+    bh.add_argument("--inflate", default="7GiB", help="how much to inflate (7GiB for I4)")
+    bh.add_argument("--rounds", type=int, default=3)
+    bh.add_argument("--backings", default="thp,hugetlb", help="comma list of thp, hugetlb")
+    bh.add_argument("--no-fragmented", action="store_true", help="skip the fragmented guest")
+    bh.add_argument(
+        "--no-reserve", action="store_true", help="do not raise nr_hugepages for the run"
+    )
+    output.add_options(bh, plot=False)
+    bh.set_defaults(func=cmd_bench_huge)
     bm = bsub.add_parser("migrate", help="live migration with and without hints (M1-M3)")
     bm.add_argument("--scenarios", default="m1,m2", help="comma list of m1, m2, m3")
     bm.add_argument(
@@ -329,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     ml = msub.add_parser("listen", help="the destination: receive one guest")
     ml.add_argument("--address", default="127.0.0.1:4444")
     ml.add_argument("--size", required=True, help="guest RAM size, as the source's")
-    ml.add_argument("--backing", default="memfd", choices=["anonymous", "memfd"])
+    ml.add_argument("--backing", default="memfd", choices=BACKINGS)
     ml.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
     ml.add_argument("--quiet", action="store_true", help="no progress spinner")
     ml.set_defaults(func=cmd_migrate_listen)
@@ -338,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--size", default=None, help="guest RAM size (default: the scenario's)")
     ms.add_argument("--scenario", default=None, choices=["m1", "m2", "m3"])
     ms.add_argument("--used", default="400MiB", help="bytes the guest uses (no scenario)")
-    ms.add_argument("--backing", default="memfd", choices=["anonymous", "memfd"])
+    ms.add_argument("--backing", default="memfd", choices=BACKINGS)
     ms.add_argument("--hints", default="off", choices=["off", "bitmap", "upstream", "reporting"])
     ms.add_argument("--bandwidth", default="10Gbit")
     ms.add_argument("--downtime", default="300ms")

@@ -82,6 +82,16 @@ ROW_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "dirty_after": (int,),
     },
     "migrate_listen": {"guest_bytes": (int,), "bytes_received": (int,), "total_secs": _NUM},
+    "huge": {
+        "backing": (str,),
+        "variant": (str,),
+        "secs": _NUM,
+        "ballooned_bytes": (int,),
+        "returned_bytes": (int,),
+        "gib_per_s": _NUM,
+        "ratio_to_floor": _NUM,
+        "verified": (bool,),
+    },
 }
 KINDS = (*ROW_KEYS, "demo")
 _TOP_KEYS: dict[str, tuple[type, ...]] = {

@@ -31,6 +31,8 @@ use crate::virtq::{DescriptorChain, DeviceQueue, VirtqError};
 mod free_page;
 #[path = "hints.rs"]
 mod hints;
+#[path = "balloon_huge.rs"]
+mod huge;
 #[path = "misc.rs"]
 mod misc;
 #[path = "reporting.rs"]
@@ -144,6 +146,8 @@ pub struct BalloonDevice {
     /// For [`DiscardPolicy::Vectored`]: our pidfd, and whether the kernel took it so far.
     self_madvise: Option<SelfMadvise>,
     vectored_ok: bool,
+    /// RAM on 2 MiB host pages: which host pages are full (see `host_pages`).
+    huge: Option<huge::HugeState>,
     // Reused per batch so the hot path does not allocate.
     chain: DescriptorChain,
     scratch: Vec<u8>,
@@ -191,6 +195,7 @@ impl BalloonDevice {
             feature_check: Some(check),
         })?;
         let pages = mem.pages();
+        let huge = huge::HugeState::for_memory(&mem, &cfg);
         Ok(BalloonDevice {
             cfg,
             mem,
@@ -206,6 +211,7 @@ impl BalloonDevice {
             errors_total: 0,
             self_madvise: None,
             vectored_ok: true,
+            huge,
             chain: DescriptorChain::new(),
             scratch: Vec::new(),
             runs: Vec::new(),
@@ -599,6 +605,9 @@ impl BalloonDevice {
     /// Discards `runs` (sorted, disjoint) per the policy and adds them to the balloon; returns
     /// the pages newly inflated.
     fn inflate(&mut self, runs: &[(u64, u64)]) -> u64 {
+        if self.huge.is_some() {
+            return self.inflate_host_pages(runs);
+        }
         let t0 = Instant::now();
         let (mut calls, mut fresh, mut again) = (0u64, 0u64, 0u64);
         for &(start, len) in runs {
@@ -639,7 +648,7 @@ impl BalloonDevice {
     fn discard_vectored(&mut self, runs: &[(u64, u64)]) -> u64 {
         let mut calls = 0u64;
         let mut from = 0usize;
-        if self.mem.backing() == Backing::Anonymous && self.vectored_ok {
+        if matches!(self.mem.backing(), Backing::Anonymous | Backing::Thp) && self.vectored_ok {
             if self.self_madvise.is_none() {
                 self.self_madvise = SelfMadvise::open();
             }
@@ -722,6 +731,7 @@ impl BalloonDevice {
         let (mut moved, mut stray) = (0u64, 0u64);
         let t0 = Instant::now();
         let mut inside = Vec::new();
+        self.deflate_host_pages(runs);
         for &(start, len) in runs {
             let n = count_in(&self.balloon, start, start + len);
             moved += n;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::HintOffer;
+use super::{HintOffer, HugePartial};
 use crate::abi::{
     bit, AbiMode, VBALLOON_F_PAGE_AUTO, VBALLOON_F_PAGE_EXTENTS, VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
     VIRTIO_BALLOON_F_FREE_PAGE_HINT, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_REPORTING,
@@ -123,6 +123,8 @@ pub struct DeviceConfig {
     pub notify: NotifyMode,
     /// The free page hint queues to offer (none by default).
     pub hints: HintOffer,
+    /// On THP RAM: discard partly ballooned huge pages now (split) or once full (wait).
+    pub huge_partial: HugePartial,
 }
 
 impl Default for DeviceConfig {
@@ -139,6 +141,7 @@ impl Default for DeviceConfig {
             queue_max_size: DEFAULT_QUEUE_SIZE,
             notify: NotifyMode::EventFd,
             hints: HintOffer::default(),
+            huge_partial: HugePartial::default(),
         }
     }
 }

@@ -67,6 +67,8 @@ counters! {
     discard_calls,
     /// Discard calls that failed.
     discard_errors,
+    /// Host pages (2 MiB on THP/hugetlbfs RAM) that became fully ballooned, so given back.
+    host_pages_filled,
     /// Nanoseconds spent reading and decoding inflate/deflate messages.
     decode_ns,
     /// Nanoseconds spent in discard (and populate-on-deflate) calls.

@@ -8,6 +8,8 @@
 //!   discards each run once (`MADV_DONTNEED` for anonymous RAM, `PUNCH_HOLE` for memfd), or
 //!   page by page as QEMU does ([`DiscardPolicy::PerPage`]), or up to 1024 runs per
 //!   `process_madvise` call ([`DiscardPolicy::Vectored`]).
+//! - On RAM with 2 MiB host pages (THP, hugetlbfs) the device also counts ballooned pages per
+//!   host page ([`HostPageTracker`]) and discards a host page once all of it is ballooned.
 //! - Deflate is bookkeeping: a discarded page faults back in, zeroed, when the guest touches
 //!   it. Deflating a page that is not in the balloon is counted
 //!   ([`DeviceCounters::pages_stray_deflated`]) and ignored, not an error: it harms only the
@@ -20,6 +22,7 @@ mod balloon;
 mod config;
 mod counters;
 mod error;
+mod host_pages;
 pub mod hostile;
 pub mod stats;
 mod vectored;
@@ -34,4 +37,5 @@ pub use config::{
 };
 pub use counters::{DeviceCounters, SharedCounters};
 pub use error::BalloonError;
+pub use host_pages::{HostPageTracker, HugePartial};
 pub use stats::StatsSample;

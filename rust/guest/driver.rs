@@ -19,7 +19,8 @@
 //! | extents, auto | the whole difference | one message at a time |
 //!
 //! Inflate takes order-0 pages from the allocator (as Linux; [`DriverOptions::alloc_order`]
-//! takes larger blocks for speed), and only after the ack calls [`Guest::note_discarded`] for
+//! takes larger blocks for speed, [`HUGE_PAGE_ORDER`] 2 MiB-aligned ones first for RAM on
+//! huge pages), and only after the ack calls [`Guest::note_discarded`] for
 //! them and updates `actual`. Deflate gives pages back: with MUST_TELL_HOST only after the ack
 //! (§5.5.6.1), without it right away. With DEFLATE_ON_OOM the driver does not shrink the
 //! guest's managed pages, and [`BalloonDriver::start_oom_deflate`] gives pages back when an
@@ -31,6 +32,8 @@ mod area;
 mod error;
 #[path = "driver_hints.rs"]
 mod hints;
+#[path = "driver_take.rs"]
+mod take;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -39,6 +42,7 @@ use std::time::{Duration, Instant};
 pub use area::BufferArea;
 pub use error::DriverError;
 pub use hints::{HintArea, HintDriverCounters, HintOptions, HintStep};
+pub use take::HUGE_PAGE_ORDER;
 
 use super::{Guest, GuestError};
 use crate::abi::{
@@ -478,51 +482,6 @@ impl BalloonDriver {
         self.runs = runs;
         r?;
         Ok(out)
-    }
-
-    /// Takes up to `want` pages from the allocator and sends the first message.
-    fn start_inflate(&mut self, guest: &mut Guest, want: u64) -> Result<u64, DriverError> {
-        let t0 = Instant::now();
-        let mut order = self.opts.alloc_order.min(crate::guest::MAX_PAGE_ORDER);
-        let mut blocks = Vec::with_capacity(want.min(1 << 24) as usize);
-        let mut got = 0u64;
-        let alloc = guest.allocator_mut();
-        while got < want {
-            let o = if want - got >= 1 << order { order } else { 0 };
-            match alloc.alloc(o) {
-                Ok(pfn) => {
-                    blocks.push(pack(pfn, o));
-                    got += 1 << o;
-                }
-                Err(GuestError::OutOfMemory { .. }) if o > 0 => order = 0,
-                Err(GuestError::OutOfMemory { .. }) => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.counters.alloc_ns += t0.elapsed().as_nanos() as u64;
-        if got == 0 {
-            self.counters.alloc_failures += 1;
-            return Ok(0);
-        }
-        self.start_batch(guest, Dir::Inflate, blocks, got)?;
-        Ok(got)
-    }
-
-    /// Takes `want` pages (most recently inflated first) out of the balloon and sends the first
-    /// message; without MUST_TELL_HOST the pages are given back right away.
-    fn start_deflate(&mut self, guest: &mut Guest, want: u64) -> Result<(), DriverError> {
-        let mut got = 0u64;
-        let mut cut = self.ballooned.len();
-        while got < want && cut > 0 {
-            let (_, order) = unpack(self.ballooned[cut - 1]);
-            if got + (1 << order) > want && got > 0 {
-                break;
-            }
-            got += 1 << order;
-            cut -= 1;
-        }
-        let blocks = self.ballooned.split_off(cut);
-        self.start_batch(guest, Dir::Deflate, blocks, got)
     }
 
     fn start_batch(

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::abi::AbiMode;
-use crate::device::{DiscardPolicy, DEFAULT_QUEUE_SIZE};
+use crate::device::{DiscardPolicy, HugePartial, DEFAULT_QUEUE_SIZE};
 use crate::error::{Error, Result};
 use crate::memory::{Backing, PAGE_SIZE};
 use crate::pages::Encoding;
@@ -91,6 +91,8 @@ pub struct MachineConfig {
     pub populate_on_deflate: bool,
     /// Features the driver may accept (`u64::MAX`: all it supports).
     pub driver_feature_mask: u64,
+    /// On THP RAM: discard partly ballooned huge pages now or once full.
+    pub huge_partial: HugePartial,
 }
 
 impl Default for MachineConfig {
@@ -109,6 +111,7 @@ impl Default for MachineConfig {
             alloc_order: 0,
             populate_on_deflate: false,
             driver_feature_mask: u64::MAX,
+            huge_partial: HugePartial::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 mod balloon_hints;
 mod bench;
 mod config;
+mod huge_bench;
 mod migrate;
 mod migrate_bench;
 mod migrate_guest;
@@ -28,6 +29,7 @@ pub use bench::{
     InflateBenchRow, InflateBenchTable,
 };
 pub use config::{parse_abi, MachineConfig, RunMode};
+pub use huge_bench::{bench_huge, HugeBenchConfig, HugeBenchRow, HugeBenchTable};
 pub use migrate::{
     listen, listen_on, migrate_local, send, LocalLink, MigrateOptions, MigrateReport,
     MigrationSummary,

@@ -89,6 +89,7 @@ impl Session {
             queue_max_size: cfg.queue_size,
             notify,
             hints: Default::default(),
+            huge_partial: cfg.huge_partial,
         };
         let mut device = BalloonDevice::new(Arc::clone(&mem), dcfg)?;
         let transport = Arc::clone(device.transport());

@@ -37,6 +37,22 @@ pub enum MemoryError {
         /// The size asked for.
         size: u64,
     },
+    /// A huge-page backing cannot be used here (no THP, no hugetlb pages reserved, ...).
+    #[error("{backing} backing unavailable: {reason}")]
+    HugePagesUnavailable {
+        /// The backing asked for.
+        backing: &'static str,
+        /// What is missing.
+        reason: String,
+    },
+    /// Huge-page-backed guest RAM must be a whole number of huge pages.
+    #[error("guest RAM size {size:#x} is not a multiple of the {huge:#x}-byte huge page")]
+    NotHugeAligned {
+        /// The size asked for.
+        size: u64,
+        /// The huge page size.
+        huge: u64,
+    },
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Os {

@@ -20,14 +20,21 @@ pub enum Backing {
     /// A memfd mapped `MAP_SHARED`, so a second process can map the same RAM: discard with
     /// `fallocate(PUNCH_HOLE | KEEP_SIZE)`.
     Memfd,
+    /// Like `Anonymous`, aligned to 2 MiB with `MADV_HUGEPAGE`: transparent huge pages.
+    Thp,
+    /// A hugetlbfs memfd of 2 MiB pages (`MFD_HUGETLB | MFD_HUGE_2MB`), mapped shared: discard
+    /// punches whole 2 MiB holes. Needs reserved pages (`/proc/sys/vm/nr_hugepages`).
+    Hugetlb,
 }
 
 impl Backing {
-    /// Parses `"anonymous"`/`"anon"` or `"memfd"`.
+    /// Parses `"anonymous"`/`"anon"`, `"memfd"`, `"thp"` or `"hugetlb"`.
     pub fn parse(s: &str) -> Option<Backing> {
         match s {
             "anonymous" | "anon" | "private" => Some(Backing::Anonymous),
             "memfd" | "shared" => Some(Backing::Memfd),
+            "thp" | "transparent-huge" => Some(Backing::Thp),
+            "hugetlb" | "hugetlbfs" => Some(Backing::Hugetlb),
             _ => None,
         }
     }
@@ -37,6 +44,8 @@ impl Backing {
         match self {
             Backing::Anonymous => "anonymous",
             Backing::Memfd => "memfd",
+            Backing::Thp => "thp",
+            Backing::Hugetlb => "hugetlb",
         }
     }
 }
@@ -71,11 +80,14 @@ impl GuestMemory {
     ///
     /// The mapping is `MAP_NORESERVE` and left unpopulated: only pages the guest touches cost
     /// host memory. Transparent huge pages are turned off for it so that discarding a 4 KiB page
-    /// returns exactly 4 KiB, as on a 4 KiB-backed VM.
+    /// returns exactly 4 KiB, as on a 4 KiB-backed VM; the huge backings (see [`super::huge`])
+    /// need a multiple of 2 MiB and fail with [`MemoryError::HugePagesUnavailable`] up front.
     pub fn new(size: u64, backing: Backing) -> Result<GuestMemory, MemoryError> {
         Self::check_size(size)?;
+        super::huge::check(backing, size)?;
         let fd = match backing {
-            Backing::Anonymous => None,
+            Backing::Anonymous | Backing::Thp => None,
+            Backing::Hugetlb => Some(super::huge::hugetlb_memfd(size)?),
             Backing::Memfd => {
                 // SAFETY: the name is a valid NUL-terminated string; flags are constants.
                 let raw =
@@ -119,7 +131,12 @@ impl GuestMemory {
         if u64::try_from(st.st_size).unwrap_or(0) < size {
             return Err(MemoryError::BadSize { size });
         }
-        Self::map(size, Backing::Memfd, Some(fd), None)
+        let backing = super::huge::memfd_backing(&fd);
+        if backing == Backing::Hugetlb && size % super::huge::HUGE_PAGE_SIZE != 0 {
+            let huge = super::huge::HUGE_PAGE_SIZE;
+            return Err(MemoryError::NotHugeAligned { size, huge });
+        }
+        Self::map(size, backing, Some(fd), None)
     }
 
     fn check_size(size: u64) -> Result<(), MemoryError> {
@@ -141,25 +158,35 @@ impl GuestMemory {
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
             ),
+            // Hugetlb reserves its pages at map time, so a guest touch can never SIGBUS.
+            Some(fd) if backing == Backing::Hugetlb => (libc::MAP_SHARED, fd.as_raw_fd()),
             Some(fd) => (libc::MAP_SHARED | libc::MAP_NORESERVE, fd.as_raw_fd()),
         };
         if at.is_some() {
             flags |= libc::MAP_FIXED_NOREPLACE;
         }
         let hint = at.map_or(ptr::null_mut(), |a| a as *mut libc::c_void);
-        // SAFETY: a fresh mapping at a kernel-chosen address, or at `hint` with
-        // MAP_FIXED_NOREPLACE, which fails instead of replacing anything: no existing memory is
-        // affected; the result is checked against MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                hint,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                raw_fd,
-                0,
-            )
+        let p = if backing == Backing::Thp {
+            super::huge::map_aligned_anonymous(len)?
+        } else {
+            // SAFETY: a fresh mapping at a kernel-chosen address, or at `hint` with
+            // MAP_FIXED_NOREPLACE, which fails instead of replacing anything: no existing memory
+            // is affected; the result is checked against MAP_FAILED.
+            unsafe {
+                libc::mmap(
+                    hint,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    flags,
+                    raw_fd,
+                    0,
+                )
+            }
         };
+        if p == libc::MAP_FAILED && backing == Backing::Hugetlb {
+            // The pool shrank between the check and the map (its reservation failed).
+            return Err(super::huge::map_refused(io::Error::last_os_error()));
+        }
         if p == libc::MAP_FAILED {
             return Err(os_err("mmap"));
         }
@@ -172,9 +199,11 @@ impl GuestMemory {
                 source: io::Error::from(io::ErrorKind::AddrInUse),
             });
         }
-        // SAFETY: `p` is the start of a mapping of `len` bytes that we own. A failure only means
-        // THP stays as configured, which changes performance, not correctness.
-        unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+        if let Err(e) = super::huge::advise(p, len, backing) {
+            // SAFETY: `p` is the mapping just made, of `len` bytes.
+            unsafe { libc::munmap(p, len) };
+            return Err(e);
+        }
         let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| os_err("mmap"))?;
         Ok(GuestMemory {
             base,

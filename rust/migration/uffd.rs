@@ -238,7 +238,7 @@ impl<'a> KernelTracker<'a> {
     pub fn new(mem: &'a GuestMemory) -> Result<KernelTracker<'a>, String> {
         let uffd = open_uffd()?;
         let mut want = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
-        if mem.backing() == Backing::Memfd {
+        if matches!(mem.backing(), Backing::Memfd | Backing::Hugetlb) {
             want |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
         }
         let mut api = UffdioApi {

@@ -20,8 +20,12 @@ pub struct PyGuestMemory {
 }
 
 fn parse_backing(s: &str) -> PyResult<Backing> {
-    Backing::parse(s)
-        .ok_or_else(|| config_err(format!("backing must be 'anonymous' or 'memfd', not {s:?}")))
+    Backing::parse(s).ok_or_else(|| {
+        config_err(format!(
+            "backing must be {}, not {s:?}",
+            super::huge::BACKINGS
+        ))
+    })
 }
 
 #[pymethods]
@@ -71,6 +75,18 @@ impl PyGuestMemory {
     #[getter]
     fn backing(&self) -> &'static str {
         self.inner.backing().name()
+    }
+
+    /// Host page size the device gives memory back in: 2 MiB for "thp" and "hugetlb".
+    #[getter]
+    fn host_page_size(&self) -> u64 {
+        self.inner.host_page_size()
+    }
+
+    /// How much of guest RAM is resident and on huge pages (smaps; hugetlb pool and memfd).
+    fn huge_page_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let st = self.inner.huge_page_stats()?;
+        super::huge::stats_dict(py, &st)
     }
 
     /// The memfd behind memfd-backed RAM, else None.

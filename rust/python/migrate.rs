@@ -48,8 +48,12 @@ fn duration_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
 }
 
 fn backing(s: &str) -> PyResult<Backing> {
-    Backing::parse(s)
-        .ok_or_else(|| config_err(format!("backing must be 'anonymous' or 'memfd', not {s:?}")))
+    Backing::parse(s).ok_or_else(|| {
+        config_err(format!(
+            "backing must be {}, not {s:?}",
+            super::huge::BACKINGS
+        ))
+    })
 }
 
 /// What a migration did, as the source saw it (and the destination, when it ran here).

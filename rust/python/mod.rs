@@ -6,6 +6,7 @@
 mod buffer;
 mod convert;
 mod errors;
+mod huge;
 mod memory;
 mod migrate;
 mod pages;
@@ -38,6 +39,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<session::PySession>()?;
     m.add_class::<session::PyInflateReport>()?;
     m.add_function(wrap_pyfunction!(session::bench_inflate_table, m)?)?;
+    m.add_function(wrap_pyfunction!(huge::bench_huge_table, m)?)?;
     m.add_class::<migrate::PyGuest>()?;
     m.add_class::<migrate::PyMigrationResult>()?;
     m.add_function(wrap_pyfunction!(migrate::listen_migration, m)?)?;

@@ -211,7 +211,8 @@ impl PySession {
         cfg.encoding = parse::<Encoding>("encoding", encoding)?;
         cfg.backing = Backing::parse(backing).ok_or_else(|| {
             config_err(format!(
-                "backing must be 'anonymous' or 'memfd', not {backing:?}"
+                "backing must be {}, not {backing:?}",
+                super::huge::BACKINGS
             ))
         })?;
         cfg.mode = parse::<RunMode>("mode", mode)?;
@@ -431,8 +432,8 @@ pub fn bench_inflate_table<'py>(
     };
     cfg.rounds = rounds.max(1);
     cfg.mode = parse::<RunMode>("mode", mode)?;
-    cfg.backing =
-        Backing::parse(backing).ok_or_else(|| config_err("backing: anonymous or memfd"))?;
+    cfg.backing = Backing::parse(backing)
+        .ok_or_else(|| config_err("backing: anonymous, memfd, thp or hugetlb"))?;
     if let Some(knob) = fragmentation {
         cfg.fragmentation = Some(Fragmentation {
             knob,
