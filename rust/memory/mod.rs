@@ -6,6 +6,8 @@
 mod address;
 mod error;
 mod region;
+mod residency;
+mod seal;
 
 pub use address::{GuestAddress, Pfn, PAGE_SHIFT, PAGE_SIZE};
 pub use error::MemoryError;
