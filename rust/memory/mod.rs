@@ -5,6 +5,7 @@
 
 mod address;
 mod error;
+mod pagemap_scan;
 mod region;
 mod residency;
 mod seal;

@@ -18,6 +18,7 @@ use std::os::unix::fs::FileExt;
 
 use super::address::{GuestAddress, PAGE_SIZE};
 use super::error::MemoryError;
+use super::pagemap_scan as scan;
 use super::region::GuestMemory;
 
 /// `/proc/self/pagemap` bit 63: the page is present in RAM.
@@ -42,7 +43,7 @@ const SWP_PTE_MARKER: u64 = 31;
 /// and pagemap reports it as swapped. Markers carry the uffd-wp bit; with CAP_SYS_ADMIN the
 /// swap type tells them apart for certain, without it a write-protected swap entry is taken
 /// as data (read, never lost).
-fn entry_populated(e: u64) -> bool {
+pub(super) fn entry_populated(e: u64) -> bool {
     if e & PM_PRESENT != 0 {
         return true;
     }
@@ -58,7 +59,7 @@ fn entry_populated(e: u64) -> bool {
 /// Pagemap entries read per `pread` (2 MiB of entries, 1 GiB of guest RAM).
 const PAGEMAP_SLICE: usize = 1 << 18;
 
-fn os_err(op: &'static str, source: io::Error) -> MemoryError {
+pub(super) fn os_err(op: &'static str, source: io::Error) -> MemoryError {
     MemoryError::Os { op, source }
 }
 
@@ -137,7 +138,12 @@ impl GuestMemory {
     }
 }
 
-/// Populated bytes for `len` bytes of anonymous memory at host address `host`, from pagemap.
+/// Populated bytes for `len` bytes of anonymous memory at host address `host`.
+///
+/// `PAGEMAP_SCAN` (Linux 6.7) first: it reports only the populated stretches, coalesced, so an
+/// idle or densely used guest costs a few regions, not one entry per page. Where it is missing,
+/// or for stretches it cannot classify (a write-protected swap entry may be a uffd-wp marker),
+/// the pagemap entries themselves.
 fn pagemap_populated(host: usize, len: u64) -> Result<Vec<u8>, MemoryError> {
     let pages = (len / PAGE_SIZE) as usize;
     let mut out = Vec::new();
@@ -147,27 +153,37 @@ fn pagemap_populated(host: usize, len: u64) -> Result<Vec<u8>, MemoryError> {
             io::ErrorKind::OutOfMemory.into(),
         )
     })?;
+    out.resize(pages, 0u8);
     if pages == 0 {
         return Ok(out);
     }
     let file =
         File::open("/proc/self/pagemap").map_err(|e| os_err("open /proc/self/pagemap", e))?;
-    let mut raw = vec![0u8; PAGEMAP_SLICE.min(pages) * 8];
-    let first = host as u64 / PAGE_SIZE;
+    if !scan::populated(&file, host as u64, &mut out)? {
+        read_entries(&file, host as u64, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Fills `out` (one byte per page from host address `host`) from the pagemap entries, read in
+/// slices of [`PAGEMAP_SLICE`].
+pub(super) fn read_entries(file: &File, host: u64, out: &mut [u8]) -> Result<(), MemoryError> {
+    let mut raw = vec![0u8; PAGEMAP_SLICE.min(out.len()) * 8];
+    let first = host / PAGE_SIZE;
     let mut done = 0;
-    while done < pages {
-        let n = PAGEMAP_SLICE.min(pages - done);
+    while done < out.len() {
+        let n = PAGEMAP_SLICE.min(out.len() - done);
         let buf = &mut raw[..n * 8];
         file.read_exact_at(buf, (first + done as u64) * 8)
             .map_err(|e| os_err("read /proc/self/pagemap", e))?;
-        out.extend(buf.chunks_exact(8).map(|e| {
+        for (o, e) in out[done..done + n].iter_mut().zip(buf.chunks_exact(8)) {
             let mut w = [0u8; 8];
             w.copy_from_slice(e);
-            u8::from(entry_populated(u64::from_ne_bytes(w)))
-        }));
+            *o = u8::from(entry_populated(u64::from_ne_bytes(w)));
+        }
         done += n;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Marks, in `v` (mincore bytes for pages from guest offset `base`), the non-resident pages
