@@ -66,7 +66,7 @@ def test_huge_page_sets_are_refused_with_a_value_error(npages):
 
 
 def test_bad_runs_are_value_errors():
-    with pytest.raises(ConfigError, match="runs: .*outside"):
+    with pytest.raises(ConfigError, match=r"runs: .*outside"):
         PageSet(10, [(5, 100)])
     with pytest.raises(OverflowError):
         PageSet(10, [(-1, 1)])
