@@ -113,6 +113,15 @@ def test_reads_past_the_copy_limit_point_to_view():
     assert len(mem.view(0, "2GiB")) == 2 << 30
 
 
+def test_bad_guest_model_parameters_are_value_errors():
+    with Session("8MiB") as s:
+        for share in (math.nan, -0.5, 2.0):
+            with pytest.raises(ValueError, match="share"):
+                s.guest_free(share)
+        with pytest.raises(ConfigError, match="order"):
+            s.guest_alloc(200)
+
+
 def test_closed_session_raises_value_errors():
     s = Session("8MiB")
     s.close()

@@ -150,6 +150,12 @@ impl From<Error> for PyErr {
             ) => GuestAddressError::new_err(msg),
             Error::Memory(MemoryError::Unsealable { .. }) => ConfigError::new_err(msg),
             Error::Memory(_) => GuestMemoryError::new_err(msg),
+            // Orders, shares and sizes the caller passed to the guest model.
+            Error::Guest(
+                CoreGuestError::BadOrder { .. }
+                | CoreGuestError::BadParameter { .. }
+                | CoreGuestError::TooManyPages { .. },
+            ) => ConfigError::new_err(msg),
             Error::Guest(_) => GuestError::new_err(msg),
             Error::Virtq(_) => VirtqueueError::new_err(msg),
             Error::Pages(PagesError::SetTooLarge { .. }) => ConfigError::new_err(msg),
