@@ -68,7 +68,8 @@ fn main() {
     println!(
         "floors: read {:.1} GB/s, zero detection {:.1} GB/s, memcpy {:.1} GB/s, first touch \
          {:.2} us/page, first read of a never-touched page {:.2} us/page ({:.2} s per 8 GiB), \
-         mincore over 8 GiB {:.1} ms; link {:.2} GB/s",
+         mincore over 8 GiB {:.1} ms, populated (pagemap) {:.1} ms, populated (memfd) {:.1} ms; \
+         link {:.2} GB/s",
         f.read_gbps,
         f.zero_detect_gbps,
         f.memcpy_gbps,
@@ -76,6 +77,8 @@ fn main() {
         f.untouched_read_us,
         f.untouched_read_us * 2097152e-6,
         f.mincore_8gib_ms,
+        f.populated_8gib_ms,
+        f.populated_memfd_8gib_ms,
         cfg.bandwidth_bytes_per_s as f64 / 1e9,
     );
     println!("{cfg:?}");

@@ -14,10 +14,12 @@ _Duration = float | str
 __all__ = [
     "BalloonError",
     "BenchProgress",
+    "BalloonTimeout",
     "Chain",
     "ConfigError",
     "EncodingError",
     "Guest",
+    "GuestAddressError",
     "GuestError",
     "GuestMemory",
     "GuestMemoryError",
@@ -25,6 +27,7 @@ __all__ = [
     "InflateReport",
     "MigrationError",
     "MigrationResult",
+    "MigrationTimeout",
     "PageSet",
     "QueueLayout",
     "RoundStats",
@@ -48,13 +51,27 @@ __all__ = [
 ]
 
 class VBalloonError(Exception): ...
-class ConfigError(VBalloonError): ...
+
+class ConfigError(VBalloonError, ValueError):
+    """An argument is invalid (size, count, name, range, timeout), or the object is closed."""
+
 class GuestMemoryError(VBalloonError): ...
+
+class GuestAddressError(GuestMemoryError, ValueError):
+    """An address, length or size given for guest RAM is out of range or misaligned."""
+
 class GuestError(VBalloonError): ...
 class VirtqueueError(VBalloonError): ...
 class EncodingError(VBalloonError): ...
 class MigrationError(VBalloonError): ...
+
+class MigrationTimeout(MigrationError, TimeoutError):
+    """A migration peer made no progress within the timeout."""
+
 class BalloonError(VBalloonError): ...
+
+class BalloonTimeout(BalloonError, TimeoutError):
+    """The balloon device or the guest driver did not answer within the timeout."""
 
 @final
 class GuestMemory:
@@ -70,7 +87,10 @@ class GuestMemory:
     @property
     def backing(self) -> str: ...
     @property
-    def memfd(self) -> int | None: ...
+    def memfd(self) -> int | None:
+        """The memfd of memfd-backed RAM (else None), borrowed: the GuestMemory owns and closes
+        it, so `os.dup` it to keep it. Sealed with F_SEAL_SHRINK: `ftruncate` fails with EPERM
+        instead of crashing guest access."""
     @property
     def host_page_size(self) -> int: ...
     def huge_page_stats(self) -> dict[str, Any]: ...

@@ -464,6 +464,10 @@ pub struct MigrateFloors {
     pub first_touch_us: f64,
     /// mincore over 8 GiB of address space, ms.
     pub mincore_8gib_ms: f64,
+    /// [`GuestMemory::populated`] (pagemap) over 8 GiB of anonymous RAM, ms.
+    pub populated_8gib_ms: f64,
+    /// [`GuestMemory::populated`] (mincore + SEEK_DATA) over 8 GiB of memfd RAM, ms.
+    pub populated_memfd_8gib_ms: f64,
 }
 
 /// Measures [`MigrateFloors`] over `bytes` of memory (1 GiB gives stable numbers).
@@ -514,7 +518,22 @@ pub fn measure_floors(bytes: u64) -> Result<MigrateFloors> {
     let t = Instant::now();
     black_box(big.resident_pages(GuestAddress(0), 8 << 30)?);
     f.mincore_8gib_ms = t.elapsed().as_secs_f64() * 1e3;
+    f.populated_8gib_ms = populated_ms(&big)?;
+    drop(big);
+    f.populated_memfd_8gib_ms = populated_ms(&GuestMemory::new(8 << 30, Backing::Memfd)?)?;
     Ok(f)
+}
+
+/// Time of one [`GuestMemory::populated`] over all of `mem`, 1 GiB per call as the users do.
+fn populated_ms(mem: &GuestMemory) -> Result<f64> {
+    let t = Instant::now();
+    let mut at = 0;
+    while at < mem.size() {
+        let len = (1 << 30).min(mem.size() - at);
+        black_box(mem.populated(GuestAddress(at), len)?);
+        at += len;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
 /// The rows as a Markdown table (what `benches/migrate.rs` prints).

@@ -193,7 +193,7 @@ impl GuestRunner {
         used
     }
 
-    /// The pages the host has populated now (mincore), one bit per page.
+    /// The pages the host has populated now (resident or swapped out), one bit per page.
     ///
     /// Take it before a migration that may read never-touched pages (which maps the zero page
     /// and makes them resident), to undo that afterwards with
@@ -297,14 +297,14 @@ pub(crate) fn free_pages_of(guest: &Guest) -> PageSet {
     free
 }
 
-/// Residency of all of `mem` as a page set, 1 GiB of mincore at a time.
+/// The populated pages of `mem` (resident or swapped out) as a page set, 1 GiB at a time.
 pub(crate) fn resident_set(mem: &GuestMemory) -> crate::error::Result<PageSet> {
     const STEP: u64 = 1 << 30;
     let mut set = PageSet::new(mem.pages());
     let mut at = 0;
     while at < mem.size() {
         let len = STEP.min(mem.size() - at);
-        let v = mem.residency(GuestAddress(at), len)?;
+        let v = mem.populated(GuestAddress(at), len)?;
         let base = at / PAGE_SIZE;
         let mut i = 0;
         while i < v.len() {

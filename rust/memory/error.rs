@@ -53,6 +53,18 @@ pub enum MemoryError {
         /// The huge page size.
         huge: u64,
     },
+    /// A memfd could not be sealed against shrinking, so a truncation could crash the process.
+    #[error(
+        "memfd {fd} cannot be sealed against shrinking ({source}): guest RAM must be a memfd \
+         created with MFD_ALLOW_SEALING (os.MFD_ALLOW_SEALING), so that nobody can truncate it \
+         under the mapping"
+    )]
+    Unsealable {
+        /// The descriptor.
+        fd: i32,
+        /// Why sealing failed.
+        source: io::Error,
+    },
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Os {

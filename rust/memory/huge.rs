@@ -173,7 +173,8 @@ pub(super) fn memfd_backing(fd: &OwnedFd) -> Backing {
 
 /// A memfd of `size` bytes on the kernel's internal hugetlbfs, 2 MiB pages.
 pub(super) fn hugetlb_memfd(size: u64) -> Result<OwnedFd, MemoryError> {
-    let flags = libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+    let flags =
+        libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
     // SAFETY: the name is a valid NUL-terminated string; flags are constants.
     let raw = unsafe { libc::memfd_create(c"vballoon-guest-hugetlb".as_ptr(), flags) };
     if raw < 0 {
@@ -193,6 +194,8 @@ pub(super) fn hugetlb_memfd(size: u64) -> Result<OwnedFd, MemoryError> {
             source: io::Error::last_os_error(),
         });
     }
+    // Sealed like every memfd the memory layer creates: nobody can truncate it under the map.
+    super::seal::seal_shrink(&fd)?;
     Ok(fd)
 }
 

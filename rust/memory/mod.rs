@@ -7,7 +7,10 @@ mod address;
 mod error;
 mod huge;
 mod huge_pool;
+mod pagemap_scan;
 mod region;
+mod residency;
+mod seal;
 
 pub use address::{GuestAddress, Pfn, PAGE_SHIFT, PAGE_SIZE};
 pub use error::MemoryError;

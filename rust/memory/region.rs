@@ -90,8 +90,12 @@ impl GuestMemory {
             Backing::Hugetlb => Some(super::huge::hugetlb_memfd(size)?),
             Backing::Memfd => {
                 // SAFETY: the name is a valid NUL-terminated string; flags are constants.
-                let raw =
-                    unsafe { libc::memfd_create(c"vballoon-guest".as_ptr(), libc::MFD_CLOEXEC) };
+                let raw = unsafe {
+                    libc::memfd_create(
+                        c"vballoon-guest".as_ptr(),
+                        libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+                    )
+                };
                 if raw < 0 {
                     return Err(os_err("memfd_create"));
                 }
@@ -102,6 +106,7 @@ impl GuestMemory {
                 if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
                     return Err(os_err("ftruncate"));
                 }
+                super::seal::seal_shrink(&fd)?;
                 Some(fd)
             }
         };
@@ -119,7 +124,8 @@ impl GuestMemory {
 
     /// Maps an existing memfd (for example one received from another process) as guest RAM.
     ///
-    /// The memfd must be at least `size` bytes long.
+    /// The memfd must be at least `size` bytes long and sealable (`MFD_ALLOW_SEALING`): it is
+    /// sealed against shrinking, so no holder of a descriptor can truncate it under the mapping.
     pub fn from_memfd(fd: OwnedFd, size: u64) -> Result<GuestMemory, MemoryError> {
         Self::check_size(size)?;
         // SAFETY: a zeroed `stat` is a valid out-parameter for fstat.
@@ -131,6 +137,7 @@ impl GuestMemory {
         if u64::try_from(st.st_size).unwrap_or(0) < size {
             return Err(MemoryError::BadSize { size });
         }
+        super::seal::seal_shrink(&fd)?;
         let backing = super::huge::memfd_backing(&fd);
         if backing == Backing::Hugetlb && size % super::huge::HUGE_PAGE_SIZE != 0 {
             let huge = super::huge::HUGE_PAGE_SIZE;
@@ -229,6 +236,9 @@ impl GuestMemory {
     }
 
     /// The memfd behind the RAM, if it is memfd-backed.
+    ///
+    /// Borrowed: this `GuestMemory` owns and closes it; `dup` it to keep it longer. It is
+    /// sealed against shrinking, so a holder cannot truncate RAM under the mapping.
     pub fn memfd(&self) -> Option<RawFd> {
         self.fd.as_ref().map(AsRawFd::as_raw_fd)
     }

@@ -76,8 +76,9 @@ mod source;
 pub mod stream;
 pub mod transport;
 mod uffd;
+mod verify;
 
-pub use dest::{verify, DestConfig, DestReport, Destination, RemoteVerify, VerifyReport};
+pub use dest::{DestConfig, DestReport, Destination, RemoteVerify};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};
 pub use error::{MigrationError, RejectReason, StreamError};
 pub use hints::{
@@ -91,3 +92,4 @@ pub use transport::{
     in_process_pair, tcp_accept, tcp_connect, tcp_listen, Channel, RateLimited, TokenBucket,
     TEN_GBIT,
 };
+pub use verify::{verify, VerifyReport};

@@ -10,7 +10,8 @@
 //!    destination's DONE reply ends the downtime. On any failure after the pause the guest is
 //!    resumed; on success it stays paused (the destination now runs it).
 //!
-//! Sending a page: pages the host knows are unpopulated (mincore says non-resident, checked
+//! Sending a page: pages the host knows are unpopulated (never populated or discarded: pagemap
+//! or SEEK_DATA, not mincore, which calls swapped-out pages non-resident; checked
 //! *before* any read, since a read maps the zero page) go as zero runs unread; other pages are
 //! checked for zero (zero run) or copied into a data record.
 //!
@@ -69,7 +70,8 @@ pub struct MigrationConfig {
     pub dirty_tracking: DirtyTracking,
     /// Send all-zero pages as zero runs instead of data.
     pub zero_detection: bool,
-    /// Send pages mincore reports non-resident as zero runs without reading them.
+    /// Send pages never populated or discarded (not merely swapped out: see
+    /// [`GuestMemory::populated`]) as zero runs without reading them.
     pub skip_unpopulated: bool,
     /// Timeout of every read and write on the channel (a stalled peer fails after this).
     pub io_timeout: Duration,
@@ -730,7 +732,7 @@ impl Engine<'_> {
             // Without skipping, a memfd guest's holes are still found, to be read through the
             // file: reading them through the mapping would allocate every one of them.
             let resident = if self.cfg.skip_unpopulated || mem.memfd().is_some() {
-                Some(mem.residency(GuestAddress(chunk * PAGE_SIZE), (end - chunk) * PAGE_SIZE)?)
+                Some(mem.populated(GuestAddress(chunk * PAGE_SIZE), (end - chunk) * PAGE_SIZE)?)
             } else {
                 None
             };

@@ -38,6 +38,18 @@ pub enum PagesError {
         /// Number of pages asked for.
         npages: u64,
     },
+    /// A page set was asked for more pages than any guest has, or its bitmap could not be
+    /// allocated.
+    #[error(
+        "a page set of {npages} pages is too large: at most {max} pages (16 TiB of 4 KiB pages), \
+         and its bitmap must fit in memory"
+    )]
+    SetTooLarge {
+        /// Number of pages asked for.
+        npages: u64,
+        /// The most a set may hold.
+        max: u64,
+    },
     /// A legacy PFN array is not a whole number of 4-byte PFNs.
     #[error("PFN array of {len} bytes is not a multiple of 4")]
     PfnArrayLength {

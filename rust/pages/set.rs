@@ -58,6 +58,33 @@ impl PageSet {
         }
     }
 
+    /// An empty set over `npages` pages, for a size a caller chose: refuses sets over
+    /// [`MAX_SET_PAGES`](Self::MAX_SET_PAGES) and reports a failed allocation instead of
+    /// aborting.
+    pub fn try_new(npages: u64) -> Result<PageSet, PagesError> {
+        let too_large = PagesError::SetTooLarge {
+            npages,
+            max: Self::MAX_SET_PAGES,
+        };
+        if npages > Self::MAX_SET_PAGES {
+            return Err(too_large);
+        }
+        let n = usize::try_from(runs::words_for(npages)).map_err(|_| too_large)?;
+        let mut words = Vec::new();
+        if words.try_reserve_exact(n).is_err() {
+            return Err(PagesError::SetTooLarge {
+                npages,
+                max: Self::MAX_SET_PAGES,
+            });
+        }
+        words.resize(n, 0);
+        Ok(PageSet { words, npages })
+    }
+
+    /// The most pages [`try_new`](Self::try_new) accepts: 2^32, as many as the 32-bit
+    /// `num_pages` of the balloon's config space can describe (a 512 MiB bitmap).
+    pub const MAX_SET_PAGES: u64 = 1 << 32;
+
     /// A set holding every page in `[0, npages)`.
     pub fn full(npages: u64) -> PageSet {
         let mut set = PageSet::new(npages);
@@ -72,7 +99,7 @@ impl PageSet {
         npages: u64,
         runs: impl IntoIterator<Item = (u64, u64)>,
     ) -> Result<PageSet, PagesError> {
-        let mut set = PageSet::new(npages);
+        let mut set = PageSet::try_new(npages)?;
         for (start, len) in runs {
             set.try_insert_range(start, len)?;
         }

@@ -1,5 +1,7 @@
 //! Argument conversions: sizes as ints or strings like `"8GiB"`, rates like `"10Gbit"`.
 
+use std::time::Duration;
+
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
@@ -70,6 +72,26 @@ pub fn rate_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
             "{what}: expected bytes per second or a rate string"
         ))
     })
+}
+
+/// Longest timeout a caller may give: a week. Longer ones (and infinity) are refused rather
+/// than overflow a deadline (`Instant + Duration` panics past the clock's range).
+pub const MAX_TIMEOUT_SECS: f64 = 7.0 * 86_400.0;
+
+/// A timeout in seconds: finite, at least 0 and at most [`MAX_TIMEOUT_SECS`].
+pub fn timeout_arg(secs: f64, what: &str) -> PyResult<Duration> {
+    if !(0.0..=MAX_TIMEOUT_SECS).contains(&secs) {
+        return Err(config_err(format!(
+            "{what}: {secs} s is not a timeout: give seconds from 0 to {MAX_TIMEOUT_SECS} \
+             (a week)"
+        )));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| config_err(format!("{what}: {secs} s: {e}")))
+}
+
+/// An optional timeout: None waits without limit; otherwise as [`timeout_arg`].
+pub fn opt_timeout_arg(secs: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
+    secs.map(|s| timeout_arg(s, what)).transpose()
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ use super::convert::size_arg;
 use super::errors::config_err;
 use crate::memory::{self, Backing, GuestAddress, GuestMemory};
 
+/// Largest `read` (it copies into a new bytes object): 1 GiB; `view` has no limit.
+const MAX_READ: usize = 1 << 30;
+
 /// The guest's RAM: one mmap'd region, guest-physical address 0 at its start.
 #[pyclass(name = "GuestMemory", module = "vballoon", frozen)]
 pub struct PyGuestMemory {
@@ -89,7 +92,9 @@ impl PyGuestMemory {
         super::huge::stats_dict(py, &st)
     }
 
-    /// The memfd behind memfd-backed RAM, else None.
+    /// The memfd behind memfd-backed RAM, else None. Borrowed: the GuestMemory owns and closes
+    /// it (`os.dup` it to keep it); it is sealed against shrinking (`F_SEAL_SHRINK`), so an
+    /// `ftruncate` of it fails instead of crashing guest access.
     #[getter]
     fn memfd(&self) -> Option<i32> {
         self.inner.memfd()
@@ -104,6 +109,12 @@ impl PyGuestMemory {
         if !self.inner.contains(GuestAddress(addr), length as u64) {
             // Produce the typed out-of-range error before allocating.
             self.inner.host_ptr(GuestAddress(addr), length as u64)?;
+        }
+        if length > MAX_READ {
+            return Err(config_err(format!(
+                "read: {length} bytes is more than one read returns ({MAX_READ}); \
+                 use view() for zero-copy access to large ranges"
+            )));
         }
         PyBytes::new_with(py, length, |buf| {
             Ok(self.inner.read(GuestAddress(addr), buf)?)

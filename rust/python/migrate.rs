@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use super::convert::{rate_arg, size_arg};
+use super::convert::{rate_arg, size_arg, timeout_arg};
 use super::errors::config_err;
 use super::memory::PyGuestMemory;
 use super::pages::PyPageSet;
@@ -38,13 +38,12 @@ fn duration_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
             .trim()
             .parse()
             .map_err(|_| config_err(format!("{what}: cannot parse {s:?}")))?;
-        return Duration::try_from_secs_f64(v * scale)
-            .map_err(|_| config_err(format!("{what}: {s:?}")));
+        return timeout_arg(v * scale, what);
     }
     let v: f64 = obj
         .extract()
         .map_err(|_| config_err(format!("{what}: seconds or a string like '300ms'")))?;
-    Duration::try_from_secs_f64(v).map_err(|_| config_err(format!("{what}: {v} is not a duration")))
+    timeout_arg(v, what)
 }
 
 fn backing(s: &str) -> PyResult<Backing> {
@@ -470,8 +469,7 @@ fn options(
             "dirty_tracking must be explicit, kernel or auto, not {dirty_tracking:?}"
         ))
     })?;
-    o.io_timeout =
-        Duration::try_from_secs_f64(timeout).map_err(|_| config_err("timeout: seconds"))?;
+    o.io_timeout = timeout_arg(timeout, "timeout")?;
     Ok(o)
 }
 
@@ -503,7 +501,7 @@ pub fn listen_migration<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let bytes = size_arg(size, "size")?;
     let backing = self::backing(backing)?;
-    let t = Duration::try_from_secs_f64(timeout).map_err(|_| config_err("timeout: seconds"))?;
+    let t = timeout_arg(timeout, "timeout")?;
     let cfg = DestConfig {
         accept_timeout: t,
         io_timeout: t,

@@ -52,7 +52,13 @@ impl PyPageSet {
     #[new]
     #[pyo3(signature = (npages, runs = Vec::new()))]
     fn new(npages: u64, runs: Vec<(u64, u64)>) -> PyResult<Self> {
-        Ok(PyPageSet::wrap(PageSet::from_runs(npages, runs)?))
+        let mut set = PageSet::try_new(npages)?;
+        for (start, length) in runs {
+            // The caller's runs, not a guest's message: a bad one is a ValueError.
+            set.try_insert_range(start, length)
+                .map_err(|e| config_err(format!("runs: {e}")))?;
+        }
+        Ok(PyPageSet::wrap(set))
     }
 
     /// Number of pages the set can hold.
@@ -172,7 +178,7 @@ pub fn decode_pages(
     npages: u64,
 ) -> PyResult<PyPageSet> {
     let enc = encoding(encoding_name)?;
-    let mut set = PageSet::new(npages);
+    let mut set = PageSet::try_new(npages)?;
     pages::decode_into(enc, &segments, &mut set)?;
     Ok(PyPageSet::wrap(set))
 }

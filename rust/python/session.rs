@@ -2,12 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::convert::size_arg;
+use super::convert::{size_arg, timeout_arg};
 use super::errors::config_err;
 use super::memory::PyGuestMemory;
 use super::pages::PyPageSet;
@@ -257,7 +256,7 @@ impl PySession {
     /// Runs driver and device until the balloon reaches its target (or the guest is stuck).
     #[pyo3(signature = (timeout = 60.0))]
     fn run_until_settled(&self, py: Python<'_>, timeout: f64) -> PyResult<PyInflateReport> {
-        let t = Duration::from_secs_f64(timeout);
+        let t = timeout_arg(timeout, "timeout")?;
         let report = py.detach(|| self.with(|s| s.session.run_until_settled(t)))?;
         Ok(PyInflateReport::from(&report))
     }
@@ -288,7 +287,7 @@ impl PySession {
     /// (`{"free-memory": bytes, ...}`), after asking for a fresh sample; None without STATS_VQ.
     #[pyo3(signature = (timeout = 5.0))]
     fn stats<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let t = Duration::from_secs_f64(timeout);
+        let t = timeout_arg(timeout, "timeout")?;
         let sample = py.detach(|| self.with(|s| s.session.stats(t)))?;
         let Some(sample) = sample else {
             return Ok(None);
@@ -321,7 +320,7 @@ impl PySession {
     /// DEFLATE_ON_OOM, deflates the balloon first when memory is exhausted. Returns the PFN.
     #[pyo3(signature = (order = 0, timeout = 10.0))]
     fn guest_alloc(&self, order: u8, timeout: f64) -> PyResult<u64> {
-        let t = Duration::from_secs_f64(timeout);
+        let t = timeout_arg(timeout, "timeout")?;
         self.with(|s| Ok(s.session.guest_alloc(order, t)?.0))
     }
 

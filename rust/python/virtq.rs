@@ -1,11 +1,11 @@
 //! A connected virtqueue pair for scripting: driver and device ends, and the ring pump.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use super::convert::opt_timeout_arg;
 use super::errors::config_err;
 use super::memory::PyGuestMemory;
 use crate::machine::{pump_buffers, PumpConfig};
@@ -103,8 +103,8 @@ impl PyVirtqDriver {
     /// Waits up to `timeout` seconds for an interrupt; returns how many were taken (0: timeout).
     #[pyo3(signature = (timeout = None))]
     fn wait_interrupt(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<u64> {
+        let t = opt_timeout_arg(timeout, "timeout")?;
         let notifier = lock(&self.inner).interrupt_notifier().clone();
-        let t = timeout.map(Duration::from_secs_f64);
         Ok(py.detach(|| notifier.wait(t))?)
     }
 
@@ -216,8 +216,8 @@ impl PyVirtqDevice {
     /// Waits up to `timeout` seconds for a kick; returns how many were taken (0: timeout).
     #[pyo3(signature = (timeout = None))]
     fn wait_kick(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<u64> {
+        let t = opt_timeout_arg(timeout, "timeout")?;
         let notifier = lock(&self.inner).kick_notifier().clone();
-        let t = timeout.map(Duration::from_secs_f64);
         Ok(py.detach(|| notifier.wait(t))?)
     }
 

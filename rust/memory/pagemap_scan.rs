@@ -1,0 +1,116 @@
+//! `PAGEMAP_SCAN` (Linux 6.7): the populated stretches of an address range in a few regions.
+//!
+//! The ioctl walks the page tables once and returns coalesced `[start, end)` regions with the
+//! categories asked for, skipping empty page tables at the PMD level, so it costs per region,
+//! where reading `/proc/self/pagemap` costs 8 bytes per page. The structure and constants come
+//! from `linux/fs.h`, written out here because the `libc` crate does not carry them.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::address::PAGE_SIZE;
+use super::error::MemoryError;
+use super::residency::{os_err, read_entries};
+
+/// `struct pm_scan_arg` (`linux/fs.h`).
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `struct page_region` (`linux/fs.h`).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// `PAGEMAP_SCAN = _IOWR('f', 16, struct pm_scan_arg)`: dir 3 in bits 30-31, size in 16-29.
+const PAGEMAP_SCAN: u64 =
+    (3 << 30) | ((size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
+/// `PAGE_IS_WRITTEN`: not userfaultfd write-protected.
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+/// `PAGE_IS_PRESENT`: mapped in RAM.
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+/// `PAGE_IS_SWAPPED`: a swap-format entry (swapped out, migrating, or a PTE marker).
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+/// Regions fetched per call.
+const REGIONS: usize = 1024;
+
+/// Cleared once the kernel turns the ioctl down (before 6.7), so it is not tried again.
+static SUPPORTED: AtomicBool = AtomicBool::new(true);
+
+/// Marks the populated pages of `out` (one byte per page from host address `host`). Returns
+/// false, leaving `out` untouched, where the kernel has no `PAGEMAP_SCAN`.
+pub(super) fn populated(pagemap: &File, host: u64, out: &mut [u8]) -> Result<bool, MemoryError> {
+    if !SUPPORTED.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let end = host + out.len() as u64 * PAGE_SIZE;
+    let mut regions = vec![PageRegion::default(); REGIONS];
+    let mut arg = PmScanArg {
+        size: size_of::<PmScanArg>() as u64,
+        start: host,
+        end,
+        vec: regions.as_mut_ptr() as u64,
+        vec_len: REGIONS as u64,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_WRITTEN,
+        ..PmScanArg::default()
+    };
+    let mut first = true;
+    while arg.start < end {
+        // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at `REGIONS` writable
+        // page_region entries that outlive the call; the ioctl only reads our own page tables.
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if first && matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) {
+                SUPPORTED.store(false, Ordering::Relaxed);
+                return Ok(false);
+            }
+            return Err(os_err("ioctl(PAGEMAP_SCAN)", e));
+        }
+        first = false;
+        for r in &regions[..n as usize] {
+            let (lo, hi) = (
+                ((r.start.max(host) - host) / PAGE_SIZE) as usize,
+                ((r.end.min(end) - host) / PAGE_SIZE) as usize,
+            );
+            if hi <= lo {
+                continue;
+            }
+            let present = r.categories & PAGE_IS_PRESENT != 0;
+            let unprotected_swap =
+                r.categories & PAGE_IS_SWAPPED != 0 && r.categories & PAGE_IS_WRITTEN != 0;
+            if present || unprotected_swap {
+                out[lo..hi].fill(1);
+            } else {
+                // Write-protected swap entries: real swap, or uffd-wp markers on never
+                // populated pages. The entries themselves tell them apart.
+                read_entries(pagemap, host + lo as u64 * PAGE_SIZE, &mut out[lo..hi])?;
+            }
+        }
+        if arg.walk_end <= arg.start {
+            break; // no progress: nothing more to report
+        }
+        arg.start = arg.walk_end;
+    }
+    Ok(true)
+}
