@@ -137,8 +137,8 @@ fn page_out(mem: &GuestMemory) -> u64 {
         pagemap(mem, 0, USED)
             .iter()
             .filter(|e| match mem.backing() {
-                Backing::Anonymous => *e & (1 << 62) != 0,
-                Backing::Memfd => *e & (1 << 63) == 0,
+                Backing::Anonymous | Backing::Thp => *e & (1 << 62) != 0,
+                Backing::Memfd | Backing::Hugetlb => *e & (1 << 63) == 0,
             })
             .count() as u64
     };
