@@ -116,9 +116,7 @@ impl VhostUserBackend {
     }
 
     fn with_handler<T>(&self, f: impl FnOnce(&mut Handler) -> T) -> Option<T> {
-        let h = lock(&self.current).clone()?;
-        let mut g = lock(&h);
-        Some(f(&mut g))
+        with_handler(&self.current, f)
     }
 
     /// Changes the offered features: only before the connected frontend (if any) set features.
@@ -199,38 +197,16 @@ impl VhostUserBackend {
 
     /// A snapshot of the backend.
     pub fn status(&self) -> VhostStatus {
-        let sh = &self.shared;
-        let mut st = VhostStatus {
-            connected: sh.connected.load(Ordering::Acquire),
-            frontends_served: sh.frontends.load(Ordering::Acquire),
-            target_pages: sh.target.load(Ordering::Acquire),
-            hint_cmd_id: sh.hint_cmd_id.load(Ordering::Acquire),
-            ..VhostStatus::default()
-        };
-        let retired = *lock(&sh.retired);
-        let mut live = Totals::default();
-        self.with_handler(|h| {
-            live = h.device_totals();
-            if let Some(m) = &h.mem {
-                st.ram_bytes = m.ram_bytes();
-                st.ram_backed_bytes = m.backed_bytes().unwrap_or(0);
-            }
-            if let Some(d) = &h.device {
-                st.actual_pages = d.actual();
-                st.target_pages = d.num_pages();
-                st.inflated_pages = d.balloon_pages();
-                if let FreePageStatus::Start(id) = d.free_page_status() {
-                    st.hint_guest_cmd_id = id;
-                }
-            }
-            if h.active {
-                st.driver_ok = true;
-                st.negotiated_features = feature_names(h.acked.unwrap_or(0));
-            }
-        });
-        st.totals = retired.plus(live);
-        st.errors = lock(&sh.errors).iter().cloned().collect();
-        st
+        self.status_view().status()
+    }
+
+    /// A handle that reads the status without the backend itself (for waiting while another
+    /// thread may close it).
+    pub fn status_view(&self) -> StatusView {
+        StatusView {
+            shared: Arc::clone(&self.shared),
+            current: Arc::clone(&self.current),
+        }
     }
 
     /// Waits until `actual_pages` (if given) and `connected` (if given) hold, or `timeout`.
@@ -240,19 +216,8 @@ impl VhostUserBackend {
         connected: Option<bool>,
         timeout: Duration,
     ) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let st = self.status();
-            let ok = actual_pages.is_none_or(|a| st.actual_pages == a)
-                && connected.is_none_or(|c| st.connected == c);
-            if ok {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.status_view()
+            .wait_for(actual_pages, connected, timeout)
     }
 
     /// Stops serving, closes and unlinks the socket; idempotent.
@@ -296,5 +261,78 @@ fn accept_loop(
             shared.log(format!("frontend dropped: {e}"));
         }
         shared.connected.store(false, Ordering::Release);
+    }
+}
+
+fn with_handler<T>(current: &Current, f: impl FnOnce(&mut Handler) -> T) -> Option<T> {
+    let h = lock(current).clone()?;
+    let mut g = lock(&h);
+    Some(f(&mut g))
+}
+
+/// Reads a backend's status; outlives nothing it reads (see [`VhostUserBackend::status_view`]).
+#[derive(Clone, Debug)]
+pub struct StatusView {
+    shared: Arc<Shared>,
+    current: Current,
+}
+
+impl StatusView {
+    /// A snapshot of the backend.
+    pub fn status(&self) -> VhostStatus {
+        let sh = &self.shared;
+        let mut st = VhostStatus {
+            connected: sh.connected.load(Ordering::Acquire),
+            frontends_served: sh.frontends.load(Ordering::Acquire),
+            target_pages: sh.target.load(Ordering::Acquire),
+            hint_cmd_id: sh.hint_cmd_id.load(Ordering::Acquire),
+            ..VhostStatus::default()
+        };
+        let retired = *lock(&sh.retired);
+        let mut live = Totals::default();
+        with_handler(&self.current, |h| {
+            live = h.device_totals();
+            if let Some(m) = &h.mem {
+                st.ram_bytes = m.ram_bytes();
+                st.ram_backed_bytes = m.backed_bytes().unwrap_or(0);
+            }
+            if let Some(d) = &h.device {
+                st.actual_pages = d.actual();
+                st.target_pages = d.num_pages();
+                st.inflated_pages = d.balloon_pages();
+                if let FreePageStatus::Start(id) = d.free_page_status() {
+                    st.hint_guest_cmd_id = id;
+                }
+            }
+            if h.active {
+                st.driver_ok = true;
+                st.negotiated_features = feature_names(h.acked.unwrap_or(0));
+            }
+        });
+        st.totals = retired.plus(live);
+        st.errors = lock(&sh.errors).iter().cloned().collect();
+        st
+    }
+
+    /// Waits until `actual_pages` (if given) and `connected` (if given) hold, or `timeout`.
+    pub fn wait_for(
+        &self,
+        actual_pages: Option<u32>,
+        connected: Option<bool>,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status();
+            let ok = actual_pages.is_none_or(|a| st.actual_pages == a)
+                && connected.is_none_or(|c| st.connected == c);
+            if ok {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
