@@ -484,8 +484,23 @@ impl Handler {
     }
 }
 
-/// Kick and call fds are the frontend's (eventfds or pipes): never let a full one block us.
+/// Kick and call fds are the frontend's: only eventfds and pipes are taken (a regular file
+/// polls readable forever), made non-blocking so a full one never blocks us.
 fn nonblocking(f: File) -> Result<File, VhostUserError> {
+    // SAFETY: a zeroed `stat` is a valid out-parameter for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is an open descriptor and `st` a valid out-pointer.
+    if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } != 0 {
+        return Err(VhostUserError::os("fstat(vring fd)"));
+    }
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap_or_default();
+    let is_eventfd = link.to_string_lossy() == "anon_inode:[eventfd]";
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO && !is_eventfd {
+        return Err(VhostUserError::BadMessage {
+            op: "SET_VRING_KICK/CALL",
+            reason: format!("fd is {} (an eventfd or a pipe is needed)", link.display()),
+        });
+    }
     // SAFETY: fcntl on a descriptor we own, with constant commands.
     let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
     // SAFETY: as above.
