@@ -64,15 +64,10 @@ fn test_bad_fields_are_refused_and_the_connection_goes_on() {
     assert!(g.fe.set_vring_base(0, 7).is_err());
     // A kick fd that is not an eventfd or pipe (a memfd polls readable forever).
     let not_eventfd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+    let target = std::os::fd::AsRawFd::as_raw_fd(&not_eventfd);
     // SAFETY: replaces the eventfd's descriptor number with a dup of the memfd (test only).
-    assert!(
-        unsafe {
-            libc::dup2(
-                mem.memfd().unwrap(),
-                std::os::fd::AsRawFd::as_raw_fd(&not_eventfd),
-            )
-        } >= 0
-    );
+    let rc = unsafe { libc::dup2(mem.memfd().unwrap(), target) };
+    assert!(rc >= 0);
     assert!(g.fe.set_vring_kick(0, &not_eventfd).is_err());
     g.fe.set_vring_num(0, QSIZE).unwrap();
     // Ring addresses outside the shared region, or straddling its end.

@@ -503,10 +503,11 @@ fn nonblocking(f: File) -> Result<File, VhostUserError> {
     }
     // SAFETY: fcntl on a descriptor we own, with constant commands.
     let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(VhostUserError::os("fcntl(F_GETFL)"));
+    }
     // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(VhostUserError::os("fcntl(O_NONBLOCK)"));
     }
     Ok(f)
