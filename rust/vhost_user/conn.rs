@@ -224,8 +224,21 @@ fn front_message(
 /// Serves queue `i` after a kick; the device's per-buffer errors go to the backend's log.
 fn serve_queue(h: &mut Handler, i: u16, shared: &Shared) {
     if let Some(dev) = h.device.as_mut() {
+        let reported = dev.hint_counters().reported_pages;
         if let Err(e) = dev.process_queue(i) {
             shared.log(format!("queue {i}: {e}"));
+        }
+        // Reported pages the device kept because the guest poisons them are not discards.
+        let poisoned = dev.features().is_some_and(|f| f.page_poison())
+            && dev
+                .transport()
+                .read_config_u32(crate::abi::CONFIG_POISON_VAL)
+                .unwrap_or(0)
+                != 0;
+        if poisoned {
+            let kept = dev.hint_counters().reported_pages - reported;
+            h.reported_kept
+                .fetch_add(kept, std::sync::atomic::Ordering::Relaxed);
         }
         for e in dev.take_errors() {
             shared.log(format!("queue {i}: {e}"));
