@@ -146,10 +146,15 @@ impl Handler {
 
     /// Drops the device instance (its counters go to the backend's totals) and stops serving.
     pub(crate) fn reset_device(&mut self) {
-        if self.device.is_some() {
+        if let Some(d) = &self.device {
             let t = self.device_totals();
             let mut r = super::shared::lock(&self.shared.retired);
             *r = r.plus(t);
+            // The last sample outlives the device (and the frontend).
+            let sample = super::named_stats(d);
+            if !sample.is_empty() {
+                *super::shared::lock(&self.shared.stats) = sample;
+            }
         }
         self.device = None;
         self.active = false;
