@@ -12,6 +12,7 @@ mod migrate;
 mod pages;
 mod progress;
 mod session;
+mod vhost;
 mod virtq;
 
 use pyo3::prelude::*;
@@ -27,6 +28,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memory::rss_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(memory::peak_rss_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(memory::parse_size, m)?)?;
+    m.add_class::<vhost::PyVhostUserBackend>()?;
+    m.add_class::<vhost::PyVhostStatus>()?;
     m.add_class::<virtq::PyQueueLayout>()?;
     m.add_class::<virtq::PyVirtqDriver>()?;
     m.add_class::<virtq::PyVirtqDevice>()?;
