@@ -67,19 +67,26 @@
 //! 50-100 ms per 8 GiB (write-protect markers for every page), and falls back to the
 //! explicit log with the reason recorded in [`MigrationResult::dirty_backend`].
 
+pub mod auth;
+mod config;
 pub mod crc;
+mod deadline;
 mod dest;
 pub mod dirty;
 mod error;
 mod hints;
+pub mod hostile;
 mod source;
 pub mod stream;
 pub mod transport;
 mod uffd;
+mod written;
 
+pub use auth::{check_listen_address, AuthChannel, MigrationKey, RecordKeys, Role};
+pub use deadline::{Deadline, DeadlinePassed};
 pub use dest::{verify, DestConfig, DestReport, Destination, RemoteVerify, VerifyReport};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};
-pub use error::{MigrationError, RejectReason, StreamError};
+pub use error::{AuthError, MigrationError, RejectReason, StreamError};
 pub use hints::{
     HintFeed, HintGuard, HintSource, QueuedHints, StaticHints, CMD_ID_DONE, CMD_ID_MIN, CMD_ID_STOP,
 };
