@@ -187,3 +187,15 @@ proptest! {
         prop_assert!(o.stray_pages.is_empty(), "{:?}", o.stray_pages);
     }
 }
+
+/// Writes the seed inputs for the fuzz target:
+/// `cargo test --no-default-features --test migration_hostile_peer write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/migration_dest");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, s) in hostile::seed_inputs().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i}")), s).unwrap();
+    }
+}

@@ -3,10 +3,13 @@
 //! for keyed inputs, correct HMACs after a real handshake, and feeds a destination with a
 //! 2 MiB guest whose RAM has canary pages mapped right below and above it. The destination must
 //! never panic, never touch the canaries, and never leave a page holding data that no data
-//! record carried.
+//! record carried. The canaries (32 KiB compared byte by byte under coverage instrumentation)
+//! cost more than a run, so they are checked every 16th run: a stray write is still caught,
+//! at most 15 inputs late (and the canaries stay written, so the next check fails too).
 
 #![no_main]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -14,10 +17,13 @@ use vballoon::device::hostile::GuardedMemory;
 use vballoon::migration::hostile;
 
 static MEM: OnceLock<GuardedMemory> = OnceLock::new();
+static RUNS: AtomicU64 = AtomicU64::new(0);
 
 fuzz_target!(|data: &[u8]| {
     let g = MEM.get_or_init(|| GuardedMemory::new(2 << 20).expect("canary pages around guest RAM"));
     let o = hostile::run(data, g.memory());
     assert!(o.stray_pages.is_empty(), "pages written without a data record: {:?}", o.stray_pages);
-    assert!(g.canaries_intact(), "destination touched memory outside guest RAM");
+    if RUNS.fetch_add(1, Ordering::Relaxed) % 16 == 0 {
+        assert!(g.canaries_intact(), "destination touched memory outside guest RAM");
+    }
 });

@@ -56,9 +56,11 @@
 //!
 //! ## Replies (destination to source, 16 bytes each)
 //! u32 magic `"VBRP"` ([`REPLY_MAGIC`]), u32 code ([`ReplyCode`]), u64 detail. The destination
-//! answers the header with ACCEPT (1) or a rejection, the end frame with DONE (2; detail: data
-//! pages applied) or a rejection, and a verify end frame with VERIFIED (3; detail: pages whose
-//! checksum differs); on any error it sends a rejection if it still can.
+//! answers the header with ACCEPT (1, detail 0) or a rejection, the end frame with DONE (2;
+//! detail: data pages applied) or a rejection, and a verify end frame with VERIFIED (3; detail:
+//! pages whose checksum differs); on any error it sends a rejection if it still can (codes
+//! 16-21, [`RejectReason`]). With a key, all of this travels inside the authenticated records of
+//! [`auth`](super::auth).
 
 use std::io::{self, Read, Write};
 use std::time::Duration;
