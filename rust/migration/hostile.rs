@@ -362,7 +362,9 @@ pub fn run(data: &[u8], mem: &GuestMemory) -> Outcome {
         .receive(ScriptedSource::new(&script, &key))
         .map(|r| r.data_pages);
     let mut stray_pages = Vec::new();
+    let mut resident = true;
     if let Ok(res) = mem.residency(GuestAddress(0), mem.size()) {
+        resident = res.iter().any(|r| r & 1 != 0);
         let mut allowed = script.nonzero.clone();
         allowed.sort_unstable();
         for (pfn, r) in res.iter().enumerate() {
@@ -376,7 +378,9 @@ pub fn run(data: &[u8], mem: &GuestMemory) -> Outcome {
             }
         }
     }
-    let _ = mem.discard(GuestAddress(0), mem.size());
+    if resident {
+        let _ = mem.discard(GuestAddress(0), mem.size());
+    }
     Outcome {
         result,
         stray_pages,
