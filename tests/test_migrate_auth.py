@@ -21,8 +21,9 @@ def _free_port():
 
 
 def _listen(port, key_file, size="64MiB"):
-    cmd = [sys.executable, "-m", "vballoon.cli", "migrate", "listen", "--address",
-           f"127.0.0.1:{port}", "--size", size, "--timeout", "60", "--key-file", str(key_file)]  # fmt: skip
+    cmd = [sys.executable, "-m", "vballoon.cli", "migrate", "listen",
+           "--address", f"127.0.0.1:{port}", "--size", size, "--timeout", "60",
+           "--key-file", str(key_file)]  # fmt: skip
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
@@ -55,7 +56,7 @@ def test_wrong_key_is_refused(tmp_path):
     try:
         assert "listening" in listener.stdout.readline()
         g = Guest("64MiB", used="8MiB")
-        with pytest.raises(MigrationError, match="(?i)authenticat"):
+        with pytest.raises(MigrationError, match=r"(?i)authenticat"):
             g.migrate(to=f"127.0.0.1:{port}", key=b"x" * 32, timeout=10)
         out, _ = listener.communicate(timeout=60)
     finally:

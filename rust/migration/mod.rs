@@ -61,6 +61,11 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Across machines give both sides the same key ([`DestConfig::key`],
+//! [`MigrationConfig::key`]): every byte is then authenticated both ways ([`auth`]). The
+//! destination treats the stream as untrusted either way: typed errors only, an overall
+//! [`DestConfig::deadline`], the announced guest size must equal its own.
+//!
 //! The bandwidth limit is applied by the source to the bytes it writes, on any channel.
 //! [`DirtyTracking::Auto`] (the default) uses the kernel tracker where the kernel has it
 //! (Linux 6.7+): it also catches writes that bypass the log, at a setup cost of roughly
