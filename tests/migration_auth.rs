@@ -241,6 +241,7 @@ fn test_replayed_session_is_refused() {
     assert_eq!(&heard[..8], b"VBAUTH1S");
     assert_eq!(heard.len(), 40 + 16, "{heard:?}");
     assert_eq!(&heard[40..44], b"VBRP");
+    assert_eq!(heard[48..56], [0u8; 8], "the rejection carries no detail");
     assert!(untouched(&fresh));
 }
 
