@@ -103,7 +103,7 @@ pub enum AuthError {
         max: u32,
     },
     /// The peer answered the handshake with an (unauthenticated) rejection.
-    #[error("the peer refused the connection before authenticating: {reason}")]
+    #[error("the peer refused the connection (its answer is not authenticated): {reason}")]
     Refused {
         /// The reason it gave.
         reason: RejectReason,
