@@ -456,10 +456,18 @@ class Guest:
         max_rounds: int = 30,
         dest_backing: str = "anonymous",
         timeout: float = 30.0,
+        key: bytes | None = None,
     ) -> MigrationResult: ...
 
 def listen_migration(
-    address: str, size: _Size, *, backing: str = "memfd", timeout: float = 60.0
+    address: str,
+    size: _Size,
+    *,
+    backing: str = "memfd",
+    timeout: float = 60.0,
+    key: bytes | None = None,
+    insecure: bool = False,
+    deadline: float = 3600.0,
 ) -> dict[str, Any]: ...
 def bench_migrate_rows(
     scenarios: list[str] = ...,

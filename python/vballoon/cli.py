@@ -259,17 +259,32 @@ def cmd_bench_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_key(path: str | None) -> bytes | None:
+    """The pre-shared key in `path`, less trailing whitespace (as the Rust side reads it)."""
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read().rstrip(b" \t\n\r\x0c")
+
+
 def cmd_migrate_listen(args: argparse.Namespace) -> int:
     print(f"listening on {args.address} for a {args.size} guest ({args.backing})", flush=True)
     with progress.status(f"waiting for the source on {args.address}", output.quiet(args)):
         report = _native.listen_migration(
-            args.address, args.size, backing=args.backing, timeout=args.timeout
+            args.address,
+            args.size,
+            backing=args.backing,
+            timeout=args.timeout,
+            key=read_key(args.key_file),
+            insecure=args.insecure,
+            deadline=args.deadline,
         )
     print(json.dumps(report))
     return 0 if report.get("mismatched_pages", 0) == 0 else 1
 
 
 def cmd_migrate_send(args: argparse.Namespace) -> int:
+    key = read_key(args.key_file)
     with progress.status("building the guest", output.quiet(args)):
         guest = _native.Guest(
             args.size, scenario=args.scenario, used=args.used, backing=args.backing
@@ -286,6 +301,7 @@ def cmd_migrate_send(args: argparse.Namespace) -> int:
             skip_unpopulated=args.skip_unpopulated,
             dirty_tracking=args.dirty_tracking,
             timeout=args.timeout,
+            key=key,
         ),
         output.quiet(args),
     )
@@ -360,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--backing", default="memfd", choices=BACKINGS)
     ml.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
     ml.add_argument("--quiet", action="store_true", help="no progress spinner")
+    ml.add_argument("--key-file", default=None, help="pre-shared key the source must hold")
+    ml.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback address without a key"
+    )
+    ml.add_argument("--deadline", type=float, default=3600.0, help="seconds for the whole run")
     ml.set_defaults(func=cmd_migrate_listen)
     ms = msub.add_parser("send", help="the source: build a guest and migrate it")
     ms.add_argument("--to", default="127.0.0.1:4444", help="the destination's host:port")
@@ -376,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--timeout", type=float, default=30.0)
     ms.add_argument("--quiet", action="store_true", help="no progress bar")
     ms.add_argument("--plot", metavar="FILE", type=output.plot_path, help="save the timeline")
+    ms.add_argument("--key-file", default=None, help="pre-shared key (as the listener's)")
     ms.set_defaults(func=cmd_migrate_send)
     output.add_report_parser(sub)
     return p
@@ -385,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except _native.VBalloonError as e:
+    except (_native.VBalloonError, OSError) as e:
         console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
         return 1
 

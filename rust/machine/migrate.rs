@@ -28,9 +28,10 @@ use super::migrate_hints::{HintMode, HintProvider};
 use crate::error::{Error, Result};
 use crate::memory::{Backing, GuestMemory};
 use crate::migration::{
-    in_process_pair, tcp_accept, tcp_connect, tcp_listen, verify, Channel, DestConfig, DestReport,
-    Destination, DirtyTracking, HintSource, MigrationConfig, MigrationError, MigrationResult,
-    Progress, Source, VerifyReport, CHUNK_PAGES, TEN_GBIT,
+    check_listen_address, in_process_pair, tcp_accept, tcp_connect, tcp_listen, verify, Channel,
+    DestConfig, DestReport, Destination, DirtyTracking, HintSource, MigrationConfig,
+    MigrationError, MigrationKey, MigrationResult, Progress, Source, VerifyReport, CHUNK_PAGES,
+    TEN_GBIT,
 };
 use crate::pages::PageSet;
 
@@ -82,6 +83,8 @@ pub struct MigrateOptions {
     pub progress: Option<Arc<Progress>>,
     /// Pages per chunk of a round: hints are polled once per chunk.
     pub chunk_pages: u64,
+    /// Pre-shared key authenticating the stream (both sides need it; see `migration::auth`).
+    pub key: Option<MigrationKey>,
 }
 
 impl Default for MigrateOptions {
@@ -103,6 +106,7 @@ impl Default for MigrateOptions {
             cancel: None,
             progress: None,
             chunk_pages: CHUNK_PAGES,
+            key: None,
         }
     }
 }
@@ -127,6 +131,7 @@ impl std::fmt::Debug for MigrateOptions {
             .field("dest_backing", &self.dest_backing)
             .field("io_timeout", &self.io_timeout)
             .field("chunk_pages", &self.chunk_pages)
+            .field("key", &self.key)
             .finish()
     }
 }
@@ -150,6 +155,7 @@ impl MigrateOptions {
             cancel: self.cancel.clone(),
             progress: self.progress.clone(),
             chunk_pages: self.chunk_pages,
+            key: self.key.clone(),
         }
     }
 
@@ -348,6 +354,7 @@ pub fn migrate_local(guest: &GuestRunner, opts: &MigrateOptions) -> Result<Migra
     let dst = GuestMemory::new(src.size(), opts.dest_backing)?;
     let dcfg = DestConfig {
         io_timeout: opts.io_timeout,
+        key: opts.key.clone(),
         ..DestConfig::default()
     };
     let before = guest.counters();
@@ -413,6 +420,9 @@ pub fn migrate_local(guest: &GuestRunner, opts: &MigrateOptions) -> Result<Migra
 
 /// Receives one migration on `addr` (for example `"0.0.0.0:4444"`) into a fresh RAM of
 /// `guest_bytes` with `backing`, waiting up to `cfg.accept_timeout` for the source.
+///
+/// A non-loopback address needs `cfg.key` (or `cfg.insecure`): without a key anyone who
+/// reaches the port could write the guest's RAM.
 pub fn listen(
     addr: impl ToSocketAddrs,
     guest_bytes: u64,
@@ -429,6 +439,11 @@ pub fn listen_on(
     backing: Backing,
     cfg: DestConfig,
 ) -> Result<DestReport> {
+    let addr = listener.local_addr().map_err(|source| MigrationError::Io {
+        op: "local address",
+        source,
+    })?;
+    check_listen_address(addr, cfg.key.is_some(), cfg.insecure)?;
     let mem = GuestMemory::new(guest_bytes, backing)?;
     let conn = tcp_accept(listener, cfg.accept_timeout)?;
     Ok(Destination::new(&mem, cfg).receive(conn)?)

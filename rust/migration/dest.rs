@@ -8,11 +8,14 @@
 
 use std::time::{Duration, Instant};
 
-use super::error::MigrationError;
+use super::auth::{AuthChannel, AuthError, MigrationKey, Role, CLIENT_MAGIC};
+use super::deadline::Deadline;
+use super::error::{MigrationError, StreamError};
 use super::stream::{
     encode_reply, Batch, Frame, Header, Record, ReplyCode, StreamReader, FLAG_VERIFY,
 };
 use super::transport::{map_io_error, Channel};
+use super::written::WrittenPages;
 use crate::guest::hash::hash64;
 use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::PageSet;
@@ -26,11 +29,19 @@ pub struct DestConfig {
     /// fails the migration with [`MigrationError::DestinationFull`].
     pub max_resident_bytes: Option<u64>,
     /// Whether the RAM is a fresh mapping (every page reads as zero and is unpopulated). If
-    /// not, zero runs are applied by discarding their pages.
+    /// not, the destination discards all of it once before it applies the stream.
     pub fresh: bool,
     /// How long a listening destination waits for the source to connect
     /// ([`machine::listen`](crate::machine::listen)).
     pub accept_timeout: Duration,
+    /// The most one migration may take, from the connection to the last reply, whatever the
+    /// peer's pace (default one hour): a peer that trickles bytes cannot hold the destination.
+    pub deadline: Duration,
+    /// The pre-shared key the source must prove it holds (see [`AuthChannel`]).
+    pub key: Option<MigrationKey>,
+    /// Allow [`machine::listen`](crate::machine::listen) on a non-loopback address without a
+    /// key.
+    pub insecure: bool,
 }
 
 impl Default for DestConfig {
@@ -40,6 +51,9 @@ impl Default for DestConfig {
             max_resident_bytes: None,
             fresh: true,
             accept_timeout: Duration::from_secs(300),
+            deadline: Duration::from_secs(3600),
+            key: None,
+            insecure: false,
         }
     }
 }
@@ -101,24 +115,44 @@ impl<'a> Destination<'a> {
     /// Receives one migration from `chan`; returns once everything is applied and confirmed.
     ///
     /// On error all of `mem` is discarded and the source is sent a rejection (best effort).
-    pub fn receive(&mut self, mut chan: impl Channel) -> Result<DestReport, MigrationError> {
+    pub fn receive(&mut self, chan: impl Channel) -> Result<DestReport, MigrationError> {
         let io = self.cfg.io_timeout;
         chan.set_timeouts(Some(io), Some(io))
             .map_err(|source| MigrationError::Io {
                 op: "set channel timeouts",
                 source,
             })?;
-        let res = self.receive_inner(&mut chan);
+        let chan = Deadline::new(chan, self.cfg.deadline, io);
+        let mut chan = AuthChannel::new(chan, Role::Destination, self.cfg.key.clone());
+        if !self.cfg.fresh {
+            // Then zero runs never need more than the pages this stream wrote.
+            self.mem.discard(GuestAddress(0), self.mem.size())?;
+        }
+        let res = self.receive_inner(&mut chan).map_err(|e| match e {
+            // A keyed source talking to a destination without a key.
+            MigrationError::Stream(StreamError::BadMagic { found, .. })
+                if found == u64::from_le_bytes(CLIENT_MAGIC) =>
+            {
+                MigrationError::Auth(AuthError::PeerHasKey)
+            }
+            e => e,
+        });
         if let Err(e) = &res {
             // Partial state must not survive: the guest runs on the source, not here.
             let _ = self.mem.discard(GuestAddress(0), self.mem.size());
+            // Sizes go back only to a peer past the header: with a key, an authenticated one.
             let detail = match e {
                 MigrationError::GuestTooLarge { dest_size, .. } => *dest_size,
+                MigrationError::GuestSizeMismatch { dest_size, .. } => *dest_size,
                 MigrationError::DestinationFull { budget, .. } => *budget,
                 _ => 0,
             };
-            if !matches!(e, MigrationError::ConnectionLost { .. }) {
-                let _ = chan.write_all(&encode_reply(ReplyCode::Reject(e.reject_reason()), detail));
+            if !matches!(
+                e,
+                MigrationError::ConnectionLost { .. } | MigrationError::DeadlineExceeded { .. }
+            ) {
+                let reply = encode_reply(ReplyCode::Reject(e.reject_reason()), detail);
+                let _ = chan.send_reject(&reply);
             }
             let _ = chan.shutdown();
         }
@@ -137,55 +171,49 @@ impl<'a> Destination<'a> {
                 dest_size: mem.size(),
             });
         }
-        chan.write_all(&encode_reply(ReplyCode::Accept, mem.size()))
+        if header.guest_size != mem.size() {
+            return Err(MigrationError::GuestSizeMismatch {
+                source_size: header.guest_size,
+                dest_size: mem.size(),
+            });
+        }
+        chan.write_all(&encode_reply(ReplyCode::Accept, 0))
             .map_err(|e| map_io_error("send accept", io_timeout, e))?;
         let budget = self
             .cfg
             .max_resident_bytes
             .map_or(u64::MAX, |b| b / PAGE_SIZE);
-        let mut written = PageSet::new(header.pages());
-        let mut populated = 0u64;
+        // Work per record stays bounded by the record, not by the guest (see `WrittenPages`).
+        let mut written = WrittenPages::new(header.pages());
         let mut discarded = 0u64;
         let mut data_pages = 0u64;
         loop {
             match reader.next_frame(chan)? {
                 Frame::Batch(batch) => {
-                    populate_new_pages(mem, &batch, &written, budget.saturating_sub(populated))?;
+                    let room = budget.saturating_sub(written.count());
+                    populate_new_pages(mem, &batch, &written, room)?;
                     for rec in batch.records() {
                         match rec {
                             Record::Data { pfn, bytes } => {
                                 if !written.contains(pfn) {
-                                    if populated >= budget {
+                                    if written.count() >= budget {
                                         return Err(MigrationError::DestinationFull {
-                                            needed: populated + 1,
+                                            needed: written.count().saturating_add(1),
                                             budget,
                                         });
                                     }
                                     written.insert(pfn);
-                                    populated += 1;
                                 }
                                 mem.write(GuestAddress(pfn * PAGE_SIZE), bytes)?;
                                 data_pages += 1;
                             }
                             Record::Zero { first, count } => {
-                                if self.cfg.fresh {
-                                    // Only pages we wrote can hold anything but zeros.
-                                    let end = first + count;
-                                    for (s, n) in written.runs_in(first, end) {
-                                        mem.discard(GuestAddress(s * PAGE_SIZE), n * PAGE_SIZE)?;
-                                        populated -= n;
-                                        discarded += n;
-                                    }
-                                    written.remove_range(first, count);
-                                } else {
-                                    mem.discard(
-                                        GuestAddress(first * PAGE_SIZE),
-                                        count * PAGE_SIZE,
-                                    )?;
-                                    populated -= written.count_range(first, count);
-                                    written.remove_range(first, count);
-                                    discarded += count;
-                                }
+                                // Only pages this stream wrote can hold anything but zeros (the
+                                // reader checked `first + count` is inside the guest).
+                                written.take_runs(first, first + count, |s, n| {
+                                    discarded += n;
+                                    mem.discard(GuestAddress(s * PAGE_SIZE), n * PAGE_SIZE)
+                                })?;
                             }
                         }
                     }
@@ -200,7 +228,7 @@ impl<'a> Destination<'a> {
                         data_pages,
                         zero_pages: totals.zero_pages,
                         zero_pages_discarded: discarded,
-                        pages_populated: populated,
+                        pages_populated: written.count(),
                         bytes_received: reader.received().bytes,
                         duration: t0.elapsed(),
                         verify: None,
@@ -262,7 +290,7 @@ const MIN_POPULATE_RUN: u64 = 4;
 fn populate_new_pages(
     mem: &GuestMemory,
     batch: &Batch<'_>,
-    written: &PageSet,
+    written: &WrittenPages,
     room: u64,
 ) -> Result<(), MigrationError> {
     let mut left = room;

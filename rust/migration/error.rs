@@ -3,6 +3,7 @@
 use std::io;
 use std::time::Duration;
 
+pub use super::auth::AuthError;
 use crate::memory::MemoryError;
 
 /// The migration stream is malformed. Every variant carries the offending values.
@@ -155,6 +156,14 @@ pub enum StreamError {
     /// Bytes follow the end record.
     #[error("trailing bytes after the end record")]
     TrailingBytes,
+    /// A running total the stream drives (pages, rounds) would overflow its counter.
+    #[error("{field} overflow in frame {frame}")]
+    CountOverflow {
+        /// Which total.
+        field: &'static str,
+        /// Index of the frame.
+        frame: u64,
+    },
 }
 
 /// A live migration, or one side of it, failed.
@@ -216,6 +225,36 @@ pub enum MigrationError {
         /// RAM size of the destination.
         dest_size: u64,
     },
+    /// The source guest is smaller than the destination's RAM (the sizes must be equal).
+    #[error(
+        "source guest of {source_size:#x} bytes differs from destination RAM of {dest_size:#x}"
+    )]
+    GuestSizeMismatch {
+        /// Guest size announced by the source.
+        source_size: u64,
+        /// RAM size of the destination.
+        dest_size: u64,
+    },
+    /// Authentication of the peer or of the stream failed.
+    #[error("authentication: {0}")]
+    Auth(#[from] AuthError),
+    /// The destination's overall deadline passed before the migration ended.
+    #[error("{op}: the migration's overall deadline of {after:?} passed")]
+    DeadlineExceeded {
+        /// The operation in progress.
+        op: &'static str,
+        /// The deadline, from the connection's start.
+        after: Duration,
+    },
+    /// Listening on a non-loopback address without a key was not allowed explicitly.
+    #[error(
+        "refusing to listen on {addr} without a key: anyone who can reach it could write guest \
+         RAM; give a key file (--key-file / key=) or allow it explicitly (--insecure / insecure=True)"
+    )]
+    InsecureListener {
+        /// The address bound.
+        addr: String,
+    },
     /// The destination ran out of the memory it may populate.
     #[error("destination full: {needed} pages needed, budget is {budget} pages")]
     DestinationFull {
@@ -257,6 +296,10 @@ pub enum RejectReason {
     Full,
     /// Some other error on the destination.
     Failed,
+    /// The source did not authenticate (no key, another key, or a replayed stream).
+    Unauthenticated,
+    /// The source guest is smaller than the destination's RAM (detail: destination RAM size).
+    SizeMismatch,
     /// A code this build does not know.
     Unknown(u32),
 }
@@ -268,6 +311,8 @@ impl std::fmt::Display for RejectReason {
             RejectReason::BadStream => write!(f, "malformed stream"),
             RejectReason::Full => write!(f, "destination out of memory"),
             RejectReason::Failed => write!(f, "destination failed"),
+            RejectReason::Unauthenticated => write!(f, "not authenticated (check the key)"),
+            RejectReason::SizeMismatch => write!(f, "guest size differs from the destination's"),
             RejectReason::Unknown(c) => write!(f, "unknown reason code {c}"),
         }
     }
@@ -280,6 +325,8 @@ impl MigrationError {
             MigrationError::GuestTooLarge { .. } => RejectReason::TooLarge,
             MigrationError::Stream(_) => RejectReason::BadStream,
             MigrationError::DestinationFull { .. } => RejectReason::Full,
+            MigrationError::GuestSizeMismatch { .. } => RejectReason::SizeMismatch,
+            MigrationError::Auth(_) => RejectReason::Unauthenticated,
             _ => RejectReason::Failed,
         }
     }

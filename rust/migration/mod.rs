@@ -61,26 +61,38 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Across machines give both sides the same key ([`DestConfig::key`],
+//! [`MigrationConfig::key`]): every byte is then authenticated both ways ([`auth`]). The
+//! destination treats the stream as untrusted either way: typed errors only, an overall
+//! [`DestConfig::deadline`], the announced guest size must equal its own.
+//!
 //! The bandwidth limit is applied by the source to the bytes it writes, on any channel.
 //! [`DirtyTracking::Auto`] (the default) uses the kernel tracker where the kernel has it
 //! (Linux 6.7+): it also catches writes that bypass the log, at a setup cost of roughly
 //! 50-100 ms per 8 GiB (write-protect markers for every page), and falls back to the
 //! explicit log with the reason recorded in [`MigrationResult::dirty_backend`].
 
+pub mod auth;
+mod config;
 pub mod crc;
+mod deadline;
 mod dest;
 pub mod dirty;
 mod error;
 mod hints;
+pub mod hostile;
 mod source;
 pub mod stream;
 pub mod transport;
 mod uffd;
 mod verify;
+mod written;
 
+pub use auth::{check_listen_address, AuthChannel, MigrationKey, RecordKeys, Role};
+pub use deadline::{Deadline, DeadlinePassed};
 pub use dest::{DestConfig, DestReport, Destination, RemoteVerify};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};
-pub use error::{MigrationError, RejectReason, StreamError};
+pub use error::{AuthError, MigrationError, RejectReason, StreamError};
 pub use hints::{
     HintFeed, HintGuard, HintSource, QueuedHints, StaticHints, CMD_ID_DONE, CMD_ID_MIN, CMD_ID_STOP,
 };

@@ -19,20 +19,21 @@
 //! while the engine reads the next pages, as a NIC would.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::auth::{AuthChannel, Role};
+pub use super::config::{MigrationConfig, Progress};
 use super::dest::RemoteVerify;
-use super::dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking};
+use super::dirty::{DirtyBackend, DirtyLog, DirtyTracker};
 use super::error::MigrationError;
 use super::hints::{HintGuard, HintSource};
 use super::stream::{
     read_reply, Header, ReplyCode, Sink, StreamWriter, FLAG_HINTED, FLAG_SKIP_UNPOPULATED,
     FLAG_VERIFY, REPLY_MAGIC,
 };
-use super::transport::{map_io_error, Channel, RateLimited, TEN_GBIT};
+use super::transport::{map_io_error, Channel, RateLimited};
 use crate::guest::hash::hash64;
 use crate::memory::{is_zero_raw, process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::PageSet;
@@ -54,75 +55,6 @@ pub struct NoGuest;
 impl GuestControl for NoGuest {
     fn pause(&self) {}
     fn resume(&self) {}
-}
-
-/// Settings of one migration.
-#[derive(Clone, Debug)]
-pub struct MigrationConfig {
-    /// Link bandwidth in bytes per second, enforced on the stream (0 = unlimited).
-    pub bandwidth_bytes_per_s: u64,
-    /// Largest pause the guest may see: stop-and-copy starts when the dirty bytes left would
-    /// take at most this long at the link rate.
-    pub downtime_target: Duration,
-    /// Rounds after which stop-and-copy is forced even if the guest dirties too fast.
-    pub max_rounds: u32,
-    /// Which dirty tracking to use.
-    pub dirty_tracking: DirtyTracking,
-    /// Send all-zero pages as zero runs instead of data.
-    pub zero_detection: bool,
-    /// Send pages never populated or discarded (not merely swapped out: see
-    /// [`GuestMemory::populated`]) as zero runs without reading them.
-    pub skip_unpopulated: bool,
-    /// Timeout of every read and write on the channel (a stalled peer fails after this).
-    pub io_timeout: Duration,
-    /// Set to true to cancel the migration (checked between chunks).
-    pub cancel: Option<Arc<AtomicBool>>,
-    /// Live progress for a watcher (a progress bar), updated after every chunk.
-    pub progress: Option<Arc<Progress>>,
-    /// Pages per chunk of a round: hints are polled, residency checked and cancellation seen
-    /// once per chunk ([`CHUNK_PAGES`] by default).
-    pub chunk_pages: u64,
-}
-
-impl Default for MigrationConfig {
-    fn default() -> MigrationConfig {
-        MigrationConfig {
-            bandwidth_bytes_per_s: TEN_GBIT,
-            downtime_target: Duration::from_millis(300),
-            max_rounds: 30,
-            dirty_tracking: DirtyTracking::Auto,
-            zero_detection: true,
-            skip_unpopulated: true,
-            io_timeout: Duration::from_secs(10),
-            cancel: None,
-            progress: None,
-            chunk_pages: CHUNK_PAGES,
-        }
-    }
-}
-
-/// A migration's progress, readable from another thread while it runs.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Current round (1-based; 0 before the first).
-    pub round: AtomicU64,
-    /// Pages of guest RAM the current round has walked past.
-    pub pages_done: AtomicU64,
-    /// Pages of guest RAM.
-    pub pages_total: AtomicU64,
-    /// Bytes handed to the link so far.
-    pub bytes_sent: AtomicU64,
-    /// Set once the stop-and-copy round has started.
-    pub stop_and_copy: AtomicBool,
-}
-
-impl Progress {
-    fn update(&self, round: u32, done: u64, total: u64, bytes: u64) {
-        self.round.store(u64::from(round), Ordering::Relaxed);
-        self.pages_done.store(done, Ordering::Relaxed);
-        self.pages_total.store(total, Ordering::Relaxed);
-        self.bytes_sent.store(bytes, Ordering::Relaxed);
-    }
 }
 
 /// What one round did.
@@ -256,6 +188,7 @@ impl<'a> Source<'a> {
             used,
             config,
         } = self;
+        let chan = AuthChannel::new(chan, Role::Source, config.key.clone());
         let mut chan = RateLimited::new(chan, config.bandwidth_bytes_per_s);
         let io = config.io_timeout;
         chan.set_timeouts(Some(io), Some(io))

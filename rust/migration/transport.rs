@@ -13,6 +13,8 @@ use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use super::auth::auth_error;
+use super::deadline::DeadlinePassed;
 use super::error::MigrationError;
 
 /// 10 Gbit/s in bytes per second: the link of the published measurements.
@@ -61,6 +63,13 @@ impl<C: Channel + ?Sized> Channel for Box<C> {
 /// Maps an I/O error of `op` to the migration error it means.
 pub(crate) fn map_io_error(op: &'static str, timeout: Duration, e: io::Error) -> MigrationError {
     use io::ErrorKind::*;
+    if let Some(d) = e.get_ref().and_then(|i| i.downcast_ref::<DeadlinePassed>()) {
+        return MigrationError::DeadlineExceeded { op, after: d.after };
+    }
+    let e = match auth_error(e) {
+        Ok(a) => return MigrationError::Auth(a),
+        Err(e) => e,
+    };
     match e.kind() {
         WouldBlock | TimedOut => MigrationError::Timeout { op, after: timeout },
         BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof | NotConnected => {
@@ -262,12 +271,13 @@ pub fn tcp_accept(listener: &TcpListener, timeout: Duration) -> Result<TcpStream
     listener
         .set_nonblocking(true)
         .map_err(|e| io("set listener non-blocking", e))?;
-    let deadline = Instant::now() + timeout;
+    // A timeout too far away to represent never expires.
+    let deadline = Instant::now().checked_add(timeout);
     let stream = loop {
         match listener.accept() {
             Ok((s, _)) => break s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(MigrationError::Timeout {
                         op: "accept",
                         after: timeout,

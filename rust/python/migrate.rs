@@ -18,7 +18,7 @@ use crate::machine::{
 };
 use crate::memory::{Backing, GuestAddress};
 use crate::migration::{
-    DestConfig, DestReport, DirtyTracking, MigrationResult, Progress, RoundStats,
+    DestConfig, DestReport, DirtyTracking, MigrationKey, MigrationResult, Progress, RoundStats,
 };
 
 /// A duration argument: seconds as a number, or a string like `"300ms"` / `"2s"`.
@@ -337,7 +337,7 @@ impl PyGuest {
     #[pyo3(signature = (
         *, to = None, hints = "off", bandwidth = None, downtime = None, dirty_rate = None,
         skip_unpopulated = false, dirty_tracking = "explicit", link = "socketpair",
-        verify = true, max_rounds = 30, dest_backing = "anonymous", timeout = 30.0
+        verify = true, max_rounds = 30, dest_backing = "anonymous", timeout = 30.0, key = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn migrate(
@@ -355,6 +355,7 @@ impl PyGuest {
         max_rounds: u32,
         dest_backing: &str,
         timeout: f64,
+        key: Option<&[u8]>,
     ) -> PyResult<PyMigrationResult> {
         let mut opts = options(
             hints,
@@ -367,6 +368,7 @@ impl PyGuest {
             max_rounds,
             timeout,
         )?;
+        opts.key = key_arg(key)?;
         opts.progress = Some(self.fresh_progress());
         if opts.hints != HintMode::Off {
             opts.hint_provider = Some(Arc::clone(&self.hints) as Arc<dyn HintProvider>);
@@ -488,23 +490,40 @@ fn dest_report<'py>(py: Python<'py>, r: &DestReport) -> PyResult<Bound<'py, PyDi
     Ok(d)
 }
 
+/// The pre-shared key given as `key=` (bytes, at least 16).
+fn key_arg(key: Option<&[u8]>) -> PyResult<Option<MigrationKey>> {
+    key.map(MigrationKey::new)
+        .transpose()
+        .map_err(|e| config_err(format!("key: {e}")))
+}
+
 /// Receives one migration on `address` (`"0.0.0.0:4444"`) into fresh guest RAM of `size`
-/// bytes; returns the destination's report. Any error discards the partial guest.
+/// bytes; returns the destination's report. Any error discards the partial guest. With `key`,
+/// only a source holding the same key is accepted; a non-loopback address needs a key or
+/// `insecure=True`. `deadline` bounds the whole migration, in seconds.
 #[pyfunction]
-#[pyo3(signature = (address, size, *, backing = "memfd", timeout = 60.0))]
+#[pyo3(signature = (address, size, *, backing = "memfd", timeout = 60.0, key = None, insecure = false, deadline = 3600.0))]
+#[allow(clippy::too_many_arguments)] // the keyword arguments of a Python function
 pub fn listen_migration<'py>(
     py: Python<'py>,
     address: &str,
     size: &Bound<'_, PyAny>,
     backing: &str,
     timeout: f64,
+    key: Option<&[u8]>,
+    insecure: bool,
+    deadline: f64,
 ) -> PyResult<Bound<'py, PyDict>> {
     let bytes = size_arg(size, "size")?;
     let backing = self::backing(backing)?;
     let t = timeout_arg(timeout, "timeout")?;
+    let deadline = timeout_arg(deadline, "deadline")?;
     let cfg = DestConfig {
         accept_timeout: t,
         io_timeout: t,
+        key: key_arg(key)?,
+        insecure,
+        deadline,
         ..DestConfig::default()
     };
     let addr = address.to_string();

@@ -1,0 +1,121 @@
+//! Validated frames and records as the reader hands them out.
+
+use super::*;
+
+/// One record of a batch, borrowed from the reader's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// A page's contents.
+    Data {
+        /// The page.
+        pfn: u64,
+        /// Its 4096 bytes.
+        bytes: &'a [u8],
+    },
+    /// Pages `[first, first + count)` are zero.
+    Zero {
+        /// First page.
+        first: u64,
+        /// Number of pages (≥ 1).
+        count: u64,
+    },
+}
+
+/// The records of one batch, already validated.
+#[derive(Clone, Debug)]
+pub struct Batch<'a> {
+    pub(super) payload: &'a [u8],
+}
+
+impl<'a> Batch<'a> {
+    /// The records in stream order.
+    pub fn records(&self) -> impl Iterator<Item = Record<'a>> + 'a {
+        let p = self.payload;
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            if at >= p.len() {
+                return None;
+            }
+            let head = le64(p, at);
+            let pfn = head & PFN_MASK;
+            // The reader checked every record before handing the batch out.
+            if (head >> 56) as u8 == KIND_DATA {
+                let bytes = &p[at + 8..at + DATA_RECORD_LEN];
+                at += DATA_RECORD_LEN;
+                Some(Record::Data { pfn, bytes })
+            } else {
+                let count = le64(p, at + 8);
+                at += ZERO_RECORD_LEN;
+                Some(Record::Zero { first: pfn, count })
+            }
+        })
+    }
+}
+
+/// Checksums of consecutive pages, from a verify frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyRun<'a> {
+    /// First page.
+    pub first: u64,
+    pub(super) sums: &'a [u8],
+}
+
+impl VerifyRun<'_> {
+    /// Number of pages.
+    pub fn len(&self) -> u64 {
+        (self.sums.len() / 8) as u64
+    }
+
+    /// Whether the run is empty (never, in a validated frame).
+    pub fn is_empty(&self) -> bool {
+        self.sums.is_empty()
+    }
+
+    /// (page, checksum) for each page of the run.
+    pub fn pages(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let first = self.first;
+        self.sums
+            .chunks_exact(8)
+            .enumerate()
+            .map(move |(i, c)| (first + i as u64, le64(c, 0)))
+    }
+}
+
+/// The records of one verify frame, already validated.
+#[derive(Clone, Debug)]
+pub struct VerifyBatch<'a> {
+    pub(super) payload: &'a [u8],
+}
+
+impl<'a> VerifyBatch<'a> {
+    /// The runs in stream order.
+    pub fn runs(&self) -> impl Iterator<Item = VerifyRun<'a>> + 'a {
+        let p = self.payload;
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            if at >= p.len() {
+                return None;
+            }
+            let first = le64(p, at);
+            let n = le64(p, at + 8) as usize;
+            let sums = &p[at + VERIFY_HEAD_LEN..at + VERIFY_HEAD_LEN + 8 * n];
+            at += VERIFY_HEAD_LEN + 8 * n;
+            Some(VerifyRun { first, sums })
+        })
+    }
+}
+
+/// One frame as the reader hands it out.
+#[derive(Debug)]
+pub enum Frame<'a> {
+    /// A batch of page records.
+    Batch(Batch<'a>),
+    /// The start of round `n`.
+    Round(u32),
+    /// The end of the stream, with its (verified) totals.
+    End(Totals),
+    /// Checksums of used pages (verify trailer).
+    Verify(VerifyBatch<'a>),
+    /// The end of the verify trailer: pages checksummed (checked against the records).
+    VerifyEnd(u64),
+}

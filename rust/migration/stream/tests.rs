@@ -1,0 +1,220 @@
+//! Round trips and rejections of the stream codec.
+
+use super::*;
+
+fn page(b: u8) -> [u8; PAGE] {
+    [b; PAGE]
+}
+
+fn sample() -> Vec<u8> {
+    let h = Header {
+        guest_size: 64 * PAGE_SIZE,
+        flags: FLAG_HINTED,
+    };
+    let mut out = Vec::new();
+    let mut w = StreamWriter::new(&h);
+    w.write_header(&mut out, &h).unwrap();
+    w.round(&mut out, 1).unwrap();
+    w.data(&mut out, 3, &page(0xaa)).unwrap();
+    w.zero_run(&mut out, 4, 60).unwrap();
+    w.round(&mut out, 2).unwrap();
+    w.data(&mut out, 63, &page(1)).unwrap();
+    let t = w.finish(&mut out).unwrap();
+    assert_eq!(t.bytes + (FRAME_HEADER_LEN as u64 + 40), out.len() as u64);
+    out
+}
+
+fn decode(mut bytes: &[u8]) -> Result<Vec<String>, MigrationError> {
+    let r: &mut dyn Read = &mut bytes;
+    let mut s = StreamReader::start(r, Duration::from_secs(1))?;
+    let mut log = Vec::new();
+    loop {
+        match s.next_frame(r)? {
+            Frame::Batch(b) => {
+                for rec in b.records() {
+                    log.push(match rec {
+                        Record::Data { pfn, bytes } => format!("d{pfn}:{}", bytes[0]),
+                        Record::Zero { first, count } => format!("z{first}+{count}"),
+                    })
+                }
+            }
+            Frame::Round(n) => log.push(format!("r{n}")),
+            Frame::End(t) => {
+                log.push(format!("end{}", t.data_pages));
+                if s.header().flags & FLAG_VERIFY == 0 {
+                    s.expect_eof(r)?;
+                    return Ok(log);
+                }
+            }
+            Frame::Verify(b) => {
+                for run in b.runs() {
+                    for (pfn, sum) in run.pages() {
+                        log.push(format!("v{pfn}:{sum}"));
+                    }
+                }
+            }
+            Frame::VerifyEnd(n) => {
+                log.push(format!("vend{n}"));
+                s.expect_eof(r)?;
+                return Ok(log);
+            }
+        }
+    }
+}
+
+#[test]
+fn test_round_trip() {
+    assert_eq!(
+        decode(&sample()).unwrap(),
+        ["r1", "d3:170", "z4+60", "r2", "d63:1", "end2"]
+    );
+}
+
+fn stream_err(bytes: &[u8]) -> StreamError {
+    match decode(bytes) {
+        Err(MigrationError::Stream(e)) => e,
+        other => panic!("expected a stream error, got {other:?}"),
+    }
+}
+
+#[test]
+fn test_decoder_rejects_bad_input() {
+    let good = sample();
+    let mut b = good.clone();
+    b[0] = b'X';
+    assert!(matches!(stream_err(&b), StreamError::BadMagic { .. }));
+    let mut b = good.clone();
+    b[8] = 2;
+    assert!(matches!(
+        stream_err(&b),
+        StreamError::UnsupportedVersion { found: 2, .. }
+    ));
+    // A page size of 8192 with a recomputed header CRC.
+    let mut b = good.clone();
+    b[12..16].copy_from_slice(&8192u32.to_le_bytes());
+    let crc = crc32c(&b[..36]);
+    b[36..40].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(
+        stream_err(&b),
+        StreamError::BadPageSize { found: 8192, .. }
+    ));
+    // One flipped bit in the first data page.
+    let mut b = good.clone();
+    b[HEADER_LEN + 24 + FRAME_HEADER_LEN + 100] ^= 4;
+    assert!(matches!(
+        stream_err(&b),
+        StreamError::ChecksumMismatch {
+            what: "frame",
+            frame: 1,
+            ..
+        }
+    ));
+    // Cut short anywhere: always a truncation, never a panic.
+    for cut in [
+        0,
+        10,
+        HEADER_LEN,
+        HEADER_LEN + 5,
+        HEADER_LEN + 30,
+        good.len() - 1,
+    ] {
+        assert!(
+            matches!(stream_err(&good[..cut]), StreamError::Truncated { .. }),
+            "cut at {cut}"
+        );
+    }
+    // Trailing garbage.
+    let mut b = good.clone();
+    b.push(0);
+    assert_eq!(stream_err(&b), StreamError::TrailingBytes);
+}
+
+#[test]
+fn test_decoder_rejects_pfn_outside_guest() {
+    let h = Header {
+        guest_size: 64 * PAGE_SIZE,
+        flags: 0,
+    };
+    let mut out = Vec::new();
+    let mut w = StreamWriter::new(&h);
+    w.write_header(&mut out, &h).unwrap();
+    w.round(&mut out, 1).unwrap();
+    w.zero_run(&mut out, 60, 5).unwrap();
+    w.finish(&mut out).unwrap();
+    assert_eq!(
+        stream_err(&out),
+        StreamError::PfnOutOfRange {
+            pfn: 60,
+            count: 5,
+            guest_pages: 64
+        }
+    );
+}
+
+fn with_trailer(flags: u64, sums: &[(u64, Vec<u64>)], forge: Option<(u64, u64)>) -> Vec<u8> {
+    let h = Header {
+        guest_size: 64 * PAGE_SIZE,
+        flags,
+    };
+    let mut out = Vec::new();
+    let mut w = StreamWriter::new(&h);
+    w.write_header(&mut out, &h).unwrap();
+    w.round(&mut out, 1).unwrap();
+    w.zero_run(&mut out, 0, 64).unwrap();
+    w.finish(&mut out).unwrap();
+    for (first, s) in sums {
+        w.verify_pages(&mut out, *first, s).unwrap();
+    }
+    if let Some(v) = forge {
+        w.verify = v;
+    }
+    w.finish_verify(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn test_verify_trailer_round_trip_and_rejections() {
+    let sums = [(3, vec![7, 8]), (60, vec![9; 4])];
+    let good = with_trailer(FLAG_VERIFY, &sums, None);
+    assert_eq!(
+        decode(&good).unwrap(),
+        ["r1", "z0+64", "end0", "v3:7", "v4:8", "v60:9", "v61:9", "v62:9", "v63:9", "vend6"]
+    );
+    // Without the flag nothing may follow the end frame.
+    let e = stream_err(&with_trailer(0, &sums, None));
+    assert_eq!(e, StreamError::TrailingBytes);
+    // Pages past the guest, and an end frame that miscounts.
+    let e = stream_err(&with_trailer(FLAG_VERIFY, &[(62, vec![1; 3])], None));
+    assert!(
+        matches!(
+            e,
+            StreamError::PfnOutOfRange {
+                pfn: 62,
+                count: 3,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = stream_err(&with_trailer(FLAG_VERIFY, &sums, Some((5, 1))));
+    assert!(matches!(e, StreamError::TotalsMismatch { .. }), "{e:?}");
+    // Long runs are cut into records that fit a batch.
+    let long = vec![(0, (0..64).collect::<Vec<u64>>())];
+    assert_eq!(
+        decode(&with_trailer(FLAG_VERIFY, &long, None))
+            .unwrap()
+            .len(),
+        68
+    );
+}
+
+#[test]
+fn test_dropped_frame_is_caught_by_the_totals() {
+    let good = sample();
+    // Remove the second round marker (frame 2) entirely; each frame is still intact.
+    let start = HEADER_LEN + 24 + FRAME_HEADER_LEN + DATA_RECORD_LEN + ZERO_RECORD_LEN;
+    let mut b = good[..start].to_vec();
+    b.extend_from_slice(&good[start + 24..]);
+    let e = stream_err(&b);
+    assert!(matches!(e, StreamError::TotalsMismatch { .. }), "{e:?}");
+}
