@@ -13,8 +13,8 @@ _Duration = float | str
 
 __all__ = [
     "BalloonError",
-    "BenchProgress",
     "BalloonTimeout",
+    "BenchProgress",
     "Chain",
     "ConfigError",
     "EncodingError",

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use super::address::{GuestAddress, PAGE_SIZE};
 use super::error::MemoryError;
 use super::pagemap_scan as scan;
-use super::region::GuestMemory;
+use super::region::{Backing, GuestMemory};
 
 /// `/proc/self/pagemap` bit 63: the page is present in RAM.
 const PM_PRESENT: u64 = 1 << 63;
@@ -76,6 +76,11 @@ impl GuestMemory {
             return Err(MemoryError::NotPageAligned { addr: addr.0, len });
         }
         let host = self.host_ptr(addr, len)? as usize;
+        if self.backing() == Backing::Hugetlb {
+            // Hugetlb pages are never swapped, so residency is populated-ness; hugetlbfs has no
+            // real SEEK_DATA (the whole file reads as data).
+            return self.residency(addr, len);
+        }
         match self.memfd() {
             None => pagemap_populated(host, len),
             Some(fd) => {
