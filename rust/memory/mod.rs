@@ -10,15 +10,15 @@ mod huge_pool;
 mod pagemap_scan;
 mod region;
 mod residency;
+mod rss;
 mod seal;
 
 pub use address::{GuestAddress, Pfn, PAGE_SHIFT, PAGE_SIZE};
 pub use error::MemoryError;
 pub use huge::{thp_mode, HugePageStats, HugetlbPool, HUGE_PAGE_PAGES, HUGE_PAGE_SIZE};
 pub use huge_pool::{is_unavailable as huge_pages_unavailable, HugetlbReservation};
-pub use region::{
-    is_zero_raw, process_peak_rss_bytes, process_rss_bytes, Backing, GuestMemory, MAX_GUEST_SIZE,
-};
+pub use region::{is_zero_raw, Backing, GuestMemory, MAX_GUEST_SIZE};
+pub use rss::{process_peak_rss_bytes, process_rss_bytes};
 
 #[cfg(test)]
 mod tests;

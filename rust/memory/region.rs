@@ -127,6 +127,17 @@ impl GuestMemory {
     /// The memfd must be at least `size` bytes long and sealable (`MFD_ALLOW_SEALING`): it is
     /// sealed against shrinking, so no holder of a descriptor can truncate it under the mapping.
     pub fn from_memfd(fd: OwnedFd, size: u64) -> Result<GuestMemory, MemoryError> {
+        Self::from_fd(fd, size, true)
+    }
+
+    /// Maps another process's shared RAM file (a vhost-user frontend's): sealed against
+    /// shrinking where the file allows it; where it cannot be sealed (UML's plain tmp file), the
+    /// frontend that owns it could truncate it under us, as it could its own guest.
+    pub fn from_frontend_fd(fd: OwnedFd, size: u64) -> Result<GuestMemory, MemoryError> {
+        Self::from_fd(fd, size, false)
+    }
+
+    fn from_fd(fd: OwnedFd, size: u64, require_seal: bool) -> Result<GuestMemory, MemoryError> {
         Self::check_size(size)?;
         // SAFETY: a zeroed `stat` is a valid out-parameter for fstat.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -137,7 +148,10 @@ impl GuestMemory {
         if u64::try_from(st.st_size).unwrap_or(0) < size {
             return Err(MemoryError::BadSize { size });
         }
-        super::seal::seal_shrink(&fd)?;
+        match super::seal::seal_shrink(&fd) {
+            Err(e) if require_seal => return Err(e),
+            _ => {}
+        }
         let backing = super::huge::memfd_backing(&fd);
         if backing == Backing::Hugetlb && size % super::huge::HUGE_PAGE_SIZE != 0 {
             let huge = super::huge::HUGE_PAGE_SIZE;
@@ -561,41 +575,4 @@ impl Drop for GuestMemory {
         // SAFETY: we own the mapping, made with exactly this base and length.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.size as usize) };
     }
-}
-
-/// Resident set size of this process in bytes, from `/proc/self/statm`.
-pub fn process_rss_bytes() -> Result<u64, MemoryError> {
-    let statm = std::fs::read_to_string("/proc/self/statm").map_err(|source| MemoryError::Os {
-        op: "read /proc/self/statm",
-        source,
-    })?;
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| MemoryError::Os {
-            op: "parse /proc/self/statm",
-            source: io::Error::new(io::ErrorKind::InvalidData, statm.clone()),
-        })?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    Ok(pages * page)
-}
-
-/// Peak resident set size of this process in bytes (`VmHWM`).
-pub fn process_peak_rss_bytes() -> Result<u64, MemoryError> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").map_err(|source| MemoryError::Os {
-            op: "read /proc/self/status",
-            source,
-        })?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| MemoryError::Os {
-            op: "parse VmHWM",
-            source: io::Error::new(io::ErrorKind::InvalidData, "no VmHWM line"),
-        })
 }

@@ -140,7 +140,7 @@ impl FrontendMemory {
         let map_fd = file
             .try_clone()
             .map_err(|source| VhostUserError::Os { op: "dup", source })?;
-        let guest = Arc::new(GuestMemory::from_memfd(map_fd, span)?);
+        let guest = Arc::new(GuestMemory::from_frontend_fd(map_fd, span)?);
         Ok(FrontendMemory {
             regions,
             guest,
