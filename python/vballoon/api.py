@@ -9,6 +9,7 @@ path does not take.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -96,7 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        if data:
+        if data and self.command != "HEAD":  # a HEAD answer carries headers only
             self.wfile.write(data)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
@@ -248,7 +249,7 @@ class ApiServer:
         _remove_stale_socket(path)
         self._server = _UnixHTTPServer(path, balloon, log)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="vballoon-api", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="vballoon-api", daemon=True
         )
 
     def start(self) -> None:
@@ -273,3 +274,33 @@ def _remove_stale_socket(path: str) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
     os.unlink(path)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket (for tests, the demo and scripts)."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+def request(
+    path: str, method: str, url: str, body: Any = None, timeout: float = 30.0
+) -> tuple[int, Any]:
+    """One API call on the socket at `path`: (status, decoded JSON body or None)."""
+    conn = UnixHTTPConnection(path, timeout)
+    try:
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body))
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn.request(method, url, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, (json.loads(raw) if raw else None)
+    finally:
+        conn.close()

@@ -335,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--dirty-tracking", default="explicit", choices=["explicit", "kernel", "auto"])
     ms.add_argument("--timeout", type=float, default=30.0)
     ms.set_defaults(func=cmd_migrate_send)
+
+    from vballoon import serve  # the vhost-user backend and its API (issue 9)
+
+    serve.add_parser(sub)
     return p
 
 
