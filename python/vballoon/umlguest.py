@@ -195,6 +195,14 @@ class UmlGuest:
         except ProcessLookupError:
             pass
         self.proc.wait()
+        # The group's other processes (UML's ptraced children) die a moment later: wait.
+        deadline = time.monotonic() + 10
+        while self.group_pids() and time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            time.sleep(0.01)
         if self._reader is not None:
             self._reader.join(5)
         if self.proc.stdout is not None:
@@ -202,7 +210,7 @@ class UmlGuest:
 
     def close(self) -> None:
         try:
-            if self.alive():
+            if self.alive() and not self._stopped():
                 self.poweroff(timeout=10)
         except GuestError:
             pass
@@ -212,6 +220,13 @@ class UmlGuest:
             if self._own_tmp is not None:
                 self._own_tmp.cleanup()
                 self._own_tmp = None
+
+    def _stopped(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+        except OSError:
+            return False
 
     def group_pids(self) -> list[int]:
         """Host processes still in the guest's process group (empty once closed)."""
