@@ -14,6 +14,7 @@ pub mod memory;
 pub mod migration;
 pub mod pages;
 pub mod transport;
+pub mod vhost_user;
 pub mod virtq;
 
 #[cfg(feature = "python")]

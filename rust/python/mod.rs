@@ -10,6 +10,7 @@ mod memory;
 mod migrate;
 mod pages;
 mod session;
+mod vhost;
 mod virtq;
 
 use pyo3::prelude::*;
@@ -25,6 +26,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memory::rss_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(memory::peak_rss_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(memory::parse_size, m)?)?;
+    m.add_class::<vhost::PyVhostUserBackend>()?;
+    m.add_class::<vhost::PyVhostStatus>()?;
     m.add_class::<virtq::PyQueueLayout>()?;
     m.add_class::<virtq::PyVirtqDriver>()?;
     m.add_class::<virtq::PyVirtqDevice>()?;

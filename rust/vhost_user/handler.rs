@@ -1,0 +1,493 @@
+//! The vhost-user message handler: one frontend's negotiation, memory and vrings, and the
+//! balloon device it drives through the in-process [`Transport`](crate::transport::Transport).
+//!
+//! vhost-user has no status register (we do not offer the STATUS protocol feature), so the
+//! device's life follows the vrings (vhost-user spec, "Starting and stopping rings"): once
+//! every queue the negotiated features make present has a size, addresses and a kick fd and
+//! is enabled, the handler plays the driver's side of virtio 1.2 §3.1.1 on the transport
+//! (features, FEATURES_OK, queues, DRIVER_OK) and activates a fresh device. New features, a
+//! ring reconfigured, or a ring disabled while the device runs (what virtio_uml does when the
+//! driver module is unloaded) reset it; the next negotiation builds a new device instance.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserMemoryRegion, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures, VhostUserVringAddrFlags, VhostUserVringState,
+};
+
+use super::error::VhostUserError;
+use super::memory::FrontendMemory;
+use super::shared::{Shared, Totals};
+use crate::abi::{
+    bit, AbiMode, BalloonFeatures, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
+    VIRTIO_BALLOON_F_PAGE_POISON,
+};
+use crate::device::{BalloonDevice, DeviceConfig, HintEvent};
+use crate::memory::{Pfn, PAGE_SIZE};
+use crate::transport::{
+    CONFIG_SPACE_SIZE, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
+};
+use crate::virtq::{check_queue_size, QueueLayout};
+
+/// Largest config read we answer (the balloon's 16 bytes, zero-filled after).
+const MAX_CONFIG_READ: u32 = 256;
+
+/// One vring as the frontend set it up.
+#[derive(Debug, Default)]
+pub(crate) struct Vring {
+    pub(crate) num: u16,
+    /// Descriptor table, available ring, used ring: guest-physical, translated.
+    pub(crate) addr: Option<[u64; 3]>,
+    pub(crate) kick: Option<File>,
+    pub(crate) call: Option<File>,
+    pub(crate) enabled: bool,
+}
+
+/// What the backend offers one frontend.
+#[derive(Clone, Copy, Debug)]
+pub struct Offer {
+    /// The device's configuration (features, queue size, discard policy).
+    pub cfg: DeviceConfig,
+    /// Offer VIRTIO_BALLOON_F_PAGE_POISON (handled here: the transport does not know it).
+    pub page_poison: bool,
+}
+
+impl Offer {
+    /// Virtio feature bits offered, with VHOST_USER_F_PROTOCOL_FEATURES (bit 30).
+    pub fn virtio_features(&self) -> u64 {
+        let mut f = self.cfg.device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.page_poison {
+            f |= bit(VIRTIO_BALLOON_F_PAGE_POISON);
+        }
+        f
+    }
+
+    /// Queues the offer can make present.
+    pub fn num_queues(&self) -> u16 {
+        BalloonFeatures::new(self.virtio_features(), AbiMode::Vballoon)
+            .queues()
+            .count
+    }
+}
+
+/// Protocol features offered: CONFIG, BACKEND_REQ, REPLY_ACK, MQ (for GET_QUEUE_NUM).
+/// Not INBAND_NOTIFICATIONS: kicks and calls go over eventfds only.
+pub fn protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::MQ
+}
+
+/// One frontend's state.
+pub struct Handler {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) offer: Offer,
+    pub(crate) acked: Option<u64>,
+    pub(crate) protocol: u64,
+    pub(crate) mem: Option<FrontendMemory>,
+    pub(crate) vrings: Vec<Vring>,
+    pub(crate) device: Option<BalloonDevice>,
+    pub(crate) active: bool,
+    /// Pages the hint sink discarded on the current device.
+    pub(crate) hint_discarded: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler")
+            .field("acked", &self.acked)
+            .field("protocol", &self.protocol)
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl Handler {
+    /// A handler for a new connection.
+    pub fn new(shared: Arc<Shared>, offer: Offer) -> Handler {
+        let n = usize::from(offer.num_queues());
+        Handler {
+            shared,
+            offer,
+            acked: None,
+            protocol: 0,
+            mem: None,
+            vrings: (0..n).map(|_| Vring::default()).collect(),
+            device: None,
+            active: false,
+            hint_discarded: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn vring(&mut self, index: u32) -> Result<&mut Vring, VhostUserError> {
+        let count = self.vrings.len() as u16;
+        self.vrings
+            .get_mut(index as usize)
+            .ok_or(VhostUserError::NoSuchQueue { index, count })
+    }
+
+    /// Counters of the current device instance.
+    pub(crate) fn device_totals(&self) -> Totals {
+        match &self.device {
+            Some(d) => Totals::of(
+                &d.counters(),
+                &d.hint_counters(),
+                self.hint_discarded.load(Ordering::Relaxed),
+            ),
+            None => Totals::default(),
+        }
+    }
+
+    /// Drops the device instance (its counters go to the backend's totals) and stops serving.
+    pub(crate) fn reset_device(&mut self) {
+        if self.device.is_some() {
+            let t = self.device_totals();
+            let mut r = super::shared::lock(&self.shared.retired);
+            *r = r.plus(t);
+        }
+        self.device = None;
+        self.active = false;
+        self.hint_discarded = Arc::new(AtomicU64::new(0));
+    }
+
+    /// A fresh device over the frontend's memory, config carried over (target, actual).
+    fn ensure_device(&mut self) -> Result<(), VhostUserError> {
+        if self.device.is_some() {
+            return Ok(());
+        }
+        let mem = self
+            .mem
+            .as_ref()
+            .ok_or(VhostUserError::NoMemory { op: "device" })?;
+        let dev = BalloonDevice::new(Arc::clone(mem.guest()), self.offer.cfg)?;
+        let t = self.shared.target.load(Ordering::Acquire);
+        // Plain write, no config-change notice: the driver reads it when it binds.
+        dev.transport().config().write_u32(CONFIG_NUM_PAGES, t)?;
+        self.device = Some(dev);
+        Ok(())
+    }
+
+    /// Activates the device once every present queue is started and enabled (see module docs).
+    pub(crate) fn try_activate(&mut self) -> Result<bool, VhostUserError> {
+        if self.active {
+            return Ok(false);
+        }
+        let Some(acked) = self.acked else {
+            return Ok(false);
+        };
+        let feats = BalloonFeatures::new(acked, AbiMode::Vballoon);
+        let n = usize::from(feats.queues().count);
+        if n > self.vrings.len()
+            || !self.vrings[..n]
+                .iter()
+                .all(|v| v.addr.is_some() && v.num > 0 && v.kick.is_some() && v.enabled)
+        {
+            return Ok(false);
+        }
+        self.ensure_device()?;
+        let Some(dev) = self.device.as_mut() else {
+            return Ok(false);
+        };
+        let t = Arc::clone(dev.transport());
+        // The driver's side of §3.1.1, for the frontend's driver.
+        t.reset();
+        t.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER)?;
+        let poison = bit(VIRTIO_BALLOON_F_PAGE_POISON);
+        let device_bits = acked & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let transport_bits = if t.device_features() & poison == 0 {
+            device_bits & !poison
+        } else {
+            device_bits
+        };
+        t.set_driver_features(transport_bits)?;
+        let st = t.set_status(
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+        )?;
+        if st & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+            return Err(VhostUserError::FeaturesNotOffered {
+                features: acked,
+                offered: self.offer.virtio_features(),
+            });
+        }
+        for (i, v) in self.vrings[..n].iter().enumerate() {
+            let [d, a, u] = v.addr.unwrap_or_default();
+            let layout = QueueLayout::new(
+                v.num,
+                crate::memory::GuestAddress(d),
+                crate::memory::GuestAddress(a),
+                crate::memory::GuestAddress(u),
+            )
+            .map_err(|e| VhostUserError::BadMessage {
+                op: "SET_VRING_ADDR",
+                reason: format!("queue {i}: {e}"),
+            })?;
+            t.set_queue(i as u16, layout)?;
+            t.set_queue_ready(i as u16, true)?;
+        }
+        t.set_status(
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+                | VIRTIO_CONFIG_S_DRIVER
+                | VIRTIO_CONFIG_S_FEATURES_OK
+                | VIRTIO_CONFIG_S_DRIVER_OK,
+        )?;
+        dev.activate()?;
+        // Hinted blocks are free in the guest: give them back to the host (as Firecracker).
+        let mem = Arc::clone(dev.memory());
+        let discarded = Arc::clone(&self.hint_discarded);
+        dev.set_hint_sink(Some(Arc::new(move |ev| {
+            if let HintEvent::Pages { pfn, npages, .. } = ev {
+                if mem.discard(Pfn(pfn).addr(), npages * PAGE_SIZE).is_ok() {
+                    discarded.fetch_add(npages, Ordering::Relaxed);
+                }
+            }
+        })));
+        self.active = true;
+        Ok(true)
+    }
+
+    /// A change to ring `index` while the device runs resets it (a renegotiation follows).
+    fn ring_changed(&mut self, index: u32) {
+        if self.active && (index as usize) < self.running_queues() {
+            self.reset_device();
+        }
+    }
+
+    pub(crate) fn running_queues(&self) -> usize {
+        match (&self.device, self.active) {
+            (Some(d), true) => usize::from(d.num_queues()),
+            _ => 0,
+        }
+    }
+
+    fn translate(
+        &self,
+        index: u32,
+        part: &'static str,
+        addr: u64,
+        len: u64,
+    ) -> Result<u64, VhostUserError> {
+        let mem = self.mem.as_ref().ok_or(VhostUserError::NoMemory {
+            op: "SET_VRING_ADDR",
+        })?;
+        mem.translate(addr, len)
+            .map(|g| g.0)
+            .ok_or(VhostUserError::RingAddress {
+                index,
+                part,
+                addr,
+                len,
+            })
+    }
+
+    // ---- message handlers (vhost-user spec, "Front-end message types") ----
+
+    pub(crate) fn set_features(&mut self, features: u64) -> Result<(), VhostUserError> {
+        let offered = self.offer.virtio_features();
+        if features & !offered != 0 {
+            return Err(VhostUserError::FeaturesNotOffered { features, offered });
+        }
+        if self.active {
+            self.reset_device();
+        }
+        self.acked = Some(features);
+        // Without PROTOCOL_FEATURES rings start enabled (spec, "Ring states").
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
+            for v in &mut self.vrings {
+                v.enabled = true;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_mem_table(
+        &mut self,
+        table: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+    ) -> Result<(), VhostUserError> {
+        let mem = FrontendMemory::new(table, files)?;
+        // The device holds the old mapping: rebuild it over the new one.
+        self.reset_device();
+        self.mem = Some(mem);
+        self.ensure_device()?;
+        Ok(())
+    }
+
+    pub(crate) fn set_vring_num(&mut self, index: u32, num: u32) -> Result<(), VhostUserError> {
+        let max = self.offer.cfg.queue_max_size;
+        let size = u16::try_from(num)
+            .ok()
+            .filter(|&n| n <= max && check_queue_size(n).is_ok())
+            .ok_or(VhostUserError::QueueSize { index, num, max })?;
+        self.ring_changed(index);
+        self.vring(index)?.num = size;
+        Ok(())
+    }
+
+    pub(crate) fn set_vring_addr(
+        &mut self,
+        index: u32,
+        flags: VhostUserVringAddrFlags,
+        desc: u64,
+        used: u64,
+        avail: u64,
+    ) -> Result<(), VhostUserError> {
+        if !flags.is_empty() {
+            return Err(VhostUserError::BadMessage {
+                op: "SET_VRING_ADDR",
+                reason: format!("flags {:#x} (no logging offered)", flags.bits()),
+            });
+        }
+        let n = u64::from(self.vring(index)?.num.max(1));
+        let d = self.translate(index, "descriptor table", desc, 16 * n)?;
+        let a = self.translate(index, "available ring", avail, 6 + 2 * n)?;
+        let u = self.translate(index, "used ring", used, 6 + 8 * n)?;
+        self.ring_changed(index);
+        self.vring(index)?.addr = Some([d, a, u]);
+        Ok(())
+    }
+
+    pub(crate) fn set_vring_base(&mut self, index: u32, base: u32) -> Result<(), VhostUserError> {
+        self.vring(index)?;
+        if base != 0 {
+            return Err(VhostUserError::VringBase { index, base });
+        }
+        self.ring_changed(index);
+        Ok(())
+    }
+
+    /// Stops ring `index` (the whole device: its queues cannot stop one by one) and returns
+    /// the next available index, after serving what the driver already made available.
+    pub(crate) fn get_vring_base(
+        &mut self,
+        index: u32,
+    ) -> Result<VhostUserVringState, VhostUserError> {
+        self.vring(index)?;
+        let mut next = 0u16;
+        if self.active && (index as usize) < self.running_queues() {
+            if let Some(dev) = self.device.as_mut() {
+                let _ = dev.process_queue(index as u16);
+                if let Ok(setup) = dev.transport().queue(index as u16) {
+                    if let Some(l) = setup.layout {
+                        next = dev.memory().read_u16(l.avail_idx()).unwrap_or(0);
+                    }
+                }
+            }
+            self.reset_device();
+        }
+        let v = self.vring(index)?;
+        v.kick = None;
+        v.enabled = false;
+        Ok(VhostUserVringState::new(index, u32::from(next)))
+    }
+
+    pub(crate) fn set_vring_kick(
+        &mut self,
+        index: u8,
+        fd: Option<File>,
+    ) -> Result<(), VhostUserError> {
+        let index = u32::from(index);
+        self.ring_changed(index);
+        let fd = fd.map(nonblocking).transpose()?;
+        self.vring(index)?.kick = fd;
+        Ok(())
+    }
+
+    pub(crate) fn set_vring_call(
+        &mut self,
+        index: u8,
+        fd: Option<File>,
+    ) -> Result<(), VhostUserError> {
+        let fd = fd.map(nonblocking).transpose()?;
+        self.vring(u32::from(index))?.call = fd;
+        Ok(())
+    }
+
+    pub(crate) fn set_vring_enable(
+        &mut self,
+        index: u32,
+        enable: bool,
+    ) -> Result<(), VhostUserError> {
+        if !enable {
+            self.ring_changed(index);
+        }
+        self.vring(index)?.enabled = enable;
+        Ok(())
+    }
+
+    pub(crate) fn get_config(&self, offset: u32, size: u32) -> Result<Vec<u8>, VhostUserError> {
+        let end = offset
+            .checked_add(size)
+            .filter(|&e| e <= MAX_CONFIG_READ)
+            .ok_or(VhostUserError::Config {
+                offset,
+                len: size,
+                reason: "past the config space",
+            })?;
+        let mut out = vec![0u8; size as usize];
+        let (o, e) = (offset as usize, (end as usize).min(CONFIG_SPACE_SIZE));
+        if o < e {
+            match &self.device {
+                Some(d) => d.transport().config().read(o, &mut out[..e - o])?,
+                None => {
+                    let mut all = [0u8; CONFIG_SPACE_SIZE];
+                    all[..4]
+                        .copy_from_slice(&self.shared.target.load(Ordering::Acquire).to_le_bytes());
+                    out[..e - o].copy_from_slice(&all[o..e]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn set_config(
+        &mut self,
+        offset: u32,
+        buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> Result<(), VhostUserError> {
+        let len = buf.len() as u32;
+        let err = |reason| VhostUserError::Config {
+            offset,
+            len,
+            reason,
+        };
+        if offset % 4 != 0 || len % 4 != 0 || len == 0 {
+            return Err(err("not whole 32-bit fields"));
+        }
+        if offset as usize + buf.len() > CONFIG_SPACE_SIZE {
+            return Err(err("past the config space"));
+        }
+        let dev = self
+            .device
+            .as_ref()
+            .ok_or(err("no device yet (SET_MEM_TABLE first)"))?;
+        for (i, w) in buf.chunks_exact(4).enumerate() {
+            let at = offset as usize + 4 * i;
+            if at != CONFIG_ACTUAL && at != CONFIG_POISON_VAL {
+                return Err(err("read-only field"));
+            }
+            let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            dev.transport().driver_write_config_u32(at, v)?;
+        }
+        Ok(())
+    }
+}
+
+/// Kick and call fds are the frontend's (eventfds or pipes): never let a full one block us.
+fn nonblocking(f: File) -> Result<File, VhostUserError> {
+    // SAFETY: fcntl on a descriptor we own, with constant commands.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(VhostUserError::os("fcntl(O_NONBLOCK)"));
+    }
+    Ok(f)
+}
