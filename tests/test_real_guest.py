@@ -29,7 +29,7 @@ def test_inflate_shrinks_memtotal_and_returns_ram_file_blocks_deflate_restores(u
             s = balloon.status()
             assert s.connected and s.driver_ok
             assert "deflate_on_oom" not in s.negotiated_features
-            assert s.ram_bytes >= 256 * MIB  # virtio_uml shares the whole RAM file
+            assert s.ram_bytes > 200 * MIB  # virtio_uml shares the RAM file (less the kernel image)
             total0 = guest.meminfo()["MemTotal"]
             # Nearly all free memory touched once: the pages the balloon takes are populated.
             populate_free_memory(guest, 160)
@@ -85,7 +85,7 @@ def test_statistics_agree_with_proc_meminfo(uml, tmp_path):
                 assert abs(stats["disk_caches"] - caches) <= slack + abs(
                     after["Cached"] - before["Cached"]
                 )
-                assert stats["oom_kill"] == 0
+                assert stats.get("oom_kill", 0) == 0  # tag 10, sent by Linux >= 6.12
                 assert stats["minor_faults"] > 0
 
 

@@ -19,8 +19,10 @@ MAX_STATS_INTERVAL_S = 0xFFFF  # Firecracker's field is a u16
 # Offered whatever the configuration: the guest must tell before reusing deflated pages, and
 # page poisoning lets the device know freed pages are not all zero.
 ALWAYS_OFFERED = ("must_tell_host", "page_poison")
-# Linux tag names (as the backend reports them) that Firecracker's API spells differently.
+# Tag names (Linux's, or QEMU's hyphenated ones) that Firecracker's API spells differently.
 FIRECRACKER_STAT_NAMES = {
+    "htlb_pgalloc": "hugetlb_allocations",
+    "htlb_pgfail": "hugetlb_failures",
     "oom_kills": "oom_kill",
     "alloc_stalls": "alloc_stall",
     "async_scans": "async_scan",
@@ -249,6 +251,7 @@ class VhostUserBalloon:
             "actual_mib": s.actual_pages // MIB_PAGES,
         }
         for name, value in self.backend.stats().items():
+            name = name.replace("-", "_")
             out[FIRECRACKER_STAT_NAMES.get(name, name)] = value
         out.update(
             {

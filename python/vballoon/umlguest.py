@@ -95,7 +95,8 @@ class UmlGuest:
 
     # -- life cycle -------------------------------------------------------------------------
     def __enter__(self) -> UmlGuest:
-        self.start()
+        if self.proc is None:
+            self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -119,6 +120,8 @@ class UmlGuest:
         return args + list(self.extra_args)
 
     def start(self) -> None:
+        if self.proc is not None:
+            raise GuestError("this guest was started already")
         for d in (self.cmddir, self.ramdir, self.bindir, self.workdir / "umid"):
             d.mkdir(parents=True, exist_ok=True)
         busybox = str(self.uml.busybox)
