@@ -54,6 +54,27 @@ pub const FEATURE_NAMES: [(&str, u32); 10] = [
     ("auto", VBALLOON_F_PAGE_AUTO),
 ];
 
+/// Stats tags by the names Linux's uapi and Firecracker's API use (virtio spec §5.5.6.3, and
+/// the tags Linux added after it).
+pub const STAT_NAMES: [&str; 16] = [
+    "swap_in",
+    "swap_out",
+    "major_faults",
+    "minor_faults",
+    "free_memory",
+    "total_memory",
+    "available_memory",
+    "disk_caches",
+    "hugetlb_allocations",
+    "hugetlb_failures",
+    "oom_kills",
+    "alloc_stalls",
+    "async_scans",
+    "direct_scans",
+    "async_reclaims",
+    "direct_reclaims",
+];
+
 /// Names of the balloon features in `bits` (and "version_1").
 pub fn feature_names(bits: u64) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = FEATURE_NAMES

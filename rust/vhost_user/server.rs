@@ -159,7 +159,15 @@ impl VhostUserBackend {
 
     /// The last stats sample, by Linux tag names.
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
-        let live = self.with_handler(|h| h.device.as_ref().map(|d| d.stats().named()));
+        let named = |d: &crate::device::BalloonDevice| -> Vec<(&'static str, u64)> {
+            let s = d.stats();
+            super::STAT_NAMES
+                .iter()
+                .enumerate()
+                .filter_map(|(tag, n)| s.get(tag as u16).map(|v| (*n, v)))
+                .collect()
+        };
+        let live = self.with_handler(|h| h.device.as_ref().map(named));
         match live.flatten() {
             Some(v) if !v.is_empty() => {
                 *lock(&self.shared.stats) = v.clone();

@@ -1,0 +1,242 @@
+//! The vhost-user backend driven by a real vhost-user frontend (the vhost crate's), over a
+//! Unix socket, with memfd guest RAM shared across the socket and rings run by our own driver.
+
+mod vhost_support;
+
+use std::time::Duration;
+
+use vballoon::memory::PAGE_SIZE;
+use vballoon::vhost_user::VhostUserBackend;
+use vhost::vhost_user::VhostUserFrontend;
+use vhost_support::*;
+
+const MTH: u64 = 1 << 0;
+const STATS: u64 = 1 << 1;
+const DOOM: u64 = 1 << 2;
+const FPH: u64 = 1 << 3;
+const REPORTING: u64 = 1 << 5;
+
+fn backend(name: &str, features: &[&str]) -> (tempdir::Dir, VhostUserBackend) {
+    let dir = tempdir::Dir::new(name);
+    let b = VhostUserBackend::new(dir.path().join("vu.sock"), features, 256).unwrap();
+    (dir, b)
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A scratch directory removed on drop.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(name: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("vballoon-vu-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+const ALL: [&str; 6] = [
+    "must_tell_host",
+    "stats_vq",
+    "deflate_on_oom",
+    "free_page_hint",
+    "page_poison",
+    "reporting",
+];
+
+#[test]
+fn test_inflate_punches_holes_and_deflate_returns_pages() {
+    let (dir, b) = backend("inflate", &ALL);
+    let mem = ram();
+    let mut g = Guest::connect(&dir.path().join("vu.sock"), mem.clone());
+    assert_eq!(g.fe.get_queue_num().unwrap(), 5);
+    g.negotiate(MTH | STATS | DOOM, 3);
+    eventually("driver_ok", || b.status().driver_ok);
+    let st = b.status();
+    assert_eq!(
+        st.negotiated_features,
+        vec!["must_tell_host", "stats_vq", "deflate_on_oom", "version_1"]
+    );
+    assert_eq!(st.ram_bytes, RAM - 1024 * 1024);
+
+    // A target reaches the guest as config + a config-change message on the backend channel.
+    b.set_target(512).unwrap();
+    assert_eq!(
+        g.backend_message(),
+        2,
+        "VHOST_USER_BACKEND_CONFIG_CHANGE_MSG"
+    );
+    assert_eq!(g.config()[0], 512);
+
+    populate(&mem, PAGES, 512);
+    // The message buffer's page too, so the file's blocks change only by the discards.
+    populate(&mem, BUFS, 1);
+    let before = allocated(&mem);
+    assert!(has_data(&mem, PAGES, 512 * PAGE_SIZE));
+    // Two buffers of 256 PFNs each, as Linux sends them.
+    let first = PAGES / PAGE_SIZE;
+    for k in 0..2 {
+        g.post(0, &pfns(first + k * 256, 256));
+        let u = g.used(0);
+        assert_eq!(u.len, 0);
+    }
+    g.set_actual(512);
+    assert!(b.wait_for(Some(512), None, Duration::from_secs(10)));
+    let st = b.status();
+    assert_eq!(st.inflated_pages, 512);
+    assert_eq!(st.totals.inflate_buffers, 2);
+    assert!(st.totals.discard_calls >= 1 && st.totals.discard_calls <= 2);
+    assert_eq!(st.totals.pages_discarded, 512);
+    assert!(!has_data(&mem, PAGES, 512 * PAGE_SIZE), "holes punched");
+    assert_eq!(before - allocated(&mem), 512 * PAGE_SIZE);
+    assert!(st.ram_backed_bytes <= allocated(&mem) + PAGE_SIZE);
+
+    g.post(1, &pfns(first, 256));
+    g.used(1);
+    g.set_actual(256);
+    assert!(b.wait_for(Some(256), None, Duration::from_secs(10)));
+    let st = b.status();
+    assert_eq!(st.inflated_pages, 256);
+    assert_eq!(st.totals.deflate_buffers, 1);
+    assert!(st.errors.is_empty(), "{:?}", st.errors);
+}
+
+#[test]
+fn test_stats_arrive_and_are_polled() {
+    let (dir, b) = backend("stats", &ALL);
+    let mut g = Guest::connect(&dir.path().join("vu.sock"), ram());
+    g.negotiate(MTH | STATS, 3);
+    eventually("driver_ok", || b.status().driver_ok);
+    assert!(!b.request_stats().unwrap(), "no buffer held yet");
+    let sample = |free: u64| {
+        let mut v = Vec::new();
+        for (tag, val) in [(4u16, free), (5, 64 << 20)] {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&val.to_le_bytes());
+        }
+        v
+    };
+    g.post(2, &sample(1 << 20));
+    eventually("stats held", || b.status().totals.stats_updates == 1);
+    assert!(b.stats().contains(&("free_memory", 1 << 20)));
+    assert!(b.request_stats().unwrap());
+    g.used(2);
+    g.post(2, &sample(2 << 20));
+    eventually("second sample", || {
+        b.stats().contains(&("free_memory", 2 << 20))
+    });
+    assert!(b.stats().contains(&("total_memory", 64 << 20)));
+}
+
+#[test]
+fn test_unload_resets_and_reload_renegotiates() {
+    let (dir, b) = backend("reset", &ALL);
+    let mem = ram();
+    let mut g = Guest::connect(&dir.path().join("vu.sock"), mem.clone());
+    g.negotiate(MTH | STATS | FPH | REPORTING, 5);
+    eventually("driver_ok", || b.status().driver_ok);
+    assert_eq!(b.status().negotiated_features.len(), 5);
+    g.unload();
+    let st = b.status();
+    assert!(!st.driver_ok, "disabling the rings resets the device");
+    assert!(st.negotiated_features.is_empty());
+    // Reload with fewer features: queue 2 is now the reporting queue.
+    g.negotiate(MTH | REPORTING, 3);
+    eventually("driver_ok again", || b.status().driver_ok);
+    populate(&mem, PAGES, 512);
+    // One 2 MiB block reported (a 4 KiB-page run as one descriptor).
+    let at = vballoon::memory::GuestAddress(PAGES);
+    g.queues[2]
+        .add_chain(&[], &[(at, (512 * PAGE_SIZE) as u32)])
+        .unwrap();
+    g.kicks[2].write(1).unwrap();
+    g.used(2);
+    eventually("reported", || b.status().totals.pages_reported == 512);
+    assert!(!has_data(&mem, PAGES, 512 * PAGE_SIZE));
+    // The inflate queue still works after the renegotiation.
+    g.post(0, &pfns(PAGES / PAGE_SIZE, 8));
+    g.used(0);
+    assert_eq!(b.status().inflated_pages, 8);
+}
+
+#[test]
+fn test_free_page_hinting_cmd_id_hints_stop_done() {
+    let (dir, b) = backend("hints", &ALL);
+    let mem = ram();
+    let mut b = b;
+    let mut g = Guest::connect(&dir.path().join("vu.sock"), mem.clone());
+    g.negotiate(MTH | FPH, 3);
+    eventually("driver_ok", || b.status().driver_ok);
+    let id = b.start_hinting().unwrap();
+    assert!(id >= 2);
+    assert_eq!(g.backend_message(), 2);
+    assert_eq!(g.config()[2], id);
+    // The driver sends the id, a 4 MiB block (order 10), then STOP (0).
+    g.post(2, &id.to_le_bytes());
+    g.used(2);
+    populate(&mem, PAGES, 1024);
+    let at = vballoon::memory::GuestAddress(PAGES);
+    g.queues[2]
+        .add_chain(&[], &[(at, (1024 * PAGE_SIZE) as u32)])
+        .unwrap();
+    g.kicks[2].write(1).unwrap();
+    g.used(2);
+    g.post(2, &0u32.to_le_bytes());
+    g.used(2);
+    let st = b.status();
+    assert_eq!(st.totals.pages_hinted, 1024);
+    assert_eq!(st.hint_guest_cmd_id, 0, "stopped");
+    assert!(
+        !has_data(&mem, PAGES, 1024 * PAGE_SIZE),
+        "hinted pages discarded"
+    );
+    b.stop_hinting().unwrap();
+    assert_eq!(g.backend_message(), 2);
+    assert_eq!(g.config()[2], 1, "DONE");
+}
+
+#[test]
+fn test_disconnect_then_second_frontend() {
+    let (dir, b) = backend("reconnect", &ALL);
+    let path = dir.path().join("vu.sock");
+    {
+        let mut g = Guest::connect(&path, ram());
+        g.negotiate(MTH, 2);
+        eventually("driver_ok", || b.status().driver_ok);
+        // Dies in the middle of an inflate: a buffer posted, no kick answered yet.
+        g.post(0, &pfns(PAGES / PAGE_SIZE, 16));
+    }
+    assert!(b.wait_for(None, Some(false), Duration::from_secs(10)));
+    let st = b.status();
+    assert!(!st.driver_ok);
+    assert_eq!(st.frontends_served, 1);
+    let mem = ram();
+    let mut g = Guest::connect(&path, mem.clone());
+    g.negotiate(MTH, 2);
+    eventually("second driver_ok", || b.status().driver_ok);
+    populate(&mem, PAGES, 16);
+    g.post(0, &pfns(PAGES / PAGE_SIZE, 16));
+    g.used(0);
+    assert!(!has_data(&mem, PAGES, 16 * PAGE_SIZE));
+    assert_eq!(b.status().frontends_served, 2);
+    // While connected the backend holds the RAM file and maps it once.
+    let fd = mem.memfd().unwrap();
+    let (fds, maps) = references(fd);
+    assert!(fds >= 2 && maps >= 2, "{fds} fds, {maps} mappings");
+    drop(g);
+    assert!(b.wait_for(None, Some(false), Duration::from_secs(10)));
+    // Nothing leaked: only the test's own fd and mapping of its RAM file remain.
+    eventually("fds and mappings released", || references(fd) == (1, 1));
+}
