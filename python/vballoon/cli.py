@@ -125,6 +125,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
         )
         result["migrate"] = rows
+        from vballoon.realguest_cli import demo_section  # issue 9: boot a real guest
+
+        demo_section(console, result)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
@@ -312,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--dirty-rate", default=None, help="guest workload writes per second")
     bm.add_argument("--json", action="store_true")
     bm.set_defaults(func=cmd_bench_migrate)
+    from vballoon.realguest_cli import add_bench_parser
+
+    add_bench_parser(bsub)
 
     mig = sub.add_parser("migrate", help="live migration between two processes over TCP")
     msub = mig.add_subparsers(dest="side", required=True)
