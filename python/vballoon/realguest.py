@@ -4,6 +4,7 @@ vhost-user backend. Bench R1 (inflate 75% of a guest, beside the modelled PFN dr
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -25,9 +26,16 @@ class _Rig:
     def __init__(self, uml: Uml, mem_mib: int, **balloon_kw: Any) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="vballoon-realguest-")
         tmp = Path(self._tmp.name)
+        # Guest RAM on tmpfs where there is one: shmem, like the modelled guest's memfd.
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self._ram = tempfile.TemporaryDirectory(prefix="vballoon-ram-", dir=shm)
         self.balloon = VhostUserBalloon(tmp / "vu.sock", **balloon_kw)
         self.guest = UmlGuest(
-            uml, mem=f"{mem_mib}M", balloon_socket=self.balloon.socket, workdir=tmp / "guest"
+            uml,
+            mem=f"{mem_mib}M",
+            balloon_socket=self.balloon.socket,
+            workdir=tmp / "guest",
+            ramdir=self._ram.name,
         )
         try:
             t0 = time.monotonic()
@@ -46,6 +54,7 @@ class _Rig:
         self.guest.close()
         self.balloon.close()
         self._tmp.cleanup()
+        self._ram.cleanup()
 
     def __enter__(self) -> _Rig:
         return self
@@ -62,6 +71,7 @@ class _Rig:
         b = self.balloon
         before = b.status()
         blocks0 = self.guest.ram_allocated_bytes()
+        guest_cpu0, host_cpu0 = self.guest.cpu_secs(), time.process_time()
         t0 = time.monotonic()
         b.set_amount_mib(mib)
         if not b.backend.wait_for(actual_pages=mib * MIB_PAGES, timeout=timeout):
@@ -70,6 +80,10 @@ class _Rig:
         after = b.status()
         return {
             "secs": secs,
+            # CPU spent meanwhile by the guest (UML's processes) and by this process (the
+            # backend's threads; the waiting Python thread uses next to none).
+            "guest_cpu_secs": self.guest.cpu_secs() - guest_cpu0,
+            "backend_cpu_secs": time.process_time() - host_cpu0,
             "pages": abs(after.actual_pages - before.actual_pages),
             "inflate_buffers": after.inflate_buffers - before.inflate_buffers,
             "deflate_buffers": after.deflate_buffers - before.deflate_buffers,

@@ -99,6 +99,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
                     f"{inf['blocks_returned_bytes'] / MIB:,.1f}",
                     f"{inf['memtotal_drop_bytes'] / MIB:,.1f}",
                     f"{s['deflate']['secs'] * 1e3:,.1f}",
+                    f"{inf['guest_cpu_secs'] * 1e3:,.0f} / {inf['backend_cpu_secs'] * 1e3:,.0f}",
                 ]
             )
         for r in r1["model_rows"]:
@@ -117,6 +118,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
                         f"{r['rss_drop_bytes'] / MIB:,.1f}",
                         "-",
                         f"{r['deflate_secs'] * 1e3:,.1f}",
+                        "-",
                     ]
                 )
         console.print(
@@ -134,6 +136,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
                     "returned MiB",
                     "MemTotal drop MiB",
                     "deflate ms",
+                    "CPU ms guest / backend",
                 ],
                 rows,
             )

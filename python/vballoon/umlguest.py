@@ -71,6 +71,7 @@ class UmlGuest:
         extra_args: tuple[str, ...] = (),
         boot_timeout: float = 60.0,
         poll_ms: int = 20,
+        ramdir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.uml = uml if uml is not None else fetch()
         self.mem = _mem_arg(mem)
@@ -81,7 +82,8 @@ class UmlGuest:
             workdir = self._own_tmp.name
         self.workdir = Path(workdir)
         self.cmddir = self.workdir / "cmd"
-        self.ramdir = self.workdir / "ram"  # TMPDIR: UML's RAM file goes here
+        # TMPDIR: UML's RAM file goes here (on tmpfs, e.g. /dev/shm, it is shmem, as a memfd).
+        self.ramdir = Path(ramdir) if ramdir is not None else self.workdir / "ram"
         self.bindir = self.workdir / "bin"
         self.extra_args = extra_args
         self.boot_timeout = boot_timeout
@@ -322,6 +324,19 @@ class UmlGuest:
     def ram_allocated_bytes(self) -> int:
         """Bytes of the guest's RAM file that hold blocks on the host (st_blocks * 512)."""
         return os.stat(self.ram_file()).st_blocks * 512
+
+    def cpu_secs(self) -> float:
+        """CPU time (user + system) used so far by the guest's processes on the host."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.group_pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (man 5 proc)
+        return total / tick
 
     def ram_size_bytes(self) -> int:
         return os.stat(self.ram_file()).st_size
