@@ -175,7 +175,18 @@ def reporting_run(rig: _Rig, mib: int, timeout: float = 60) -> dict[str, Any]:
     blocks0 = rig.guest.ram_allocated_bytes()
     t0 = time.monotonic()
     goal = int(mib * MIB * 0.9)
-    if not _wait(lambda: blocks0 - rig.guest.ram_allocated_bytes() >= goal, timeout, 0.005):
+    # (seconds, pages reported, bytes returned) at each change of the reported count: shows
+    # the guest's pacing, and that each report's blocks are gone by the same 5 ms sample.
+    timeline: list[tuple[float, int, int]] = []
+
+    def done() -> bool:
+        reported = rig.balloon.status().pages_reported - s0.pages_reported
+        returned = blocks0 - rig.guest.ram_allocated_bytes()
+        if not timeline or timeline[-1][1] != reported:
+            timeline.append((time.monotonic() - t0, reported, returned))
+        return returned >= goal
+
+    if not _wait(done, timeout, 0.005):
         raise RuntimeError(f"{mib} MiB freed in the guest was not reported in {timeout} s")
     secs = time.monotonic() - t0
     s1 = rig.balloon.status()
@@ -184,6 +195,7 @@ def reporting_run(rig: _Rig, mib: int, timeout: float = 60) -> dict[str, Any]:
         "secs_to_90pct_discarded": secs,
         "pages_reported": s1.pages_reported - s0.pages_reported,
         "blocks_returned_bytes": blocks0 - rig.guest.ram_allocated_bytes(),
+        "timeline": timeline,
     }
 
 
