@@ -61,7 +61,7 @@ fn test_inflate_punches_holes_and_deflate_returns_pages() {
     let (dir, b) = backend("inflate", &ALL);
     let mem = ram();
     let mut g = Guest::connect(&dir.path().join("vu.sock"), mem.clone());
-    assert_eq!(g.fe.get_queue_num().unwrap(), 5);
+    assert_eq!(g.fe.get_queue_num().unwrap(), 6);
     g.negotiate(MTH | STATS | DOOM, 3);
     eventually("driver_ok", || b.status().driver_ok);
     let st = b.status();

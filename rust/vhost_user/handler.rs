@@ -75,6 +75,11 @@ impl Offer {
     }
 }
 
+/// Vring slots a frontend may set up, whatever the offer: Linux's driver asks virtio_uml for
+/// all 5 of its queues (absent ones unnamed), and virtio_uml refuses more than GET_QUEUE_NUM;
+/// one more for the seed's misc queue.
+pub const MAX_QUEUES: u16 = 6;
+
 /// Protocol features offered: CONFIG, BACKEND_REQ, REPLY_ACK, MQ (for GET_QUEUE_NUM).
 /// Not INBAND_NOTIFICATIONS: kicks and calls go over eventfds only.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
@@ -111,7 +116,7 @@ impl std::fmt::Debug for Handler {
 impl Handler {
     /// A handler for a new connection.
     pub fn new(shared: Arc<Shared>, offer: Offer) -> Handler {
-        let n = usize::from(offer.num_queues());
+        let n = usize::from(MAX_QUEUES);
         Handler {
             shared,
             offer,

@@ -127,7 +127,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn get_queue_num(&mut self) -> Result<u64> {
-        Ok(u64::from(self.offer.num_queues()))
+        Ok(u64::from(super::handler::MAX_QUEUES))
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {

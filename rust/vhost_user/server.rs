@@ -129,8 +129,6 @@ impl VhostUserBackend {
                 ));
             }
             h.offer = offer;
-            h.vrings
-                .resize_with(usize::from(offer.num_queues()), Default::default);
             Ok(())
         });
         r.unwrap_or(Ok(()))?;
