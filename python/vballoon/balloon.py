@@ -324,8 +324,8 @@ class VhostUserBalloon:
                 pending = self._hint_pending if self._ack_on_stop else None
             now = time.monotonic()
             try:
-                if interval and now >= next_poll:
-                    self.backend.request_stats()
+                # No buffer held (no guest yet, or its answer still on the way): retry soon.
+                if interval and now >= next_poll and self.backend.request_stats():
                     next_poll = now + interval
                 if pending is not None and self._hint_stopped(pending):
                     with self._lock:
@@ -336,7 +336,7 @@ class VhostUserBalloon:
             except _native.VBalloonError:
                 pass  # the backend reports device errors in status().errors
             wait = 0.01 if pending is not None else 0.25
-            if interval:
-                wait = min(wait, max(0.0, next_poll - time.monotonic()))
+            if interval and next_poll > time.monotonic():
+                wait = min(wait, next_poll - time.monotonic())
             self._wake.wait(wait)
             self._wake.clear()

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from vballoon.balloon import VhostUserBalloon
+from vballoon.balloon import BalloonApiError, VhostUserBalloon
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,43 +42,54 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with VhostUserBalloon(
-        args.socket,
-        args.api_socket,
-        amount_mib=args.amount_mib,
-        deflate_on_oom=args.deflate_on_oom,
-        stats_polling_interval_s=args.stats_polling_interval_s,
-        free_page_hinting=not args.no_hinting,
-        free_page_reporting=not args.no_reporting,
-        queue_size=args.queue_size,
-    ) as balloon:
-        where = f", API on {args.api_socket}" if args.api_socket else ""
-        if not args.quiet:
-            _log(f"vhost-user balloon on {args.socket}{where}; offering {balloon.features()}")
-        last: tuple[object, ...] = ()
-        errors_seen = 0
-        while not stop.wait(0.2):
-            s = balloon.status()
-            now = (s.connected, s.frontends_served, s.driver_ok, s.target_pages)
-            if now != last and not args.quiet:
-                _log(
-                    json.dumps(
-                        {
-                            "t": round(time.time(), 3),
-                            "connected": s.connected,
-                            "frontends_served": s.frontends_served,
-                            "driver_ok": s.driver_ok,
-                            "negotiated": s.negotiated_features,
-                            "target_pages": s.target_pages,
-                            "actual_pages": s.actual_pages,
-                        }
-                    )
-                )
-            last = now
-            if len(s.errors) != errors_seen and not args.quiet:
-                for e in s.errors[errors_seen:]:
-                    _log(f"device error: {e}")
-            errors_seen = len(s.errors)
+    try:
+        balloon = VhostUserBalloon(
+            args.socket,
+            args.api_socket,
+            amount_mib=args.amount_mib,
+            deflate_on_oom=args.deflate_on_oom,
+            stats_polling_interval_s=args.stats_polling_interval_s,
+            free_page_hinting=not args.no_hinting,
+            free_page_reporting=not args.no_reporting,
+            queue_size=args.queue_size,
+        )
+    except (BalloonApiError, FileExistsError) as e:
+        _log(f"error: {e}")
+        return 2
+    with balloon:
+        _serve(balloon, args, stop)
     if not args.quiet:
         _log("stopped")
     return 0
+
+
+def _serve(balloon: VhostUserBalloon, args: argparse.Namespace, stop: threading.Event) -> None:
+    """Until `stop`: a status line on each connect, negotiation or target change."""
+    where = f", API on {args.api_socket}" if args.api_socket else ""
+    if not args.quiet:
+        _log(f"vhost-user balloon on {args.socket}{where}; offering {balloon.features()}")
+    last: tuple[object, ...] = ()
+    last_error = None
+    while not stop.wait(0.2):
+        s = balloon.status()
+        now = (s.connected, s.frontends_served, s.driver_ok, s.target_pages)
+        if now != last and not args.quiet:
+            line = {
+                "t": round(time.time(), 3),
+                "connected": s.connected,
+                "frontends_served": s.frontends_served,
+                "driver_ok": s.driver_ok,
+                "negotiated": s.negotiated_features,
+                "target_pages": s.target_pages,
+                "actual_pages": s.actual_pages,
+            }
+            _log(json.dumps(line))
+        last = now
+        # The error list is bounded (oldest dropped): report what follows the last one seen.
+        if s.errors and s.errors[-1] != last_error and not args.quiet:
+            fresh = s.errors
+            if last_error in s.errors:
+                fresh = s.errors[len(s.errors) - s.errors[::-1].index(last_error) :]
+            for e in fresh:
+                _log(f"device error: {e}")
+            last_error = s.errors[-1]
