@@ -14,6 +14,7 @@ const MTH: u64 = 1 << 0;
 const STATS: u64 = 1 << 1;
 const DOOM: u64 = 1 << 2;
 const FPH: u64 = 1 << 3;
+const POISON: u64 = 1 << 4;
 const REPORTING: u64 = 1 << 5;
 
 fn backend(name: &str, features: &[&str]) -> (tempdir::Dir, VhostUserBackend) {
@@ -239,4 +240,34 @@ fn test_disconnect_then_second_frontend() {
     assert!(b.wait_for(None, Some(false), Duration::from_secs(10)));
     // Nothing leaked: only the test's own fd and mapping of its RAM file remain.
     eventually("fds and mappings released", || references(fd) == (1, 1));
+}
+
+#[test]
+fn test_page_poison_keeps_reported_pages() {
+    let (dir, b) = backend("poison", &ALL);
+    let mem = ram();
+    let mut g = Guest::connect(&dir.path().join("vu.sock"), mem.clone());
+    g.negotiate(MTH | POISON | REPORTING, 3);
+    eventually("driver_ok", || b.status().driver_ok);
+    assert!(b.status().negotiated_features.contains(&"page_poison"));
+    // The driver writes its poison pattern; reported pages must keep it, so none is discarded.
+    g.fe.set_config(
+        12,
+        vhost::vhost_user::message::VhostUserConfigFlags::WRITABLE,
+        &0xaaaa_aaaau32.to_le_bytes(),
+    )
+    .unwrap();
+    assert_eq!(g.config()[3], 0xaaaa_aaaa);
+    populate(&mem, PAGES, 512);
+    let at = vballoon::memory::GuestAddress(PAGES);
+    g.queues[2]
+        .add_chain(&[], &[(at, (512 * PAGE_SIZE) as u32)])
+        .unwrap();
+    g.kicks[2].write(1).unwrap();
+    g.used(2);
+    assert!(
+        has_data(&mem, PAGES, 512 * PAGE_SIZE),
+        "poisoned pages kept"
+    );
+    assert_eq!(b.status().totals.pages_discarded, 0);
 }

@@ -7,8 +7,8 @@ use std::str::FromStr;
 use super::HintOffer;
 use crate::abi::{
     bit, AbiMode, VBALLOON_F_PAGE_AUTO, VBALLOON_F_PAGE_EXTENTS, VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
-    VIRTIO_BALLOON_F_FREE_PAGE_HINT, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_REPORTING,
-    VIRTIO_BALLOON_F_STATS_VQ,
+    VIRTIO_BALLOON_F_FREE_PAGE_HINT, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_PAGE_POISON,
+    VIRTIO_BALLOON_F_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
 };
 use crate::pages::Encoding;
 use crate::virtq::defs::{feature, VIRTIO_F_VERSION_1};
@@ -176,6 +176,9 @@ impl DeviceConfig {
         }
         if self.hints.reporting {
             f |= bit(VIRTIO_BALLOON_F_REPORTING);
+        }
+        if self.hints.page_poison && self.abi.has_upstream_hinting() {
+            f |= bit(VIRTIO_BALLOON_F_PAGE_POISON);
         }
         f
     }

@@ -55,14 +55,18 @@ pub struct HintOffer {
     pub free_page_hint: bool,
     /// Free page reporting.
     pub reporting: bool,
+    /// Upstream PAGE_POISON (not a queue; not in v3 ABI mode): with a non-zero `poison_val`,
+    /// reported pages are kept, not discarded (a real guest may poison its free pages).
+    pub page_poison: bool,
 }
 
 impl HintOffer {
-    /// Every hint queue.
+    /// Every hint queue (PAGE_POISON, not a queue, stays off).
     pub const ALL: HintOffer = HintOffer {
         misc: true,
         free_page_hint: true,
         reporting: true,
+        page_poison: false,
     };
 }
 

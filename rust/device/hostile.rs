@@ -224,6 +224,7 @@ impl Harness {
             misc: selector & 1 != 0,
             free_page_hint: selector & 2 != 0,
             reporting: selector & 4 != 0,
+            page_poison: false,
         }
     }
 

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::{BackendReqHandler, Error as VuError};
 
@@ -68,6 +68,7 @@ fn run(
 ) -> Result<(), VhostUserError> {
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut srcs: Vec<Src> = Vec::new();
+    let mut partial: Option<Instant> = None;
     loop {
         if shared.is_stopping() {
             return Ok(());
@@ -128,11 +129,7 @@ fn run(
                         drain(k);
                     }
                     if i < h.running_queues() as u16 {
-                        if let Some(dev) = h.device.as_mut() {
-                            if let Err(e) = dev.process_queue(i) {
-                                shared.log(format!("queue {i}: {e}"));
-                            }
-                        }
+                        serve_queue(&mut h, i, shared);
                     }
                 }
                 Src::Interrupt(i) => {
@@ -162,7 +159,7 @@ fn run(
         }
         // The front channel last, so this round's fds were all valid while polled.
         let front_ready = fds[0].revents != 0;
-        if front_ready && !front_message(req, front, handler, shared, backend)? {
+        if front_ready && !front_message(req, front, handler, shared, backend, &mut partial)? {
             return Ok(());
         }
     }
@@ -175,15 +172,29 @@ fn front_message(
     handler: &Arc<Mutex<Handler>>,
     shared: &Shared,
     backend: &mut Option<UnixStream>,
+    partial: &mut Option<Instant>,
 ) -> Result<bool, VhostUserError> {
     match wire::peek_request(front)? {
-        None => return Ok(false),
-        Some(wire::SET_BACKEND_REQ_FD) => {
+        wire::Pending::Closed => return Ok(false),
+        wire::Pending::Partial => {
+            let since = *partial.get_or_insert_with(Instant::now);
+            if since.elapsed() > MESSAGE_TIMEOUT {
+                return Err(VhostUserError::BadMessage {
+                    op: "message",
+                    reason: format!("incomplete for {MESSAGE_TIMEOUT:?}"),
+                });
+            }
+            // Poll says readable until the rest arrives: do not spin on it.
+            std::thread::sleep(Duration::from_millis(5));
+            return Ok(true);
+        }
+        wire::Pending::Message(wire::SET_BACKEND_REQ_FD) => {
+            *partial = None;
             let acked = lock(handler).protocol;
             *backend = Some(wire::take_backend_req_fd(front, acked)?);
             return Ok(true);
         }
-        Some(_) => {}
+        wire::Pending::Message(_) => *partial = None,
     }
     match req.handle_request() {
         Ok(()) => {}
@@ -198,11 +209,7 @@ fn front_message(
             // Kicks that came before the last ring was enabled are still in the kick fds,
             // but serve every queue once in case the frontend kicked and drained early.
             for i in 0..h.running_queues() as u16 {
-                if let Some(dev) = h.device.as_mut() {
-                    if let Err(e) = dev.process_queue(i) {
-                        shared.log(format!("queue {i}: {e}"));
-                    }
-                }
+                serve_queue(&mut h, i, shared);
             }
         }
         Ok(false) => {}
@@ -212,6 +219,31 @@ fn front_message(
         }
     }
     Ok(true)
+}
+
+/// Serves queue `i` after a kick; the device's per-buffer errors go to the backend's log.
+fn serve_queue(h: &mut Handler, i: u16, shared: &Shared) {
+    if let Some(dev) = h.device.as_mut() {
+        let reported = dev.hint_counters().reported_pages;
+        if let Err(e) = dev.process_queue(i) {
+            shared.log(format!("queue {i}: {e}"));
+        }
+        // Reported pages the device kept because the guest poisons them are not discards.
+        let poisoned = dev.features().is_some_and(|f| f.page_poison())
+            && dev
+                .transport()
+                .read_config_u32(crate::abi::CONFIG_POISON_VAL)
+                .unwrap_or(0)
+                != 0;
+        if poisoned {
+            let kept = dev.hint_counters().reported_pages - reported;
+            h.reported_kept
+                .fetch_add(kept, std::sync::atomic::Ordering::Relaxed);
+        }
+        for e in dev.take_errors() {
+            shared.log(format!("queue {i}: {e}"));
+        }
+    }
 }
 
 /// Empties an eventfd (or pipe) kick fd.

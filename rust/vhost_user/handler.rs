@@ -22,10 +22,7 @@ use vhost::vhost_user::message::{
 use super::error::VhostUserError;
 use super::memory::FrontendMemory;
 use super::shared::{Shared, Totals};
-use crate::abi::{
-    bit, AbiMode, BalloonFeatures, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
-    VIRTIO_BALLOON_F_PAGE_POISON,
-};
+use crate::abi::{AbiMode, BalloonFeatures, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL};
 use crate::device::{BalloonDevice, DeviceConfig, HintEvent};
 use crate::memory::{Pfn, PAGE_SIZE};
 use crate::transport::{
@@ -53,18 +50,12 @@ pub(crate) struct Vring {
 pub struct Offer {
     /// The device's configuration (features, queue size, discard policy).
     pub cfg: DeviceConfig,
-    /// Offer VIRTIO_BALLOON_F_PAGE_POISON (handled here: the transport does not know it).
-    pub page_poison: bool,
 }
 
 impl Offer {
     /// Virtio feature bits offered, with VHOST_USER_F_PROTOCOL_FEATURES (bit 30).
     pub fn virtio_features(&self) -> u64 {
-        let mut f = self.cfg.device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if self.page_poison {
-            f |= bit(VIRTIO_BALLOON_F_PAGE_POISON);
-        }
-        f
+        self.cfg.device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     /// Queues the offer can make present.
@@ -101,6 +92,8 @@ pub struct Handler {
     pub(crate) active: bool,
     /// Pages the hint sink discarded on the current device.
     pub(crate) hint_discarded: Arc<AtomicU64>,
+    /// Reported pages the current device kept (the guest poisons free pages).
+    pub(crate) reported_kept: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -127,6 +120,7 @@ impl Handler {
             device: None,
             active: false,
             hint_discarded: Arc::new(AtomicU64::new(0)),
+            reported_kept: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -144,6 +138,7 @@ impl Handler {
                 &d.counters(),
                 &d.hint_counters(),
                 self.hint_discarded.load(Ordering::Relaxed),
+                self.reported_kept.load(Ordering::Relaxed),
             ),
             None => Totals::default(),
         }
@@ -159,6 +154,7 @@ impl Handler {
         self.device = None;
         self.active = false;
         self.hint_discarded = Arc::new(AtomicU64::new(0));
+        self.reported_kept = Arc::new(AtomicU64::new(0));
     }
 
     /// A fresh device over the frontend's memory, config carried over (target, actual).
@@ -203,14 +199,7 @@ impl Handler {
         // The driver's side of §3.1.1, for the frontend's driver.
         t.reset();
         t.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER)?;
-        let poison = bit(VIRTIO_BALLOON_F_PAGE_POISON);
-        let device_bits = acked & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let transport_bits = if t.device_features() & poison == 0 {
-            device_bits & !poison
-        } else {
-            device_bits
-        };
-        t.set_driver_features(transport_bits)?;
+        t.set_driver_features(acked & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())?;
         let st = t.set_status(
             VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
         )?;
@@ -484,14 +473,30 @@ impl Handler {
     }
 }
 
-/// Kick and call fds are the frontend's (eventfds or pipes): never let a full one block us.
+/// Kick and call fds are the frontend's: only eventfds and pipes are taken (a regular file
+/// polls readable forever), made non-blocking so a full one never blocks us.
 fn nonblocking(f: File) -> Result<File, VhostUserError> {
+    // SAFETY: a zeroed `stat` is a valid out-parameter for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is an open descriptor and `st` a valid out-pointer.
+    if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } != 0 {
+        return Err(VhostUserError::os("fstat(vring fd)"));
+    }
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap_or_default();
+    let is_eventfd = link.to_string_lossy() == "anon_inode:[eventfd]";
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO && !is_eventfd {
+        return Err(VhostUserError::BadMessage {
+            op: "SET_VRING_KICK/CALL",
+            reason: format!("fd is {} (an eventfd or a pipe is needed)", link.display()),
+        });
+    }
     // SAFETY: fcntl on a descriptor we own, with constant commands.
     let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(VhostUserError::os("fcntl(F_GETFL)"));
+    }
     // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(VhostUserError::os("fcntl(O_NONBLOCK)"));
     }
     Ok(f)

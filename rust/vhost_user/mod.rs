@@ -106,7 +106,6 @@ pub fn offer_for(names: &[&str], queue_size: u16) -> Result<Offer, VhostUserErro
         hints: HintOffer::default(),
         ..DeviceConfig::default()
     };
-    let mut page_poison = false;
     let mut encodings = 0;
     for &n in names {
         let key = n.trim().to_ascii_lowercase().replace('-', "_");
@@ -115,7 +114,7 @@ pub fn offer_for(names: &[&str], queue_size: u16) -> Result<Offer, VhostUserErro
             "stats_vq" | "stats" => cfg.stats = true,
             "deflate_on_oom" => cfg.deflate_on_oom = true,
             "free_page_hint" => cfg.hints.free_page_hint = true,
-            "page_poison" => page_poison = true,
+            "page_poison" => cfg.hints.page_poison = true,
             "reporting" => cfg.hints.reporting = true,
             "misc_vq" => cfg.hints.misc = true,
             "bitmap" | "extents" | "auto" => {
@@ -144,7 +143,7 @@ pub fn offer_for(names: &[&str], queue_size: u16) -> Result<Offer, VhostUserErro
             "misc_vq needs stats_vq (its queue numbering)".into(),
         ));
     }
-    Ok(Offer { cfg, page_poison })
+    Ok(Offer { cfg })
 }
 
 #[cfg(test)]

@@ -36,14 +36,22 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Totals of one device's counters (`hint_discarded`: pages our hint sink discarded).
-    pub fn of(d: &DeviceCounters, h: &HintCounters, hint_discarded: u64) -> Totals {
+    /// Totals of one device's counters (`hint_discarded`: pages our hint sink discarded, one
+    /// call per hinted block; `reported_kept`: reported pages not discarded because the guest
+    /// poisons free pages).
+    pub fn of(
+        d: &DeviceCounters,
+        h: &HintCounters,
+        hint_discarded: u64,
+        reported_kept: u64,
+    ) -> Totals {
+        let hint_calls = if hint_discarded > 0 { h.hint_blocks } else { 0 };
         Totals {
             pages_discarded: d.pages_inflated
                 + d.pages_reinflated
-                + h.reported_pages
+                + h.reported_pages.saturating_sub(reported_kept)
                 + hint_discarded,
-            discard_calls: d.discard_calls + h.report_discards + hint_discarded.min(h.hint_blocks),
+            discard_calls: d.discard_calls + h.report_discards + hint_calls,
             pages_reported: h.reported_pages,
             pages_hinted: h.hint_pages,
             inflate_buffers: d.inflate_buffers,

@@ -24,6 +24,8 @@ const REPLY: u32 = 0x4;
 const NEED_REPLY: u32 = 0x8;
 /// Most fds we accept on one message before refusing it (the rest are closed).
 const MAX_FDS: usize = 8;
+/// Largest payload a front-channel message may carry (the vhost crate's MAX_MSG_SIZE).
+const MAX_PAYLOAD: usize = 0x1000;
 
 fn header(request: u32, flags: u32, size: u32) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
@@ -37,36 +39,57 @@ fn word(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The request code of the next message without taking it (no fds are received by a peek
-/// without a control buffer); `None` when the frontend hung up.
-pub fn peek_request(s: &UnixStream) -> Result<Option<u32>, VhostUserError> {
-    let mut h = [0u8; HEADER];
-    // SAFETY: receives at most HEADER bytes into a valid buffer; MSG_PEEK leaves them queued.
+/// What is waiting on the front channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// The frontend hung up.
+    Closed,
+    /// Part of a message: the rest has not arrived.
+    Partial,
+    /// A whole message (header and payload) with this request code.
+    Message(u32),
+}
+
+/// Looks at the next message without taking it (a peek without a control buffer receives no
+/// fds). The vhost crate retries a short read forever, so it only gets whole messages: a
+/// frontend that stalls mid-message can then be dropped instead of blocking us.
+pub fn peek_request(s: &UnixStream) -> Result<Pending, VhostUserError> {
+    let mut buf = [0u8; HEADER + MAX_PAYLOAD];
+    // SAFETY: receives at most buf.len() bytes into a valid buffer; MSG_PEEK leaves them queued.
     let n = unsafe {
         libc::recv(
             s.as_raw_fd(),
-            h.as_mut_ptr().cast(),
-            HEADER,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    match n {
-        0 => Ok(None),
-        n if n < 0 => {
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(Some(0)),
-                std::io::ErrorKind::ConnectionReset => Ok(None),
-                _ => Err(VhostUserError::Os {
-                    op: "recv(MSG_PEEK)",
-                    source: e,
-                }),
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {
+                Ok(Pending::Partial)
             }
-        }
-        // A partial header: the crate reads it (with the socket's timeout).
-        n if (n as usize) < HEADER => Ok(Some(0)),
-        _ => Ok(Some(word(&h, 0))),
+            std::io::ErrorKind::ConnectionReset => Ok(Pending::Closed),
+            _ => Err(VhostUserError::Os {
+                op: "recv(MSG_PEEK)",
+                source: e,
+            }),
+        };
     }
+    let n = n as usize;
+    if n == 0 {
+        return Ok(Pending::Closed);
+    }
+    if n < HEADER {
+        return Ok(Pending::Partial);
+    }
+    let size = word(&buf, 8) as usize;
+    // An oversized payload is the crate's to refuse (it checks before reading a byte of it).
+    if size <= MAX_PAYLOAD && n < HEADER + size {
+        return Ok(Pending::Partial);
+    }
+    Ok(Pending::Message(word(&buf, 0)))
 }
 
 /// Receives SET_BACKEND_REQ_FD (header, no payload, one fd) and acks it if asked.

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::virtq::{DriverQueue, QueueLayout, UsedElem};
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -83,6 +85,8 @@ impl Guest {
             | VhostUserProtocolFeatures::MQ;
         assert!(pf.contains(want), "{pf:?}");
         fe.set_protocol_features(want).unwrap();
+        // As virtio_uml: every message asks for an ack, so a refusal is seen at once.
+        fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         let (ours, theirs) = UnixStream::pair().unwrap();
         fe.set_backend_request_fd(&theirs).unwrap();
         drop(theirs);
