@@ -139,6 +139,10 @@ fn test_stats_arrive_and_are_polled() {
         b.stats().contains(&("free_memory", 2 << 20))
     });
     assert!(b.stats().contains(&("total_memory", 64 << 20)));
+    // The last sample stays readable after the frontend is gone.
+    drop(g);
+    assert!(b.wait_for(None, Some(false), Duration::from_secs(10)));
+    assert!(b.stats().contains(&("free_memory", 2 << 20)));
 }
 
 #[test]

@@ -69,6 +69,14 @@ fn test_bad_fields_are_refused_and_the_connection_goes_on() {
     let rc = unsafe { libc::dup2(mem.memfd().unwrap(), target) };
     assert!(rc >= 0);
     assert!(g.fe.set_vring_kick(0, &not_eventfd).is_err());
+    // A socket is taken as a call fd: virtio_uml passes one end of a socketpair.
+    let (sock, _peer) = UnixStream::pair().unwrap();
+    let as_call = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+    let target = std::os::fd::AsRawFd::as_raw_fd(&as_call);
+    // SAFETY: replaces the eventfd's descriptor number with a dup of the socket (test only).
+    let rc = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&sock), target) };
+    assert!(rc >= 0);
+    g.fe.set_vring_call(0, &as_call).unwrap();
     g.fe.set_vring_num(0, QSIZE).unwrap();
     // Ring addresses outside the shared region, or straddling its end.
     let bad = |d: u64| VringConfigData {

@@ -146,10 +146,15 @@ impl Handler {
 
     /// Drops the device instance (its counters go to the backend's totals) and stops serving.
     pub(crate) fn reset_device(&mut self) {
-        if self.device.is_some() {
+        if let Some(d) = &self.device {
             let t = self.device_totals();
             let mut r = super::shared::lock(&self.shared.retired);
             *r = r.plus(t);
+            // The last sample outlives the device (and the frontend).
+            let sample = super::named_stats(d);
+            if !sample.is_empty() {
+                *super::shared::lock(&self.shared.stats) = sample;
+            }
         }
         self.device = None;
         self.active = false;
@@ -473,8 +478,9 @@ impl Handler {
     }
 }
 
-/// Kick and call fds are the frontend's: only eventfds and pipes are taken (a regular file
-/// polls readable forever), made non-blocking so a full one never blocks us.
+/// Kick and call fds are the frontend's: only eventfds, pipes and sockets are taken (virtio_uml
+/// passes a socketpair as its call fd; a regular file would poll readable forever), made
+/// non-blocking so a full one never blocks us.
 fn nonblocking(f: File) -> Result<File, VhostUserError> {
     // SAFETY: a zeroed `stat` is a valid out-parameter for fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -484,10 +490,14 @@ fn nonblocking(f: File) -> Result<File, VhostUserError> {
     }
     let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap_or_default();
     let is_eventfd = link.to_string_lossy() == "anon_inode:[eventfd]";
-    if st.st_mode & libc::S_IFMT != libc::S_IFIFO && !is_eventfd {
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFIFO && kind != libc::S_IFSOCK && !is_eventfd {
         return Err(VhostUserError::BadMessage {
             op: "SET_VRING_KICK/CALL",
-            reason: format!("fd is {} (an eventfd or a pipe is needed)", link.display()),
+            reason: format!(
+                "fd is {} (an eventfd, pipe or socket is needed)",
+                link.display()
+            ),
         });
     }
     // SAFETY: fcntl on a descriptor we own, with constant commands.

@@ -75,6 +75,16 @@ pub const STAT_NAMES: [&str; 16] = [
     "direct_reclaims",
 ];
 
+/// The device's last stats sample by [`STAT_NAMES`].
+pub fn named_stats(d: &crate::device::BalloonDevice) -> Vec<(&'static str, u64)> {
+    let s = d.stats();
+    STAT_NAMES
+        .iter()
+        .enumerate()
+        .filter_map(|(tag, n)| s.get(tag as u16).map(|v| (*n, v)))
+        .collect()
+}
+
 /// Names of the balloon features in `bits` (and "version_1").
 pub fn feature_names(bits: u64) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = FEATURE_NAMES

@@ -157,15 +157,7 @@ impl VhostUserBackend {
 
     /// The last stats sample, by Linux tag names.
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
-        let named = |d: &crate::device::BalloonDevice| -> Vec<(&'static str, u64)> {
-            let s = d.stats();
-            super::STAT_NAMES
-                .iter()
-                .enumerate()
-                .filter_map(|(tag, n)| s.get(tag as u16).map(|v| (*n, v)))
-                .collect()
-        };
-        let live = self.with_handler(|h| h.device.as_ref().map(named));
+        let live = self.with_handler(|h| h.device.as_ref().map(super::named_stats));
         match live.flatten() {
             Some(v) if !v.is_empty() => {
                 *lock(&self.shared.stats) = v.clone();
