@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from vballoon.uml import UmlUnavailable, cached, fetch
-from vballoon.umlguest import GuestError, UmlGuest
+from vballoon.umlguest import UmlGuest, UmlGuestError
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_boot_run_and_power_off(uml, tmp_path):
         assert g.run("uname -r").out.strip() == uml.modules.name
         r = g.run("exit 3", check=False)
         assert r.rc == 3
-        with pytest.raises(GuestError, match="failed"):
+        with pytest.raises(UmlGuestError, match="failed"):
             g.run("false")
         info = g.meminfo()
         assert 100 << 20 < info["MemTotal"] <= 128 << 20
@@ -62,7 +62,7 @@ def test_a_hung_or_killed_guest_leaves_nothing_behind(uml, tmp_path):
     g = UmlGuest(uml, mem="64M", workdir=tmp_path)
     with g:
         g.send("sleep 1000")  # never answers
-        with pytest.raises(GuestError, match="no answer"):
+        with pytest.raises(UmlGuestError, match="no answer"):
             g.result(0, timeout=0.5)
         os.killpg(g.pid, signal.SIGSTOP)  # a stopped guest cannot power itself off
         g.poweroff(timeout=0.5)
@@ -73,6 +73,6 @@ def test_a_hung_or_killed_guest_leaves_nothing_behind(uml, tmp_path):
 def test_a_guest_that_dies_is_reported(uml, tmp_path):
     with UmlGuest(uml, mem="64M", workdir=tmp_path) as g:
         n = g.send("echo o > /proc/sysrq-trigger; sleep 100")
-        with pytest.raises(GuestError, match="died"):
+        with pytest.raises(UmlGuestError, match="died"):
             g.result(n, timeout=30)
     assert g.group_pids() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 from vballoon import _native
@@ -315,8 +316,6 @@ class VhostUserBalloon:
         )
 
     def _watch(self) -> None:
-        import time
-
         next_poll = time.monotonic()
         while not self._closed:
             with self._lock:

@@ -41,7 +41,7 @@ done
 """
 
 
-class GuestError(RuntimeError):
+class UmlGuestError(RuntimeError):
     """The guest did not boot, died, or a command did not finish in time."""
 
 
@@ -123,7 +123,7 @@ class UmlGuest:
 
     def start(self) -> None:
         if self.proc is not None:
-            raise GuestError("this guest was started already")
+            raise UmlGuestError("this guest was started already")
         for d in (self.cmddir, self.ramdir, self.bindir, self.workdir / "umid"):
             d.mkdir(parents=True, exist_ok=True)
         busybox = str(self.uml.busybox)
@@ -168,7 +168,7 @@ class UmlGuest:
     @property
     def pid(self) -> int:
         if self.proc is None:
-            raise GuestError("the guest is not running")
+            raise UmlGuestError("the guest is not running")
         return self.proc.pid
 
     def alive(self) -> bool:
@@ -217,7 +217,7 @@ class UmlGuest:
         try:
             if self.alive() and not self._stopped():
                 self.poweroff(timeout=10)
-        except GuestError:
+        except UmlGuestError:
             pass
         finally:
             # Even after a clean power-off, helpers of the group may linger: kill them all.
@@ -253,7 +253,7 @@ class UmlGuest:
     def send(self, script: str) -> int:
         """Queue a shell script to run in the guest; returns its number (no wait)."""
         if not self.alive():
-            raise GuestError(f"the guest is not running; console tail:\n{self._tail()}")
+            raise UmlGuestError(f"the guest is not running; console tail:\n{self._tail()}")
         n = self._n
         self._n += 1
         tmp = self.cmddir / f".cmd.{n}"
@@ -270,19 +270,19 @@ class UmlGuest:
         )
 
     def run(self, script: str, timeout: float = 60.0, check: bool = True) -> Command:
-        """Run a shell script in the guest and wait for it; GuestError if it fails and `check`."""
+        """Run a shell script in the guest and wait; UmlGuestError if it fails and `check`."""
         r = self.result(self.send(script), timeout)
         if check and r.rc != 0:
-            raise GuestError(f"guest command failed ({r.rc}): {script!r}\n{r.out}")
+            raise UmlGuestError(f"guest command failed ({r.rc}): {script!r}\n{r.out}")
         return r
 
     def _wait_file(self, path: Path, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not path.exists():
             if not self.alive():
-                raise GuestError(f"the guest died during {what}; console tail:\n{self._tail()}")
+                raise UmlGuestError(f"the guest died during {what}; console tail:\n{self._tail()}")
             if time.monotonic() > deadline:
-                raise GuestError(f"{what}: no answer in {timeout} s; console:\n{self._tail()}")
+                raise UmlGuestError(f"{what}: no answer in {timeout} s; console:\n{self._tail()}")
             time.sleep(0.005)
 
     def _tail(self, n: int = 40) -> str:
@@ -319,7 +319,7 @@ class UmlGuest:
                 continue
             if target.startswith(str(self.ramdir)):
                 return Path(link)
-        raise GuestError(f"no RAM file of the guest under {self.ramdir}")
+        raise UmlGuestError(f"no RAM file of the guest under {self.ramdir}")
 
     def ram_allocated_bytes(self) -> int:
         """Bytes of the guest's RAM file that hold blocks on the host (st_blocks * 512)."""
