@@ -8,6 +8,7 @@ use std::time::Duration;
 use vballoon::memory::PAGE_SIZE;
 use vballoon::vhost_user::VhostUserBackend;
 use vhost::vhost_user::VhostUserFrontend;
+use vhost::VhostBackend;
 use vhost_support::*;
 
 const MTH: u64 = 1 << 0;
@@ -112,6 +113,9 @@ fn test_inflate_punches_holes_and_deflate_returns_pages() {
     assert_eq!(st.inflated_pages, 256);
     assert_eq!(st.totals.deflate_buffers, 1);
     assert!(st.errors.is_empty(), "{:?}", st.errors);
+    // GET_VRING_BASE stops the device and answers the next available index: 2 buffers popped.
+    assert_eq!(g.fe.get_vring_base(0).unwrap(), 2);
+    assert!(!b.status().driver_ok);
 }
 
 #[test]
@@ -157,6 +161,13 @@ fn test_unload_resets_and_reload_renegotiates() {
     let st = b.status();
     assert!(!st.driver_ok, "disabling the rings resets the device");
     assert!(st.negotiated_features.is_empty());
+    // Config stays usable while the driver reprobes (it may write poison_val before its rings).
+    g.fe.set_config(
+        12,
+        vhost::vhost_user::message::VhostUserConfigFlags::WRITABLE,
+        &0u32.to_le_bytes(),
+    )
+    .unwrap();
     // Reload with fewer features: queue 2 is now the reporting queue.
     g.negotiate(MTH | REPORTING, 3);
     eventually("driver_ok again", || b.status().driver_ok);

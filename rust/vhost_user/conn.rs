@@ -54,7 +54,7 @@ pub(crate) fn serve(
     let mut backend: Option<UnixStream> = None;
     let result = run(&mut req, &peek, &handler, shared, wake, &mut backend);
     *lock(current) = None;
-    lock(&handler).reset_device();
+    lock(&handler).retire_device();
     result
 }
 

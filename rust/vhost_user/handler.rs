@@ -144,8 +144,19 @@ impl Handler {
         }
     }
 
-    /// Drops the device instance (its counters go to the backend's totals) and stops serving.
+    /// Resets the device: the instance is retired and a fresh, inactive one takes its place, so
+    /// config reads and writes keep working while the driver renegotiates.
     pub(crate) fn reset_device(&mut self) {
+        self.retire_device();
+        if self.mem.is_some() {
+            if let Err(e) = self.ensure_device() {
+                self.shared.log(format!("device reset: {e}"));
+            }
+        }
+    }
+
+    /// Drops the device instance (its counters go to the backend's totals) and stops serving.
+    pub(crate) fn retire_device(&mut self) {
         if let Some(d) = &self.device {
             let t = self.device_totals();
             let mut r = super::shared::lock(&self.shared.retired);
@@ -311,7 +322,7 @@ impl Handler {
     ) -> Result<(), VhostUserError> {
         let mem = FrontendMemory::new(table, files)?;
         // The device holds the old mapping: rebuild it over the new one.
-        self.reset_device();
+        self.retire_device();
         self.mem = Some(mem);
         self.ensure_device()?;
         Ok(())
