@@ -286,3 +286,38 @@ fn test_page_poison_keeps_reported_pages() {
     );
     assert_eq!(b.status().totals.pages_discarded, 0);
 }
+
+#[test]
+fn test_virtio_uml_reload_renegotiates_on_new_rings() {
+    let (dir, b) = backend("umlreload", &ALL);
+    let mem = ram();
+    let mut g = Guest::connect(&dir.path().join("vu.sock"), mem.clone());
+    let feats = MTH | STATS | FPH | REPORTING;
+    g.negotiate_uml(feats, 5, 0);
+    eventually("driver_ok", || b.status().driver_ok);
+    populate(&mem, PAGES, 8);
+    g.post(0, &pfns(PAGES / PAGE_SIZE, 8));
+    g.used(0);
+    g.post(1, &pfns(PAGES / PAGE_SIZE, 8));
+    g.used(1);
+    // rmmod: virtio_uml tells the backend nothing, and the guest reuses the old rings' memory.
+    for i in 0..5 {
+        let base = Guest::ring_base(i, 0);
+        mem.fill(
+            base,
+            vballoon::virtq::QueueLayout::placed_bytes(QSIZE),
+            0xff,
+        )
+        .unwrap();
+    }
+    // insmod: new features, new rings; the device must not run on the old ones meanwhile.
+    g.negotiate_uml(feats, 5, 1);
+    eventually("driver_ok again", || b.status().driver_ok);
+    populate(&mem, PAGES, 8);
+    g.post(0, &pfns(PAGES / PAGE_SIZE, 8));
+    g.used(0);
+    assert!(!has_data(&mem, PAGES, 8 * PAGE_SIZE));
+    let st = b.status();
+    assert_eq!(st.inflated_pages, 8);
+    assert!(st.errors.is_empty(), "{:?}", st.errors);
+}

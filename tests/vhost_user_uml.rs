@@ -51,7 +51,16 @@ fn test_real_linux_driver_inflates_unloads_and_reloads() {
     std::fs::create_dir_all(&work).unwrap();
     let sock = work.join("vu.sock");
     // No DEFLATE_ON_OOM, so MemTotal shrinks by the balloon (Linux's adjust_managed_page_count).
-    let b = VhostUserBackend::new(&sock, &["must_tell_host", "stats_vq"], 256).unwrap();
+    // All five queues, so a reload re-sets up rings the guest may have reused (it sends no
+    // message at rmmod; the reload's SET_FEATURES is the reset).
+    let feats = [
+        "must_tell_host",
+        "stats_vq",
+        "free_page_hint",
+        "page_poison",
+        "reporting",
+    ];
+    let b = VhostUserBackend::new(&sock, &feats, 256).unwrap();
     b.set_target(16384).unwrap();
     let init = work.join("init.sh");
     let bb = busybox.display();

@@ -306,11 +306,17 @@ impl Handler {
             self.reset_device();
         }
         self.acked = Some(features);
-        // Without PROTOCOL_FEATURES rings start enabled (spec, "Ring states").
-        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
-            for v in &mut self.vrings {
-                v.enabled = true;
-            }
+        // A negotiation is followed by the rings' setup (virtio 1.2 §3.1.1; frontends send
+        // SET_FEATURES before the rings): forget the old rings, so a renegotiation never runs on
+        // rings the guest freed. virtio_uml sends no message when the driver is unbound; the
+        // reload's SET_FEATURES is the first sign. Without PROTOCOL_FEATURES rings start
+        // enabled (vhost-user spec, "Ring states"), and virtio_uml then never sends ENABLE.
+        let enabled = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0;
+        for v in &mut self.vrings {
+            *v = Vring {
+                enabled,
+                ..Vring::default()
+            };
         }
         Ok(())
     }

@@ -109,16 +109,38 @@ impl Guest {
         }
     }
 
-    /// Negotiates `features` (balloon bits) and sets up `nq` queues as Linux's find_vqs does.
+    /// Negotiates `features` (balloon bits, with VHOST_USER_F_PROTOCOL_FEATURES) and sets up
+    /// `nq` queues, enabling them with SET_VRING_ENABLE.
     pub fn negotiate(&mut self, features: u64, nq: usize) {
         self.fe
             .set_features(features | PROTOCOL_FEATURES | VERSION_1)
             .unwrap();
+        self.setup_rings(nq, 0);
+        for i in 0..nq {
+            self.fe.set_vring_enable(i, true).unwrap();
+        }
+    }
+
+    /// What virtio_uml (Linux 7.2) does when the driver binds: SET_FEATURES without bit 30 (so
+    /// rings start enabled and no SET_VRING_ENABLE follows), then every ring's size, base and
+    /// addresses, then the kick fds. `generation` moves the rings, as a reload allocates new ones.
+    pub fn negotiate_uml(&mut self, features: u64, nq: usize, generation: u64) {
+        self.fe.set_features(features | VERSION_1).unwrap();
+        self.setup_rings(nq, generation);
+    }
+
+    /// Ring `i` of `generation` starts here.
+    pub fn ring_base(i: usize, generation: u64) -> GuestAddress {
+        GuestAddress(RINGS + generation * 0x6_0000 + (i as u64) * 0x1_0000)
+    }
+
+    fn setup_rings(&mut self, nq: usize, generation: u64) {
         self.queues.clear();
         self.kicks.clear();
         self.calls.clear();
+        let mut cfgs = Vec::new();
         for i in 0..nq {
-            let base = GuestAddress(RINGS + (i as u64) * 0x1_0000);
+            let base = Self::ring_base(i, generation);
             let layout = QueueLayout::place(base, QSIZE).unwrap();
             // Fresh rings: the driver zeroes them before use.
             self.mem
@@ -126,7 +148,7 @@ impl Guest {
                 .unwrap();
             let q = DriverQueue::new(Arc::clone(&self.mem), layout, VERSION_1).unwrap();
             let ua = |g: GuestAddress| user_addr(&self.mem, g.raw());
-            let cfg = VringConfigData {
+            cfgs.push(VringConfigData {
                 queue_max_size: QSIZE,
                 queue_size: QSIZE,
                 flags: 0,
@@ -134,20 +156,19 @@ impl Guest {
                 used_ring_addr: ua(layout.used_ring()),
                 avail_ring_addr: ua(layout.avail_ring()),
                 log_addr: None,
-            };
-            let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-            let call = EventFd::new(EFD_NONBLOCK).unwrap();
+            });
+            self.queues.push(q);
+            self.kicks.push(EventFd::new(EFD_NONBLOCK).unwrap());
+            self.calls.push(EventFd::new(EFD_NONBLOCK).unwrap());
+        }
+        for (i, cfg) in cfgs.iter().enumerate() {
             self.fe.set_vring_num(i, QSIZE).unwrap();
             self.fe.set_vring_base(i, 0).unwrap();
-            self.fe.set_vring_addr(i, &cfg).unwrap();
-            self.fe.set_vring_kick(i, &kick).unwrap();
-            self.fe.set_vring_call(i, &call).unwrap();
-            self.queues.push(q);
-            self.kicks.push(kick);
-            self.calls.push(call);
+            self.fe.set_vring_addr(i, cfg).unwrap();
+            self.fe.set_vring_call(i, &self.calls[i]).unwrap();
         }
         for i in 0..nq {
-            self.fe.set_vring_enable(i, true).unwrap();
+            self.fe.set_vring_kick(i, &self.kicks[i]).unwrap();
         }
     }
 
