@@ -8,3 +8,8 @@ from vballoon import _native
 from vballoon._native import *  # noqa: F403  (the native API is the public API)
 
 __all__ = list(_native.__all__)
+
+# The vhost-user balloon with Firecracker's API (a Python layer over _native.VhostUserBackend).
+from vballoon.balloon import VhostUserBalloon
+
+__all__ += ["VhostUserBalloon"]

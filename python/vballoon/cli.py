@@ -136,6 +136,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         sc = output.migrate_scenario(scenarios, variants, args.migrate_guest, 1, "10Gbit", None)
         parts.append(schema.part("migrate", sc, rows))
+        from vballoon.realguest_cli import demo_section  # issue 9: boot a real guest
+
+        real: dict[str, Any] = {}
+        demo_section(out, real)
+        if real.get("real_guest"):
+            parts.append(schema.part("real_guest", {}, real["real_guest"]))
     if len(parts) == 1:
         command = " ".join(filter(None, [args.command, getattr(args, "bench", None)]))
         doc = schema.document(command, "virtq", parts[0]["scenario"], parts[0]["rows"])
@@ -367,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--dirty-rate", default=None, help="guest workload writes per second")
     output.add_options(bm)
     bm.set_defaults(func=cmd_bench_migrate)
+    from vballoon.realguest_cli import add_bench_parser
+
+    add_bench_parser(bsub)
 
     mig = sub.add_parser("migrate", help="live migration between two processes over TCP")
     msub = mig.add_subparsers(dest="side", required=True)
@@ -400,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--key-file", default=None, help="pre-shared key (as the listener's)")
     ms.set_defaults(func=cmd_migrate_send)
     output.add_report_parser(sub)
+
+    from vballoon import serve  # the vhost-user backend and its API (issue 9)
+
+    serve.add_parser(sub)
     return p
 
 

@@ -82,6 +82,7 @@ ROW_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "dirty_after": (int,),
     },
     "migrate_listen": {"guest_bytes": (int,), "bytes_received": (int,), "total_secs": _NUM},
+    "real_guest": {"step": (str,), "ms": _NUM},
     "huge": {
         "backing": (str,),
         "variant": (str,),
