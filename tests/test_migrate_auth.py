@@ -25,7 +25,11 @@ def _listen(port, key_file, size="64MiB"):
            "--address", f"127.0.0.1:{port}", "--size", size, "--timeout", "60",
            "--key-file", str(key_file)]  # fmt: skip
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -58,11 +62,12 @@ def test_wrong_key_is_refused(tmp_path):
         g = Guest("64MiB", used="8MiB")
         with pytest.raises(MigrationError, match=r"(?i)authenticat"):
             g.migrate(to=f"127.0.0.1:{port}", key=b"x" * 32, timeout=10)
-        out, _ = listener.communicate(timeout=60)
+        _, err = listener.communicate(timeout=60)
     finally:
         listener.kill()
     assert listener.returncode == 1
-    assert "authentication" in out
+    # Errors go to stderr; stdout carries only the report.
+    assert "authentication" in err
 
 
 def test_non_loopback_listener_needs_a_key_or_insecure():

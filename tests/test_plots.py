@@ -116,7 +116,8 @@ def test_report_renders_saved_documents(docs, tmp_path):
         assert f"]({path.stem}.png)" in summary
         for part in schema.parts(doc):
             for r in part["rows"]:
-                assert f"| {r.get('name') or r.get('variant') or r['threads']} |" in summary
+                label = r.get("name") or r.get("variant") or r.get("step") or r["threads"]
+                assert f"| {label} |" in summary
 
 
 def test_unknown_formats_and_kinds_are_refused(docs, tmp_path):

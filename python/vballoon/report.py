@@ -121,7 +121,21 @@ def virtq_markdown(part: Mapping[str, Any]) -> list[str]:
     return _md_table(cols, rows)
 
 
+def steps_markdown(part: Mapping[str, Any]) -> list[str]:
+    """Timed steps (a real guest's boot, inflate, deflate; the huge-page bench's variants)."""
+    rows = [
+        [
+            r.get("step") or f"{r['backing']} {r['variant']}",
+            f"{r.get('ms', r.get('secs', 0) * 1e3):,.1f}",
+        ]
+        for r in part["rows"]
+    ]
+    return _md_table(["step", "ms"], rows)
+
+
 MARKDOWN = {
+    "huge": steps_markdown,
+    "real_guest": steps_markdown,
     "inflate": inflate_markdown,
     "migrate": migrate_markdown,
     "migrate_send": timeline_markdown,
