@@ -24,7 +24,7 @@ pub mod hostile;
 pub mod stats;
 mod vectored;
 
-pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, ERROR_LOG_LEN};
+pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, BATCH_RUNS, ERROR_LOG_LEN};
 pub use balloon::{
     FreePageStatus, HintCounters, HintError, HintEvent, HintOffer, HintSink, WriteLog,
 };
