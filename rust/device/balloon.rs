@@ -19,7 +19,9 @@ use crate::transport::wire::encoding_for;
 use crate::transport::{
     status_names, FeatureCheck, Transport, TransportConfig, VIRTIO_CONFIG_S_DRIVER_OK,
 };
-use crate::virtq::defs::{has_feature, VIRTIO_F_VERSION_1};
+use crate::virtq::defs::{
+    feature, has_feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+};
 use crate::virtq::{DescriptorChain, DeviceQueue, VirtqError};
 
 // ---- inflate/deflate batches (bounded run buffer) and applying them ----
@@ -30,6 +32,8 @@ mod discard;
 pub use batch::BATCH_RUNS;
 pub use discard::merge_runs;
 // ---- end batches ----
+#[path = "reset.rs"]
+mod reset;
 
 // ---- free page hints: misc, free-page and reporting queues (one file each) ----
 #[path = "free_page.rs"]
@@ -149,6 +153,10 @@ pub struct BalloonDevice {
     /// For [`DiscardPolicy::Vectored`]: our pidfd, and whether the kernel took it so far.
     self_madvise: Option<SelfMadvise>,
     vectored_ok: bool,
+    /// The transport's reset count the device last acted on (`reset.rs`).
+    seen_resets: u64,
+    /// Whether to activate again at the driver's next DRIVER_OK (it reset a running device).
+    rearm: bool,
     // Reused per batch so the hot path does not allocate.
     chain: DescriptorChain,
     scratch: Vec<u8>,
@@ -174,7 +182,18 @@ const DRIVER_WRITABLE: u16 = (0xf << CONFIG_ACTUAL) | (0xf << CONFIG_POISON_VAL)
 impl BalloonDevice {
     /// A device for `mem` configured by `cfg`, and the transport the driver probes.
     pub fn new(mem: Arc<GuestMemory>, cfg: DeviceConfig) -> Result<BalloonDevice, BalloonError> {
-        let device_features = cfg.device_features();
+        Self::with_ring_features(mem, cfg, 0)
+    }
+
+    /// Like [`BalloonDevice::new`], also offering the ring features in `ring` (of
+    /// VIRTIO_F_INDIRECT_DESC and VIRTIO_F_EVENT_IDX; other bits are ignored), §2.7.5.3, §2.7.10.
+    pub fn with_ring_features(
+        mem: Arc<GuestMemory>,
+        cfg: DeviceConfig,
+        ring: u64,
+    ) -> Result<BalloonDevice, BalloonError> {
+        let ring = ring & (feature(VIRTIO_F_INDIRECT_DESC) | feature(VIRTIO_F_EVENT_IDX));
+        let device_features = cfg.device_features() | ring;
         let offered = BalloonFeatures::new(device_features, cfg.abi);
         let require_mth = cfg.require_must_tell_host;
         let check: FeatureCheck = Arc::new(move |f| {
@@ -196,6 +215,7 @@ impl BalloonDevice {
             feature_check: Some(check),
         })?;
         let pages = mem.pages();
+        let seen_resets = transport.resets();
         Ok(BalloonDevice {
             cfg,
             mem,
@@ -211,6 +231,8 @@ impl BalloonDevice {
             errors_total: 0,
             self_madvise: None,
             vectored_ok: true,
+            seen_resets,
+            rearm: false,
             chain: DescriptorChain::new(),
             scratch: Vec::new(),
             runs: Vec::new(),
@@ -318,6 +340,7 @@ impl BalloonDevice {
     /// Builds the device end of every present queue from what the driver set up, once it set
     /// DRIVER_OK. Queue indexes follow the negotiated features ([`BalloonFeatures::queues`]).
     pub fn activate(&mut self) -> Result<(), BalloonError> {
+        self.notice_driver_reset();
         let status = self.transport.status();
         let not_ready = |reason: String| BalloonError::NotReady { reason };
         if status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
@@ -356,23 +379,14 @@ impl BalloonDevice {
                 self.transport.kick_notifier(index)?,
                 self.transport.interrupt_notifier(index)?,
             );
+            queue.set_write_log(self.hints.dirty.clone());
             handlers.push(Some(Handler { role, queue }));
         }
         self.handlers = handlers;
         self.features = Some(features);
         self.encoding = encoding_for(features);
+        self.rearm = false;
         Ok(())
-    }
-
-    /// Forgets the queues and the held stats buffer (after the driver reset the device). The
-    /// host's view of the balloon stays: the pages are still discarded until deflated or
-    /// touched again.
-    pub fn reset(&mut self) {
-        self.handlers.clear();
-        self.features = None;
-        self.encoding = Encoding::Pfn;
-        self.stats.held = None;
-        self.hints.reset();
     }
 
     /// Number of queues the device serves (0 before activation).
@@ -391,6 +405,7 @@ impl BalloonDevice {
     /// Serves every queue whose kick notifier fired since the last call; returns the number
     /// of queues served. This is what a kick does in synchronous mode.
     pub fn process_kicked(&mut self) -> Result<u32, BalloonError> {
+        self.follow_driver();
         let mut served = 0;
         for i in 0..self.num_queues() {
             let kicked = match &self.handlers[usize::from(i)] {
@@ -419,6 +434,7 @@ impl BalloonDevice {
     /// call still succeeds. If the ring itself is broken the queue goes to needs-reset, the
     /// device logs the cause, sets DEVICE_NEEDS_RESET and returns [`BalloonError::NeedsReset`].
     pub fn process_queue(&mut self, index: u16) -> Result<QueueRun, BalloonError> {
+        self.follow_driver();
         let Some(Some(h)) = self.handlers.get_mut(usize::from(index)) else {
             return Err(BalloonError::NotReady {
                 reason: format!("no queue {index}"),
@@ -557,6 +573,7 @@ impl BalloonDevice {
     /// whether it held one. The driver refills it and adds it again; the next
     /// [`BalloonDevice::process_queue`] on the stats queue parses it.
     pub fn request_stats(&mut self) -> Result<bool, BalloonError> {
+        self.follow_driver();
         let Some(index) = self.features.and_then(|f| f.queues().stats) else {
             return Ok(false);
         };

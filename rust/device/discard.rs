@@ -15,6 +15,7 @@ use crate::memory::{Backing, MemoryError, Pfn, PAGE_SIZE};
 use crate::pages::PageSet;
 
 impl BalloonDevice {
+    /// Discards `runs` (sorted, disjoint) per the policy and adds them to the balloon; returns
     /// the pages newly inflated.
     pub(super) fn inflate(&mut self, runs: &[(u64, u64)]) -> u64 {
         let t0 = Instant::now();
@@ -42,6 +43,12 @@ impl BalloonDevice {
             DiscardPolicy::Vectored => calls += self.discard_vectored(runs),
             DiscardPolicy::Parallel => calls += self.discard_parallel(runs),
             _ => {}
+        }
+        if self.cfg.discard != DiscardPolicy::Never {
+            // A discarded page reads back as zeros: a write as far as a migration is concerned.
+            for &(start, len) in runs {
+                self.hints.wrote(Pfn(start).addr(), len * PAGE_SIZE);
+            }
         }
         let c = &self.counters;
         add(&c.discard_ns, t0.elapsed().as_nanos() as u64);
