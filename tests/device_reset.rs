@@ -114,7 +114,7 @@ fn device() -> (Arc<GuestMemory>, BalloonDevice) {
         ..DeviceConfig::default()
     };
     let ring = feature(VIRTIO_F_EVENT_IDX) | feature(VIRTIO_F_INDIRECT_DESC);
-    let dev = BalloonDevice::with_ring_features(Arc::clone(&mem), cfg, ring).unwrap();
+    let dev = BalloonDevice::with_extra_features(Arc::clone(&mem), cfg, ring).unwrap();
     (mem, dev)
 }
 

@@ -11,7 +11,8 @@ use super::stats::{self, StatsSample, STATS_MAX_LEN};
 use super::vectored::SelfMadvise;
 use crate::abi::{
     bit, BalloonFeatures, QueueIndexes, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
-    STATS_ENTRY_SIZE, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_ID_BALLOON,
+    STATS_ENTRY_SIZE, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_PAGE_POISON,
+    VIRTIO_ID_BALLOON,
 };
 use crate::memory::GuestMemory;
 use crate::pages::{Encoding, PageSet};
@@ -182,18 +183,23 @@ const DRIVER_WRITABLE: u16 = (0xf << CONFIG_ACTUAL) | (0xf << CONFIG_POISON_VAL)
 impl BalloonDevice {
     /// A device for `mem` configured by `cfg`, and the transport the driver probes.
     pub fn new(mem: Arc<GuestMemory>, cfg: DeviceConfig) -> Result<BalloonDevice, BalloonError> {
-        Self::with_ring_features(mem, cfg, 0)
+        Self::with_extra_features(mem, cfg, 0)
     }
 
-    /// Like [`BalloonDevice::new`], also offering the ring features in `ring` (of
-    /// VIRTIO_F_INDIRECT_DESC and VIRTIO_F_EVENT_IDX; other bits are ignored), §2.7.5.3, §2.7.10.
-    pub fn with_ring_features(
+    /// Like [`BalloonDevice::new`], also offering the features in `extra` that the device
+    /// implements but [`DeviceConfig`] does not offer: VIRTIO_F_INDIRECT_DESC (§2.7.5.3),
+    /// VIRTIO_F_EVENT_IDX (§2.7.10) and, outside v3 ABI mode, VIRTIO_BALLOON_F_PAGE_POISON
+    /// (§5.5.3). Other bits are ignored.
+    pub fn with_extra_features(
         mem: Arc<GuestMemory>,
         cfg: DeviceConfig,
-        ring: u64,
+        extra: u64,
     ) -> Result<BalloonDevice, BalloonError> {
-        let ring = ring & (feature(VIRTIO_F_INDIRECT_DESC) | feature(VIRTIO_F_EVENT_IDX));
-        let device_features = cfg.device_features() | ring;
+        let mut allowed = feature(VIRTIO_F_INDIRECT_DESC) | feature(VIRTIO_F_EVENT_IDX);
+        if cfg.abi.has_upstream_hinting() {
+            allowed |= bit(VIRTIO_BALLOON_F_PAGE_POISON);
+        }
+        let device_features = cfg.device_features() | (extra & allowed);
         let offered = BalloonFeatures::new(device_features, cfg.abi);
         let require_mth = cfg.require_must_tell_host;
         let check: FeatureCheck = Arc::new(move |f| {

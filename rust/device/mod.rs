@@ -21,6 +21,7 @@ mod config;
 mod counters;
 mod error;
 pub mod hostile;
+pub mod hostile_lifecycle;
 pub mod stats;
 mod vectored;
 

@@ -9,6 +9,7 @@
 //! the host's memory does: those pages stay discarded until the guest deflates or reuses them.
 
 use super::BalloonDevice;
+use crate::device::error::BalloonError;
 use crate::pages::Encoding;
 use crate::transport::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
 
@@ -58,6 +59,25 @@ impl BalloonDevice {
         self.rearm = false;
         if let Err(e) = self.activate() {
             self.log(e);
+        }
+    }
+
+    /// Restores queue `index`'s ring positions (next available entry to read, next used entry
+    /// to write), as a migration destination resumes the rings where the source stopped.
+    pub fn set_queue_indices(
+        &mut self,
+        index: u16,
+        next_avail: u16,
+        next_used: u16,
+    ) -> Result<(), BalloonError> {
+        match self.handlers.get_mut(usize::from(index)) {
+            Some(Some(h)) => {
+                h.queue.set_indices(next_avail, next_used);
+                Ok(())
+            }
+            _ => Err(BalloonError::NotReady {
+                reason: format!("no queue {index}"),
+            }),
         }
     }
 }
