@@ -99,8 +99,6 @@ pub enum LifecycleViolation {
 #[derive(Debug)]
 pub struct LifecycleHarness {
     guarded: GuardedMemory,
-    /// Pages the previous input wrote or the device logged: zeroed before the next.
-    stale: Mutex<Vec<(u64, u64)>>,
 }
 
 impl LifecycleHarness {
@@ -108,7 +106,6 @@ impl LifecycleHarness {
     pub fn new() -> Option<LifecycleHarness> {
         Some(LifecycleHarness {
             guarded: GuardedMemory::new(LIFECYCLE_GUEST_BYTES)?,
-            stale: Mutex::new(Vec::new()),
         })
     }
 
@@ -158,7 +155,8 @@ impl LifecycleHarness {
     /// the driver drops first, bytes 4..8 the script; the rest is guest RAM from address 0.
     pub fn run(&self, data: &[u8]) -> Result<LifecycleOutcome, LifecycleViolation> {
         let mem = Arc::clone(self.guarded.memory());
-        self.clean(&mem);
+        // Every input starts from never-touched RAM (one madvise: only touched pages cost).
+        let _ = mem.discard(GuestAddress(0), mem.size());
         let mut out = LifecycleOutcome::default();
         if data.len() < LIFECYCLE_HEADER {
             return Ok(out);
@@ -181,7 +179,6 @@ impl LifecycleHarness {
         dev.set_write_log(Some(hook));
         let n = image.len().min(mem.size() as usize);
         let _ = mem.write(GuestAddress(0), &image[..n]);
-        self.remember(0, (n as u64).div_ceil(PAGE_SIZE));
         let t = Arc::clone(dev.transport());
         let start = 0u16.wrapping_sub(u16::from(h[2] >> 4));
         out.negotiated = negotiate(&t, cfg.abi, h[3], size).is_ok() && dev.activate().is_ok();
@@ -214,32 +211,12 @@ impl LifecycleHarness {
             });
         }
         let logged = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for (s, l) in logged.runs() {
-            self.remember(s, l);
-        }
         drop(dev);
         if !self.guarded.canaries_intact() {
             return Err(LifecycleViolation::Canary);
         }
         check_logged(&mem, &image[..n], &logged)?;
         Ok(out)
-    }
-
-    fn remember(&self, start: u64, len: u64) {
-        if len > 0 {
-            self.stale
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((start, len));
-        }
-    }
-
-    /// Gives the pages the previous input wrote, or the device logged, back as zeros.
-    fn clean(&self, mem: &GuestMemory) {
-        let mut stale = self.stale.lock().unwrap_or_else(|e| e.into_inner());
-        for (s, l) in stale.drain(..) {
-            let _ = mem.discard(Pfn(s).addr(), l * PAGE_SIZE);
-        }
     }
 }
 
