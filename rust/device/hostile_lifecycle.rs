@@ -411,7 +411,7 @@ pub fn lifecycle_seeds() -> Vec<Vec<u8>> {
         [0x87, 0x44, 0x18, 0x0c, 0, 2 | 0x1f << 3, 0, 7],
         [0x06, 0x04, 0x08, 0, 0, 3 | 0x04 << 3, 0, 0],
     ];
-    headers.iter().filter_map(|h| seed_for(h)).collect()
+    headers.iter().filter_map(seed_for).collect()
 }
 
 fn seed_for(h: &[u8; LIFECYCLE_HEADER]) -> Option<Vec<u8>> {
