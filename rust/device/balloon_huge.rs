@@ -4,8 +4,10 @@
 use std::time::Instant;
 
 use super::super::host_pages::{HostPageTracker, HugePartial};
-use super::{add, count_in, BalloonDevice, DeviceConfig, DiscardPolicy};
-use super::{PARALLEL_DISCARD_MIN_PAGES, PARALLEL_DISCARD_THREADS};
+use super::discard::count_in;
+use super::{BalloonDevice, DeviceConfig};
+use crate::device::config::{DiscardPolicy, PARALLEL_DISCARD_MIN_PAGES, PARALLEL_DISCARD_THREADS};
+use crate::device::counters::add;
 use crate::memory::{Backing, GuestMemory, MemoryError, Pfn, PAGE_SIZE};
 
 /// The device's host-page state: the tracker and a reused buffer of runs to discard.

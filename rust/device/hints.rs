@@ -336,9 +336,13 @@ impl super::BalloonDevice {
         self.hints.sink = sink;
     }
 
-    /// Sets the log of the device's own writes into guest RAM (the misc request, used rings of
-    /// the hint queues), as a VMM logs device DMA for a migration's dirty tracking.
+    /// Sets the log of the device's own writes into guest RAM (used rings and notification
+    /// fields of every queue, the misc request, discarded pages), as a VMM logs device DMA for a
+    /// migration's dirty tracking.
     pub fn set_write_log(&mut self, log: Option<WriteLog>) {
+        for h in self.handlers.iter_mut().flatten() {
+            h.queue.set_write_log(log.clone());
+        }
         self.hints.dirty = log;
     }
 

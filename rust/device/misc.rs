@@ -26,6 +26,7 @@ impl BalloonDevice {
     /// posted yet (it still answers an earlier request): the request goes out when it is. A
     /// request replaces the current one: late replies to the old id are dropped.
     pub fn request_unused_pages(&mut self, req_id: u64) -> Result<bool, BalloonError> {
+        self.follow_driver();
         let Some(index) = self.features.and_then(|f| f.queues().misc) else {
             return Err(HintError::NotNegotiated { feature: "MISC_VQ" }.into());
         };

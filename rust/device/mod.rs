@@ -4,7 +4,8 @@
 //!   per-queue handlers dispatched by role (inflate, deflate, stats; misc, free-page hint and
 //!   reporting plug in by role later), every guest-supplied byte validated.
 //! - [`DeviceConfig`]: what it offers and how it frees memory ([`DiscardPolicy`]).
-//! - Inflate turns each batch of buffers into maximal runs, coalesced across buffers, and
+//! - Inflate turns each batch of buffers into maximal runs, coalesced across buffers (in a run
+//!   buffer of at most [`BATCH_RUNS`], applied whenever it fills: `batch.rs`), and
 //!   discards each run once (`MADV_DONTNEED` for anonymous RAM, `PUNCH_HOLE` for memfd), or
 //!   page by page as QEMU does ([`DiscardPolicy::PerPage`]), or up to 1024 runs per
 //!   `process_madvise` call ([`DiscardPolicy::Vectored`]).
@@ -16,7 +17,11 @@
 //!   guest, and the rest of the message is still applied.
 //! - The device keeps the host's view of the balloon ([`BalloonDevice::balloon`]) for the
 //!   migration engine, and [`DeviceCounters`].
-//! - [`hostile`]: the harness the fuzz target and the hostile-guest tests share.
+//! - A driver reset (status 0) drops queues, features and encoding; the device follows the
+//!   driver's renegotiation (`reset.rs`). Every write into guest RAM is logged
+//!   ([`BalloonDevice::set_write_log`]) for a migration's dirty tracking.
+//! - [`hostile`], [`hostile_lifecycle`]: the harnesses the fuzz targets and the hostile-guest
+//!   tests share.
 
 mod balloon;
 mod config;
@@ -24,10 +29,11 @@ mod counters;
 mod error;
 mod host_pages;
 pub mod hostile;
+pub mod hostile_lifecycle;
 pub mod stats;
 mod vectored;
 
-pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, ERROR_LOG_LEN};
+pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, BATCH_RUNS, ERROR_LOG_LEN};
 pub use balloon::{
     FreePageStatus, HintCounters, HintError, HintEvent, HintOffer, HintSink, WriteLog,
 };

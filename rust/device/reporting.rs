@@ -56,6 +56,8 @@ impl BalloonDevice {
                                 add(&self.counters.discard_errors, 1);
                                 self.log(e.into());
                             }
+                            // The pages now read as zeros: logged like a device write.
+                            self.hints.wrote(Pfn(pfn).addr(), n * PAGE_SIZE);
                         }
                     }
                     add(&self.hints.counters.reported_blocks, blocks);

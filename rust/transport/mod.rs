@@ -100,6 +100,8 @@ pub struct Transport {
     notify: NotifyMode,
     driver_features: AtomicU64,
     status: AtomicU8,
+    /// Resets so far (driver writes of 0 and [`Transport::reset`]), for the device to notice.
+    resets: AtomicU64,
     /// Serialises status transitions so the FEATURES_OK check and a reset cannot interleave.
     status_lock: Mutex<()>,
     config: ConfigSpace,
@@ -162,6 +164,7 @@ impl Transport {
             notify: cfg.notify,
             driver_features: AtomicU64::new(0),
             status: AtomicU8::new(0),
+            resets: AtomicU64::new(0),
             status_lock: Mutex::new(()),
             config: ConfigSpace::new(),
             config_change: notifier(cfg.notify)?,
@@ -238,6 +241,12 @@ impl Transport {
         self.reset_locked();
     }
 
+    /// How many resets happened since the transport was created: the device compares it with
+    /// the count it last acted on to learn of a driver reset (§2.4, §3.1.1 step 1).
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Acquire)
+    }
+
     fn reset_locked(&self) {
         self.status.store(0, Ordering::Release);
         self.driver_features.store(0, Ordering::Release);
@@ -247,6 +256,8 @@ impl Transport {
             let _ = q.kick.take();
             let _ = q.interrupt.take();
         }
+        // Last, so a device that sees the new count also sees the cleared registers.
+        self.resets.fetch_add(1, Ordering::AcqRel);
     }
 
     // ---- features (§2.2) ----

@@ -22,6 +22,7 @@ use super::error::{Result, VirtqError};
 use super::event_idx::need_event;
 use super::layout::QueueLayout;
 use super::notify::Notifier;
+use super::write_log::{WriteLog, WriteLogSlot};
 
 /// The device end of one split virtqueue in guest memory.
 #[derive(Debug)]
@@ -42,6 +43,8 @@ pub struct DeviceQueue {
     broken: bool,
     kick: Notifier,
     interrupt: Notifier,
+    /// Where the device's writes into guest RAM are logged (a migration's dirty log).
+    write_log: WriteLogSlot,
 }
 
 impl DeviceQueue {
@@ -66,7 +69,14 @@ impl DeviceQueue {
             broken: false,
             kick: Notifier::polling(),
             interrupt: Notifier::polling(),
+            write_log: WriteLogSlot::default(),
         })
+    }
+
+    /// Sets where this end logs every byte it writes into guest RAM (used elements, `used.idx`,
+    /// `used.flags`, `avail_event`), on success and error paths alike; `None` logs nothing.
+    pub fn set_write_log(&mut self, log: Option<WriteLog>) {
+        self.write_log = WriteLogSlot(log);
     }
 
     /// Sets the notifier the driver kicks (`kick`) and the one this side signals (`interrupt`).
@@ -356,12 +366,19 @@ impl DeviceQueue {
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
-        self.mem.write(self.layout.used_elem(slot), &elem)?;
+        let at = self.layout.used_elem(slot);
+        let written = self.mem.write(at, &elem);
+        // Logged even if the write failed part-way: a page logged in vain is only re-sent.
+        self.write_log.wrote(at, elem.len() as u64);
+        written?;
         self.next_used += Wrapping(1);
         // Release: the element (and the bytes written into the buffers) must be visible before
         // the driver sees the new index (§2.7.8.2: len is set before idx).
-        self.mem
-            .store_u16(self.layout.used_idx(), self.next_used.0, Ordering::Release)?;
+        let stored =
+            self.mem
+                .store_u16(self.layout.used_idx(), self.next_used.0, Ordering::Release);
+        self.write_log.wrote(self.layout.used_idx(), 2);
+        stored?;
         Ok(())
     }
 
@@ -406,14 +423,15 @@ impl DeviceQueue {
         self.check_usable()?;
         if self.event_idx {
             // "Kick me when you publish the entry at next_avail."
-            self.mem.store_u16(
-                self.layout.avail_event(),
-                self.next_avail.0,
-                Ordering::Relaxed,
-            )?;
+            let at = self.layout.avail_event();
+            let stored = self.mem.store_u16(at, self.next_avail.0, Ordering::Relaxed);
+            self.write_log.wrote(at, 2);
+            stored?;
         } else {
-            self.mem
-                .store_u16(self.layout.used_flags(), 0, Ordering::Relaxed)?;
+            let at = self.layout.used_flags();
+            let stored = self.mem.store_u16(at, 0, Ordering::Relaxed);
+            self.write_log.wrote(at, 2);
+            stored?;
         }
         // Our store must be visible before we re-read avail.idx; otherwise a driver that added
         // a buffer just before could skip its kick while we go to sleep (store-load: full fence).
@@ -429,11 +447,12 @@ impl DeviceQueue {
     pub fn disable_notifications(&mut self) -> Result<()> {
         self.check_usable()?;
         if !self.event_idx {
-            self.mem.store_u16(
-                self.layout.used_flags(),
-                VIRTQ_USED_F_NO_NOTIFY,
-                Ordering::Relaxed,
-            )?;
+            let at = self.layout.used_flags();
+            let stored = self
+                .mem
+                .store_u16(at, VIRTQ_USED_F_NO_NOTIFY, Ordering::Relaxed);
+            self.write_log.wrote(at, 2);
+            stored?;
         }
         Ok(())
     }

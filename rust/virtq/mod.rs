@@ -22,6 +22,7 @@ mod event_idx;
 mod layout;
 mod notify;
 mod pair;
+mod write_log;
 
 pub use chain::{DescriptorChain, Segment, INLINE_SEGMENTS};
 pub use desc::Descriptor;
@@ -34,6 +35,7 @@ pub use layout::{
 };
 pub use notify::{EventFd, Notifier};
 pub use pair::{pair, pair_with, NotifyMode, PairConfig, DEFAULT_INDIRECT_ENTRIES};
+pub use write_log::WriteLog;
 
 #[cfg(test)]
 mod tests;
