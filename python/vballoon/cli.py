@@ -162,14 +162,16 @@ def cmd_bench_virtq(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_huge(args: argparse.Namespace) -> int:
-    table = _native.bench_huge_table(
-        args.guest,
-        args.inflate,
-        rounds=args.rounds,
-        backings=args.backings.split(","),
-        fragmented=not args.no_fragmented,
-        reserve=not args.no_reserve,
-    )
+    what = f"I4: populating and inflating {args.inflate} of {args.guest} on {args.backings}"
+    with progress.status(what, output.quiet(args)):
+        table = _native.bench_huge_table(
+            args.guest,
+            args.inflate,
+            rounds=args.rounds,
+            backings=args.backings.split(","),
+            fragmented=not args.no_fragmented,
+            reserve=not args.no_reserve,
+        )
     output.console_for(args).print(table["text"], markup=False)
     sc = {k: v for k, v in table.items() if k not in ("rows", "text")}
     output.emit(args, schema.document("bench huge", "huge", sc, table["rows"]))

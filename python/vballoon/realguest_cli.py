@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vballoon import _native, output, schema
+from vballoon import _native, output, progress, schema
 
 MIB = 1 << 20
 
@@ -84,7 +84,9 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
     uml = fetch()
     out: dict[str, Any] = {"uml": uml.version}
     if args.only in (None, "r1"):
-        r1 = bench_r1(uml, args.guest_mib, args.inflate_mib, args.rounds)
+        what = f"R1: booting a {args.guest_mib} MiB guest, inflating {args.inflate_mib} MiB"
+        with progress.status(what, output.quiet(args)):
+            r1 = bench_r1(uml, args.guest_mib, args.inflate_mib, args.rounds)
         out["r1"] = r1
         rows = []
         for i, s in enumerate(r1["real"]):
@@ -141,7 +143,8 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
             )
         )
     if args.only in (None, "r2"):
-        r2 = bench_r2(uml, args.guest_mib, args.rounds)
+        with progress.status("R2: hint runs and free page reporting", output.quiet(args)):
+            r2 = bench_r2(uml, args.guest_mib, args.rounds)
         out["r2"] = r2
         rows = [
             [
