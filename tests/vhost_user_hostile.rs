@@ -16,10 +16,9 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vhost_support::*;
 
 fn backend(name: &str) -> (std::path::PathBuf, VhostUserBackend) {
-    let dir = std::env::temp_dir().join(format!("vballoon-vuh-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("vu.sock");
+    // The backend unlinks its socket when dropped, so the test leaves nothing in /tmp.
+    let path =
+        std::env::temp_dir().join(format!("vballoon-vuh-{name}-{}.sock", std::process::id()));
     let b = VhostUserBackend::new(&path, &["must_tell_host", "stats_vq"], 256).unwrap();
     (path, b)
 }
