@@ -6,7 +6,9 @@
 mod features;
 mod layout;
 mod stats;
+mod stats_codec;
 
 pub use features::*;
 pub use layout::*;
 pub use stats::*;
+pub use stats_codec::*;

@@ -280,7 +280,7 @@ impl Harness {
 /// message on the inflate and deflate queues and a stats buffer, so a fuzzer starts from
 /// buffers the device accepts.
 pub fn seed_inputs() -> Vec<Vec<u8>> {
-    use crate::device::stats::encode as encode_stats;
+    use crate::abi::encode_stats;
     use crate::pages::encode;
     use crate::virtq::{DriverQueue, Segment};
     let mut seeds = Vec::new();

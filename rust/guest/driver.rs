@@ -91,7 +91,7 @@ impl Default for DriverOptions {
         DriverOptions {
             abi: AbiMode::Vballoon,
             feature_mask: u64::MAX,
-            queue_size: crate::device::DEFAULT_QUEUE_SIZE,
+            queue_size: crate::abi::DEFAULT_QUEUE_SIZE,
             alloc_order: 0,
             max_batch_pages: u64::from(u32::MAX),
         }
@@ -618,7 +618,7 @@ impl BalloonDriver {
             return Ok(());
         };
         let mut bytes = Vec::with_capacity(100);
-        crate::device::stats::encode(&guest.stats().entries(), &mut bytes);
+        crate::abi::encode_stats(&guest.stats().entries(), &mut bytes);
         let addr = self.area.stats;
         self.mem.write(addr, &bytes).map_err(GuestError::from)?;
         guest.mark_dirty(addr.pfn(), 1);

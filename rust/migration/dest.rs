@@ -18,7 +18,6 @@ use super::transport::{map_io_error, Channel};
 use super::written::WrittenPages;
 use crate::guest::hash::hash64;
 use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
-use crate::pages::PageSet;
 
 /// Settings of a destination.
 #[derive(Clone, Debug)]
