@@ -356,7 +356,7 @@ fn negotiate(t: &Transport) -> Result<(), crate::transport::TransportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::Rng;
+    use crate::util::Rng;
 
     #[test]
     fn test_seed_inputs_are_served() {

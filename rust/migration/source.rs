@@ -34,9 +34,9 @@ use super::stream::{
     FLAG_VERIFY, REPLY_MAGIC,
 };
 use super::transport::{map_io_error, Channel, RateLimited};
-use crate::guest::hash::hash64;
 use crate::memory::{is_zero_raw, process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::PageSet;
+use crate::util::hash64;
 
 /// Pauses and resumes the guest's vCPUs (here: its workload threads).
 ///
