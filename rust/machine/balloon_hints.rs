@@ -59,6 +59,10 @@ mod source;
 mod threads;
 use threads::spawn_threads;
 
+#[cfg(test)]
+#[path = "balloon_hints_tests.rs"]
+mod tests;
+
 /// Who runs the balloon's device and the guest's driver.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum HintRun {
