@@ -189,8 +189,8 @@ impl DeviceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::encoding_for;
     use crate::abi::BalloonFeatures;
-    use crate::transport::wire::encoding_for;
 
     #[test]
     fn test_offered_bits_select_the_encoding() {

@@ -49,6 +49,7 @@ pub use hints::{HintArea, HintDriverCounters, HintOptions, HintStep};
 pub use take::HUGE_PAGE_ORDER;
 
 use super::{Guest, GuestError};
+use crate::abi::encoding_for;
 use crate::abi::{
     bit, AbiMode, BalloonFeatures, QueueIndexes, CONFIG_ACTUAL, CONFIG_NUM_PAGES,
     VBALLOON_F_MISC_VQ, VBALLOON_F_PAGE_AUTO, VBALLOON_F_PAGE_BITMAP, VBALLOON_F_PAGE_EXTENTS,
@@ -58,7 +59,6 @@ use crate::abi::{
 };
 use crate::memory::{GuestMemory, Pfn, PAGE_SIZE};
 use crate::pages::{encode_with, Encoding, Message, Pages};
-use crate::transport::wire::encoding_for;
 use crate::transport::{
     Transport, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
