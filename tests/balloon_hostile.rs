@@ -468,7 +468,7 @@ fn test_bad_stats_buffers() {
     assert_eq!(rig.used(stats_q).len(), 1);
     // A good buffer with an unknown tag: known tags kept, the other ignored.
     let mut b = Vec::new();
-    vballoon::device::stats::encode(&[(4, 4096), (77, 1), (5, 8192)], &mut b);
+    vballoon::abi::encode_stats(&[(4, 4096), (77, 1), (5, 8192)], &mut b);
     rig.send(stats_q, &seg(b));
     rig.dev.process_queue(stats_q).unwrap();
     let s = rig.dev.stats();
@@ -476,7 +476,7 @@ fn test_bad_stats_buffers() {
     assert!(rig.dev.errors_total() == 1);
     // A second buffer while one is held: the old one comes back, the new one is held.
     let mut b = Vec::new();
-    vballoon::device::stats::encode(&[(4, 1)], &mut b);
+    vballoon::abi::encode_stats(&[(4, 1)], &mut b);
     rig.send(stats_q, &seg(b));
     rig.dev.process_queue(stats_q).unwrap();
     assert!(matches!(

@@ -5,7 +5,7 @@
 //! the balloon's size matching the counters.
 
 use vballoon::device::hostile_lifecycle::{lifecycle_seeds, LifecycleHarness, LIFECYCLE_HEADER};
-use vballoon::guest::Rng;
+use vballoon::util::Rng;
 
 #[test]
 fn test_lifecycle_seeds_are_served_and_keep_every_invariant() {

@@ -303,7 +303,7 @@ fn test_many_order0_allocations_then_free_in_random_order_coalesce() {
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), pages as usize, "a page was handed out twice");
-    let mut rng = vballoon::guest::Rng::new(9);
+    let mut rng = vballoon::util::Rng::new(9);
     rng.shuffle(&mut v);
     for p in v {
         a.free(p, 0).unwrap();
@@ -413,7 +413,7 @@ fn measure_big_guests() {
     let mut a = BuddyAllocator::new(pages_8g).unwrap();
     let mut v = Vec::new();
     a.alloc_many(0, 1_800_000, &mut v).unwrap();
-    vballoon::guest::Rng::new(1).shuffle(&mut v);
+    vballoon::util::Rng::new(1).shuffle(&mut v);
     let t = Instant::now();
     for &p in &v {
         a.free(p, 0).unwrap();

@@ -28,3 +28,7 @@ pub const VIRTIO_BALLOON_HINT_BLOCK_ORDER: u32 = 10;
 pub const PAGE_REPORTING_MIN_ORDER: u32 = 9;
 /// Linux reports at most this many blocks per reporting request.
 pub const PAGE_REPORTING_CAPACITY: usize = 32;
+
+/// Queue size the device takes and the driver asks for by default (QEMU's inflate, deflate and
+/// stats queues).
+pub const DEFAULT_QUEUE_SIZE: u16 = 128;

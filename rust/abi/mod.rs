@@ -6,7 +6,11 @@
 mod features;
 mod layout;
 mod stats;
+mod stats_codec;
+mod wire;
 
 pub use features::*;
 pub use layout::*;
 pub use stats::*;
+pub use stats_codec::*;
+pub use wire::{encoding_for, max_message_len};

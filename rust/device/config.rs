@@ -93,8 +93,7 @@ impl FromStr for DiscardPolicy {
     }
 }
 
-/// Queue size the device takes by default (QEMU's inflate, deflate and stats queues).
-pub const DEFAULT_QUEUE_SIZE: u16 = 128;
+pub use crate::abi::DEFAULT_QUEUE_SIZE;
 
 /// A balloon device's configuration.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -190,8 +189,8 @@ impl DeviceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::encoding_for;
     use crate::abi::BalloonFeatures;
-    use crate::transport::wire::encoding_for;
 
     #[test]
     fn test_offered_bits_select_the_encoding() {

@@ -291,7 +291,7 @@ impl Harness {
 /// message on the inflate and deflate queues and a stats buffer, so a fuzzer starts from
 /// buffers the device accepts.
 pub fn seed_inputs() -> Vec<Vec<u8>> {
-    use crate::device::stats::encode as encode_stats;
+    use crate::abi::encode_stats;
     use crate::pages::encode;
     use crate::virtq::{DriverQueue, Segment};
     let mut seeds = Vec::new();
@@ -367,7 +367,7 @@ fn negotiate(t: &Transport) -> Result<(), crate::transport::TransportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::Rng;
+    use crate::util::Rng;
 
     #[test]
     fn test_seed_inputs_are_served() {

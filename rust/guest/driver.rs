@@ -32,6 +32,10 @@ mod area;
 mod error;
 #[path = "driver_hints.rs"]
 mod hints;
+#[path = "driver_probe.rs"]
+mod probe;
+#[path = "driver_stats.rs"]
+mod stats;
 #[path = "driver_take.rs"]
 mod take;
 
@@ -45,6 +49,7 @@ pub use hints::{HintArea, HintDriverCounters, HintOptions, HintStep};
 pub use take::HUGE_PAGE_ORDER;
 
 use super::{Guest, GuestError};
+use crate::abi::encoding_for;
 use crate::abi::{
     bit, AbiMode, BalloonFeatures, QueueIndexes, CONFIG_ACTUAL, CONFIG_NUM_PAGES,
     VBALLOON_F_MISC_VQ, VBALLOON_F_PAGE_AUTO, VBALLOON_F_PAGE_BITMAP, VBALLOON_F_PAGE_EXTENTS,
@@ -54,7 +59,6 @@ use crate::abi::{
 };
 use crate::memory::{GuestMemory, Pfn, PAGE_SIZE};
 use crate::pages::{encode_with, Encoding, Message, Pages};
-use crate::transport::wire::encoding_for;
 use crate::transport::{
     Transport, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -91,7 +95,7 @@ impl Default for DriverOptions {
         DriverOptions {
             abi: AbiMode::Vballoon,
             feature_mask: u64::MAX,
-            queue_size: crate::device::DEFAULT_QUEUE_SIZE,
+            queue_size: crate::abi::DEFAULT_QUEUE_SIZE,
             alloc_order: 0,
             max_batch_pages: u64::from(u32::MAX),
         }
@@ -245,89 +249,6 @@ impl std::fmt::Debug for BalloonDriver {
 }
 
 impl BalloonDriver {
-    /// Finds and initialises the balloon behind `transport` for `guest` (§3.1.1).
-    pub fn probe(
-        transport: Arc<Transport>,
-        guest: &mut Guest,
-        opts: DriverOptions,
-    ) -> Result<BalloonDriver, DriverError> {
-        let t = &transport;
-        if t.device_id() != VIRTIO_ID_BALLOON {
-            return Err(DriverError::WrongDevice { id: t.device_id() });
-        }
-        t.set_status(0)?;
-        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-        t.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE)?;
-        t.set_status(s)?;
-        let mut accept =
-            t.device_features() & DriverOptions::supported_features(opts.abi) & opts.feature_mask;
-        if opts.abi == AbiMode::V3 && accept & bit(VIRTIO_BALLOON_F_STATS_VQ) == 0 {
-            // The v3 rule: the misc queue must be vq 3, so without the stats queue neither
-            // seed feature is used.
-            accept &= !(bit(opts.abi.page_bitmap_bit()) | bit(opts.abi.misc_vq_bit()));
-        }
-        if accept & bit(VIRTIO_BALLOON_F_STATS_VQ) == 0 {
-            // The misc queue sits after the stats queue in both numberings (driver_hints.rs).
-            accept &= !bit(VBALLOON_F_MISC_VQ);
-        }
-        t.set_driver_features(accept)?;
-        if t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK)? & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-            t.set_status(s | VIRTIO_CONFIG_S_FAILED)?;
-            return Err(DriverError::FeaturesRefused { features: accept });
-        }
-        let features = BalloonFeatures::new(accept, opts.abi);
-        let encoding = encoding_for(features);
-        let indexes = features.queues();
-        let size = opts.queue_size.min(t.queue_max_size());
-        let need = match encoding {
-            Encoding::Bitmap | Encoding::Auto => MIN_QUEUE_SIZE_SG,
-            _ => 1,
-        };
-        if size < need {
-            return Err(DriverError::QueueTooSmall {
-                max: t.queue_max_size(),
-                need,
-            });
-        }
-        let area = BufferArea::reserve(guest, indexes.count, size)?;
-        let mem = Arc::clone(guest.memory());
-        let mut queues = Vec::with_capacity(usize::from(indexes.count));
-        for (i, layout) in area.rings.iter().enumerate() {
-            let index = i as u16;
-            let mut q = DriverQueue::new(Arc::clone(&mem), *layout, accept)?;
-            q.set_notifiers(t.kick_notifier(index)?, t.interrupt_notifier(index)?);
-            t.set_queue(index, *layout)?;
-            t.set_queue_ready(index, true)?;
-            queues.push(q);
-        }
-        guest.mark_dirty(area.pfn, area.pages);
-        t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)?;
-        let mut d = BalloonDriver {
-            transport,
-            mem,
-            opts,
-            features,
-            encoding,
-            indexes,
-            queues,
-            area,
-            ballooned: Vec::new(),
-            balloon_pages: 0,
-            batch: None,
-            stats_in_flight: None,
-            counters: DriverCounters::default(),
-            runs: Vec::new(),
-            segs: Vec::new(),
-            hints: hints::HintDriver::default(),
-        };
-        d.write_actual()?;
-        if d.indexes.stats.is_some() {
-            d.send_stats(guest)?;
-        }
-        d.setup_hints(guest)?;
-        Ok(d)
-    }
-
     /// The negotiated features.
     pub fn features(&self) -> BalloonFeatures {
         self.features
@@ -609,47 +530,6 @@ impl BalloonDriver {
         self.counters.oom_deflates += 1;
         self.start_deflate(guest, n)?;
         Ok(n)
-    }
-
-    // ---- stats (§5.5.6.3) ----
-
-    fn send_stats(&mut self, guest: &Guest) -> Result<(), DriverError> {
-        let Some(q) = self.indexes.stats else {
-            return Ok(());
-        };
-        let mut bytes = Vec::with_capacity(100);
-        crate::device::stats::encode(&guest.stats().entries(), &mut bytes);
-        let addr = self.area.stats;
-        self.mem.write(addr, &bytes).map_err(GuestError::from)?;
-        guest.mark_dirty(addr.pfn(), 1);
-        let queue = &mut self.queues[usize::from(q)];
-        let head = queue.add(&[Segment::readable(addr, bytes.len() as u32)])?;
-        self.stats_in_flight = Some(head);
-        if queue.kick()? {
-            self.counters.kicks += 1;
-        }
-        self.counters.stats_sent += 1;
-        Ok(())
-    }
-
-    /// The device returned the stats buffer: it wants a sample. Refill and send it back.
-    fn service_stats(&mut self, guest: &Guest) -> Result<(), DriverError> {
-        let Some(q) = self.indexes.stats else {
-            return Ok(());
-        };
-        let queue = &mut self.queues[usize::from(q)];
-        self.counters.interrupts += queue.interrupt_notifier().take()?;
-        let Some(used) = queue.pop_used()? else {
-            return Ok(());
-        };
-        if self.stats_in_flight != Some(used.head) {
-            return Err(DriverError::UnexpectedUsed {
-                queue: q,
-                head: used.head,
-            });
-        }
-        self.stats_in_flight = None;
-        self.send_stats(guest)
     }
 
     /// Pages the balloon holds, as (first page, order) blocks, oldest first.

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use super::buddy::BuddyAllocator;
 use super::error::GuestError;
-use super::hash::hash64;
 use crate::abi::{
     VIRTIO_BALLOON_S_AVAIL, VIRTIO_BALLOON_S_CACHES, VIRTIO_BALLOON_S_HTLB_PGALLOC,
     VIRTIO_BALLOON_S_HTLB_PGFAIL, VIRTIO_BALLOON_S_MAJFLT, VIRTIO_BALLOON_S_MEMFREE,
@@ -18,6 +17,7 @@ use crate::abi::{
     VIRTIO_BALLOON_S_SWAP_IN, VIRTIO_BALLOON_S_SWAP_OUT,
 };
 use crate::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
+use crate::util::hash64;
 
 /// Called with (first page, number of pages) after every write the guest model makes.
 ///

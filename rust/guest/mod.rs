@@ -12,13 +12,10 @@
 pub mod buddy;
 pub mod driver;
 mod error;
-pub mod hash;
 pub mod kernel;
-pub mod rng;
 pub mod workload;
 
 pub use buddy::{BuddyAllocator, MAX_ORDER, MAX_PAGE_ORDER, PAGEBLOCK_ORDER};
 pub use error::GuestError;
 pub use kernel::{DirtyHook, Guest, GuestStats, Shrinker};
-pub use rng::Rng;
 pub use workload::{Allocation, Fill, Workload};

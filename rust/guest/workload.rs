@@ -9,8 +9,8 @@
 use super::buddy::{BuddyAllocator, MAX_PAGE_ORDER};
 use super::error::GuestError;
 use super::kernel::Guest;
-use super::rng::Rng;
 use crate::memory::{GuestAddress, Pfn, PAGE_SIZE};
+use crate::util::Rng;
 
 /// Bytes one [`Workload::dirty_pages`] write changes: a cache line.
 pub const DIRTY_WRITE_BYTES: u64 = 64;

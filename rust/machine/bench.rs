@@ -116,7 +116,7 @@ impl Default for InflateBenchConfig {
             fragmentation: None,
             floors: true,
             mode: RunMode::Synchronous,
-            queue_size: crate::device::DEFAULT_QUEUE_SIZE,
+            queue_size: crate::abi::DEFAULT_QUEUE_SIZE,
             alloc_order: 0,
             progress: None,
         }

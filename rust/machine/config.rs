@@ -4,7 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::abi::AbiMode;
-use crate::device::{DiscardPolicy, HugePartial, DEFAULT_QUEUE_SIZE};
+use crate::abi::DEFAULT_QUEUE_SIZE;
+use crate::device::{DiscardPolicy, HugePartial};
 use crate::error::{Error, Result};
 use crate::memory::{Backing, PAGE_SIZE};
 use crate::pages::Encoding;

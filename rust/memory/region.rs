@@ -80,7 +80,7 @@ impl GuestMemory {
     ///
     /// The mapping is `MAP_NORESERVE` and left unpopulated: only pages the guest touches cost
     /// host memory. Transparent huge pages are turned off for it so that discarding a 4 KiB page
-    /// returns exactly 4 KiB, as on a 4 KiB-backed VM; the huge backings (see [`super::huge`])
+    /// returns exactly 4 KiB, as on a 4 KiB-backed VM; the huge backings (see `super::huge`)
     /// need a multiple of 2 MiB and fail with [`MemoryError::HugePagesUnavailable`] up front.
     pub fn new(size: u64, backing: Backing) -> Result<GuestMemory, MemoryError> {
         Self::check_size(size)?;

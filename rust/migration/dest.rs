@@ -16,8 +16,8 @@ use super::stream::{
 };
 use super::transport::{map_io_error, Channel};
 use super::written::WrittenPages;
-use crate::guest::hash::hash64;
 use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::util::hash64;
 
 /// Settings of a destination.
 #[derive(Clone, Debug)]

@@ -14,7 +14,7 @@
 //! 5. DRIVER_OK.
 //!
 //! The balloon's wire helpers that both sides need (which encoding the negotiated features
-//! select, how long a message may be) are in [`wire`].
+//! select, how long a message may be) are in [`crate::abi`]; [`wire`] keeps their old path.
 
 mod config;
 mod error;

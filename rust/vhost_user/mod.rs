@@ -2,9 +2,9 @@
 //! `virtio_uml` (the frontend) shares its guest RAM and rings over a Unix socket, and a real
 //! Linux `virtio_balloon` driver drives our [`BalloonDevice`](crate::device::BalloonDevice).
 //!
-//! The rust-vmm `vhost` crate parses the protocol's messages and passes fds ([`req`]);
+//! The rust-vmm `vhost` crate parses the protocol's messages and passes fds (`req`);
 //! [`handler`] checks every field and drives the device through the in-process transport;
-//! [`conn`] runs one frontend's poll loop; [`server`] accepts frontends one at a time.
+//! `conn` runs one frontend's poll loop; [`server`] accepts frontends one at a time.
 
 mod conn;
 pub mod error;

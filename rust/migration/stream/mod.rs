@@ -48,7 +48,7 @@
 //! - **Verify** (type 4, `len` ≤ [`MAX_BATCH_PAYLOAD`]): `count` records, each a u64
 //!   `first_pfn`, a u64 page count `n` ≥ 1, then `n` u64 checksums, one per page
 //!   `first_pfn ..first_pfn + n` in order. The checksum of a page is
-//!   [`hash64`](crate::guest::hash::hash64) of its 4096 bytes.
+//!   [`hash64`](crate::util::hash64) of its 4096 bytes.
 //! - **Verify end** (type 5, `len` = 16, last frame): u64 pages checksummed, u64 verify frames
 //!   before this one.
 //!
