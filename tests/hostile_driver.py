@@ -14,7 +14,9 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -25,6 +27,11 @@ import vballoon
 
 # What a caller may see: typed exceptions only (never PanicException, never a signal).
 ALLOWED = (ValueError, TypeError, TimeoutError, OverflowError, vballoon.VBalloonError)
+
+# Constructors that bind a Unix socket: for a well-formed path, an OSError carrying an errno is
+# the host's answer to bind(2) (no such directory, no permission, read-only file system, an
+# existing non-socket file for the API), as from open(); a malformed path must be a ValueError.
+SOCKET_BINDERS = {"VhostUserBackend.__new__", "VhostUserBalloon.__new__"}
 
 # Hostile values. Every *valid* value here is cheap (small sizes, short timeouts), so a call
 # that accepts one does little work; invalid ones are as hostile as possible.
@@ -71,6 +78,24 @@ SMALL_SIZE = st.one_of(
     st.sampled_from(["4MiB", "8MiB"]),
     st.sampled_from([0, 4095, -1, "1e400", "nan", "2TiB", 2**64, object(), "16EiB"]),
 )
+# Socket paths: valid ones relative, so they land in the driver's own temporary directory (the
+# current directory while it runs); hostile ones malformed, unreachable or not a path at all.
+SOCKET = st.one_of(
+    st.sampled_from(["vu-a.sock", "sub/vu-b.sock", "\udcff.sock"]),
+    st.sampled_from(["", "\x00", "a\x00b", "a" * 108, "/" + "a" * 200, ".", "/", "sub"]),
+    st.sampled_from(["/no/such/dir/x.sock", "/proc/vballoon.sock", b"vu-c.sock", 3, None, [1]]),
+)
+FEATURES = st.one_of(
+    st.sampled_from([[], ["stats_vq"], ["must_tell_host", "page_poison", "reporting"]]),
+    st.sampled_from([["warp_drive"], [""], ["\x00"], ["\udcff"], ["STATS_VQ"], ["a" * 9999]]),
+    st.sampled_from([["stats_vq"] * 1000, [1], [None], "stats_vq", b"stats_vq", {"x": 1}]),
+)
+BACKINGS = st.one_of(
+    st.sampled_from([["thp"], ["anonymous"], ["memfd"], ["hugetlb"], []]),
+    st.sampled_from([["x"], "thp", [None], ["thp"] * 3, ["HUGETLB"]]),
+)
+# Never True: a valid bench_huge_table call must not raise the host's nr_hugepages.
+NO_RESERVE = st.one_of(st.just(False), st.sampled_from([None, 0, 1, "yes", object()]))
 ADDRESS = st.one_of(
     st.sampled_from(["127.0.0.1:0"]),
     st.sampled_from(["", "x", "127.0.0.1", "127.0.0.1:99999", "[::1", ":", "\x00", "a" * 300]),
@@ -94,13 +119,29 @@ OVERRIDES: dict[tuple[str, str], Any] = {
     ("Guest.__new__", "size"): SMALL_SIZE,
     ("Guest.__new__", "used"): SMALL_SIZE,
     ("Session.__new__", "guest_size"): SMALL_SIZE,
+    ("bench_huge_table", "guest"): SMALL_SIZE,
+    ("bench_huge_table", "inflate"): SMALL_SIZE,
+    ("bench_huge_table", "rounds"): WORK,
+    ("bench_huge_table", "backings"): BACKINGS,
+    ("bench_huge_table", "reserve"): NO_RESERVE,
+    ("GuestMemory.__new__", "backing"): st.one_of(
+        st.sampled_from(["anonymous", "memfd", "thp", "hugetlb"]), HOSTILE
+    ),
+    ("VhostUserBackend.__new__", "socket"): SOCKET,
+    ("VhostUserBackend.__new__", "features"): st.one_of(st.none(), FEATURES),
+    ("VhostUserBackend.set_features", "features"): FEATURES,
+    ("VhostUserBalloon.__new__", "socket"): SOCKET,
+    ("VhostUserBalloon.__new__", "api_socket"): st.one_of(st.none(), SOCKET),
 }
 TIMEOUT_NAMES = {"timeout", "downtime"}
 # Waits whose default (None) means "forever": always given a timeout, never None.
 FINITE_TIMEOUT = TIMEOUT.filter(lambda t: t is not None)
-for _wait in ("VirtqDriver.wait_interrupt", "VirtqDevice.wait_kick"):
+# listen_migration's default is a minute of listening: sweeping its other parameters must not wait.
+WAITS = ("VirtqDriver.wait_interrupt", "VirtqDevice.wait_kick", "VhostUserBackend.wait_for")
+WAITS += ("listen_migration",)
+for _wait in WAITS:
     OVERRIDES[(_wait, "timeout")] = FINITE_TIMEOUT
-NEVER_OMIT = {("VirtqDriver.wait_interrupt", "timeout"), ("VirtqDevice.wait_kick", "timeout")}
+NEVER_OMIT = {(w, "timeout") for w in WAITS}
 
 MiB = 1 << 20
 
@@ -134,6 +175,11 @@ BENIGN: dict[str, Any] = {
     "bench_migrate_rows/repetitions": 1,
     "bench_inflate_table/rounds": 1,
     "pump_queue/buffers": 8,
+    "bench_huge_table/guest": "4MiB",
+    "bench_huge_table/rounds": 1,
+    "bench_huge_table/backings": ["thp"],
+    "bench_huge_table/reserve": False,
+    "socket": "vu-sweep.sock",
 }
 # Values each parameter is swept through, the others benign: every kind of hostile number.
 EXTREMES: list[Any] = [-1, 2**62, 2**63 - 1, 2**64, -(2**63) - 1, 2**200, math.nan, math.inf]
@@ -162,6 +208,28 @@ class Receivers:
         self.guest = vballoon.Guest("8MiB", used="1MiB")
         self.result = self.guest.migrate(timeout=5.0)
         self.guest.resume()
+        self.rounds = list(self.result.per_round)
+        self.thp = vballoon.GuestMemory("4MiB", backing="thp")
+        self.progress = vballoon.BenchProgress()
+        # Sockets by absolute path in the driver's own directory (made by `run`).
+        self.vhost = vballoon.VhostUserBackend(os.path.abspath("recv-vu.sock"), queue_size=16)
+        self.vhost.set_target(8)
+        self.vstatus = self.vhost.status()
+        self.vhost_closed = vballoon.VhostUserBackend(os.path.abspath("recv-closed.sock"))
+        self.vhost_closed.close()
+        self.balloon = self.new_balloon()
+        self.balloon_closed = vballoon.VhostUserBalloon(os.path.abspath("recv-bc.sock"))
+        self.balloon_closed.close()
+
+    @staticmethod
+    def new_balloon() -> vballoon.VhostUserBalloon:
+        return vballoon.VhostUserBalloon(
+            os.path.abspath("recv-b.sock"), os.path.abspath("recv-api.sock"), amount_mib=1
+        )
+
+    def close(self) -> None:
+        for obj in (self.vhost, self.balloon, self.session):
+            obj.close()
 
     def of(self, cls: str, data: st.DataObject | None) -> list[Any]:
         """The receivers to drive a method of class `cls` on."""
@@ -169,8 +237,18 @@ class Receivers:
             if self.session.__repr__() == "Session(closed)":
                 self.session = vballoon.Session("16MiB")
             return [self.session, self.closed]
+        if cls == "VhostUserBackend":
+            try:
+                self.vhost.status()
+            except vballoon.ConfigError:  # closed by a driven close() or __exit__()
+                self.vhost = vballoon.VhostUserBackend(os.path.abspath("recv-vu.sock"))
+            return [self.vhost, self.vhost_closed]
+        if cls == "VhostUserBalloon":
+            if self.balloon._closed:
+                self.balloon = self.new_balloon()
+            return [self.balloon, self.balloon_closed]
         return {
-            "GuestMemory": [self.mem, self.memfd],
+            "GuestMemory": [self.mem, self.memfd, self.thp],
             "GuestView": [self.mem.view(0, 4096)],
             "PageSet": [vballoon.PageSet(1000, [(3, 5)])],
             "QueueLayout": [self.drv.layout],
@@ -180,6 +258,9 @@ class Receivers:
             "InflateReport": [self.report],
             "Guest": [self.guest],
             "MigrationResult": [self.result],
+            "RoundStats": self.rounds[:2],
+            "BenchProgress": [self.progress],
+            "VhostStatus": [self.vstatus],
         }[cls]
 
 
@@ -197,6 +278,11 @@ def public_callables() -> dict[str, Callable[..., Any] | None]:
             out[f"{name}.__new__"] = obj
             for member in vars(obj):
                 if member in ("__doc__", "__module__", "__new__", "__hash__", "__dict__"):
+                    continue
+                # Private helpers and Python's own slots are not API; `__init__` of a Python
+                # class is driven through `__new__` (calling the class), never on a live object.
+                dunder = member.startswith("__") and member.endswith("__")
+                if (member.startswith("_") and not dunder) or member in ("__init__", "__weakref__"):
                     continue
                 out[f"{name}.{member}"] = getattr(obj, member)
             continue
@@ -308,6 +394,19 @@ def sweep_calls(
 
 
 def run(log_path: str) -> int:
+    log_path = os.path.abspath(log_path)
+    # Every socket a call binds lands here (relative paths included), removed at the end.
+    home = tempfile.mkdtemp(prefix="vballoon-hostile-")
+    os.makedirs(os.path.join(home, "sub"))
+    os.chdir(home)
+    try:
+        return drive_all(log_path)
+    finally:
+        os.chdir("/")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def drive_all(log_path: str) -> int:
     recv = Receivers()
     calls = public_callables()
     failures: list[str] = []
@@ -319,10 +418,17 @@ def run(log_path: str) -> int:
     ) -> None:
         log.write(desc + "\n")
         t0 = time.monotonic()
+        binder = desc.startswith(tuple(f"{b}(" for b in SOCKET_BINDERS))
         try:
-            call(*args, **kwargs)
+            made = call(*args, **kwargs)
+            if binder:
+                made.close()  # its threads and socket go now, not at interpreter exit
         except ALLOWED:
             pass
+        except OSError as e:
+            if not (binder and e.errno is not None):
+                failures.append(f"{desc}: {type(e).__qualname__} (errno {e.errno}): {e}")
+                raise AssertionError(failures[-1]) from e
         except BaseException as e:
             failures.append(f"{desc}: {type(e).__module__}.{type(e).__qualname__}: {e}")
             raise AssertionError(failures[-1]) from e
@@ -332,6 +438,7 @@ def run(log_path: str) -> int:
     def make_drive(qualname: str, fn: Any) -> Callable[[], None]:
         cls, _, member = qualname.rpartition(".")
         expensive = qualname.startswith(("bench_", "Guest.", "listen_", "pump_", "Session."))
+        expensive = expensive or qualname == "VhostUserBackend.wait_for"
 
         @settings(
             max_examples=6 if expensive else 20,
@@ -380,6 +487,7 @@ def run(log_path: str) -> int:
             make_drive(qualname, fn)()
         except AssertionError:
             break
+    recv.close()
     log.close()
     if os.environ.get("HOSTILE_PROFILE"):
         for d, desc in sorted(slow, reverse=True)[:15]:
@@ -394,6 +502,11 @@ def uncovered() -> list[str]:
     """Public names this driver cannot call: none, as long as `public_callables` sees them."""
     missing = []
     recv_classes = {
+        "BenchProgress",
+        "RoundStats",
+        "VhostStatus",
+        "VhostUserBackend",
+        "VhostUserBalloon",
         "GuestMemory",
         "GuestView",
         "PageSet",

@@ -36,6 +36,9 @@ def test_every_public_callable_is_driven():
     # The enumeration is live: it sees constructors, methods and properties.
     for expected in ("PageSet.__new__", "GuestMemory.read", "Session.stats", "decode_pages"):
         assert expected in names
+    # The Python balloon's API is driven; its private helpers and slots are not API.
+    assert "VhostUserBalloon.configure" in names and "VhostUserBackend.wait_for" in names
+    assert not [n for n in names if n.endswith(("._watch", ".__weakref__", ".__init__"))]
     assert len(names) > 100
 
 
@@ -162,3 +165,24 @@ def test_from_memfd_refuses_an_unsealable_memfd():
     finally:
         os.close(fd)
     assert mem.read_u8(5) == 9
+
+
+@pytest.mark.parametrize("path", ["", "a\x00b", "a" * 108])
+def test_malformed_socket_paths_are_value_errors(tmp_path, path):
+    from vballoon import VhostUserBackend, VhostUserBalloon
+
+    with pytest.raises(ConfigError, match="without NUL"):
+        VhostUserBackend(path)
+    with pytest.raises(ValueError, match="without NUL"):
+        VhostUserBalloon(path)
+    with pytest.raises(ValueError, match="api_socket"):
+        VhostUserBalloon(tmp_path / "vu.sock", path or "a\x00")
+    assert list(tmp_path.iterdir()) == []  # both paths are checked before anything binds
+
+
+@pytest.mark.parametrize("timeout", [1e300, 604801.0, math.inf, -1.0])
+def test_vhost_waits_are_bounded(tmp_path, timeout):
+    with vballoon.VhostUserBackend(str(tmp_path / "vu.sock")) as b:
+        with pytest.raises(ConfigError, match="not a timeout"):
+            b.wait_for(connected=True, timeout=timeout)
+        assert b.wait_for(connected=False, timeout=0.0)

@@ -9,6 +9,7 @@ path does not take.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
@@ -272,7 +273,7 @@ def _remove_stale_socket(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket; not replacing it", path)
     os.unlink(path)
 
 

@@ -63,6 +63,21 @@ def _check_interval(seconds: int) -> None:
         )
 
 
+SUN_PATH_MAX = 107  # bytes of sockaddr_un.sun_path a path may use (108 with its NUL, unix(7))
+
+
+def _check_socket_path(path: str | os.PathLike[str], what: str) -> str:
+    """A path a Unix socket can be bound at, or BalloonApiError naming it (not an OSError: an
+    empty, NUL-carrying or over-long path is the caller's mistake, not the host's)."""
+    p: object = os.fspath(path)  # TypeError for what is not a path
+    if not isinstance(p, str):
+        raise BalloonApiError(f"{what} must be a str path, not {p!r}")
+    raw = os.fsencode(p)
+    if not raw or b"\0" in raw or len(raw) > SUN_PATH_MAX:
+        raise BalloonApiError(f"{what} {p!r} must be 1..={SUN_PATH_MAX} bytes without NUL")
+    return p
+
+
 class VhostUserBalloon:
     """A vhost-user balloon (virtio device 5) on `socket`, controlled from Python or, with
     `api_socket`, over Firecracker's balloon API. A context manager; `close()` is idempotent.
@@ -86,7 +101,9 @@ class VhostUserBalloon:
     ) -> None:
         _check_amount(amount_mib, 0)
         _check_interval(stats_polling_interval_s)
-        self.socket = os.fspath(socket)
+        self.socket = _check_socket_path(socket, "socket")
+        if api_socket is not None:
+            api_socket = _check_socket_path(api_socket, "api_socket")
         self._lock = threading.RLock()
         self._amount_mib = amount_mib
         self._deflate_on_oom = bool(deflate_on_oom)
@@ -113,7 +130,7 @@ class VhostUserBalloon:
             if api_socket is not None:
                 from vballoon.api import ApiServer
 
-                self.api = ApiServer(os.fspath(api_socket), self)
+                self.api = ApiServer(api_socket, self)
                 self.api.start()
         except BaseException:
             self.close()

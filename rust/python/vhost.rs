@@ -2,12 +2,12 @@
 //! interface in VHOST_CONTRACT.md). Every call that can block runs with the GIL released.
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::convert::timeout_arg;
 use super::errors::{config_err, BalloonError};
 use crate::vhost_user::{VhostStatus, VhostUserBackend, VhostUserError, DEFAULT_FEATURES};
 
@@ -132,16 +132,12 @@ impl PyVhostUserBackend {
         connected: Option<bool>,
         timeout: f64,
     ) -> PyResult<bool> {
-        if !(timeout.is_finite() && timeout >= 0.0) {
-            return Err(config_err(format!(
-                "timeout {timeout} is not a finite number >= 0"
-            )));
-        }
+        // Bounded like every other wait (a week at most): 1e300 s would be a hang, not a wait.
+        let t = timeout_arg(timeout, "timeout")?;
         let a = actual_pages
             .map(u32::try_from)
             .transpose()
             .map_err(|_| config_err("actual_pages is not in 0..2**32"))?;
-        let t = Duration::from_secs_f64(timeout.min(1e9));
         // Not under `with`: the wait must not hold the lock close() needs.
         let view = self.lock().as_ref().map(|b| b.status_view());
         match view {

@@ -38,7 +38,17 @@ impl std::fmt::Debug for VhostUserBackend {
     }
 }
 
+/// Bytes of `sockaddr_un.sun_path` a path may use (108 with the terminating NUL, unix(7)).
+const SUN_PATH_MAX: usize = 107;
+
 fn bind(path: &Path) -> Result<UnixListener, VhostUserError> {
+    // A path no socket can have is the caller's mistake, not the host's: refuse it by value.
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if bytes.is_empty() || bytes.contains(&0) || bytes.len() > SUN_PATH_MAX {
+        return Err(VhostUserError::Argument(format!(
+            "socket path {path:?} must be 1..={SUN_PATH_MAX} bytes without NUL"
+        )));
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             std::fs::remove_file(path).map_err(|source| VhostUserError::Os {
