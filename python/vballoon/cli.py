@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -276,7 +277,13 @@ def read_key(path: str | None) -> bytes | None:
 
 
 def cmd_migrate_listen(args: argparse.Namespace) -> int:
-    print(f"listening on {args.address} for a {args.size} guest ({args.backing})", flush=True)
+    # On stdout without --json (scripts wait for this line), else on stderr.
+    where = sys.stderr if args.json else sys.stdout
+    print(
+        f"listening on {args.address} for a {args.size} guest ({args.backing})",
+        file=where,
+        flush=True,
+    )
     with progress.status(f"waiting for the source on {args.address}", output.quiet(args)):
         report = _native.listen_migration(
             args.address,
@@ -287,7 +294,13 @@ def cmd_migrate_listen(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             deadline=args.deadline,
         )
-    print(json.dumps(report))
+    if args.json:
+        sc = {"address": args.address, "guest_bytes": _native.parse_size(args.size)}
+        sc["backing"] = args.backing
+        output.emit(args, schema.document("migrate listen", "migrate_listen", sc, [report]))
+    else:
+        # One bare JSON line: scripts wait on it (the schema document needs --json).
+        print(json.dumps(report))
     return 0 if report.get("mismatched_pages", 0) == 0 else 1
 
 
@@ -386,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--size", required=True, help="guest RAM size, as the source's")
     ml.add_argument("--backing", default="memfd", choices=BACKINGS)
     ml.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
-    ml.add_argument("--quiet", action="store_true", help="no progress spinner")
+    output.add_options(ml, plot=False)
     ml.add_argument("--key-file", default=None, help="pre-shared key the source must hold")
     ml.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback address without a key"

@@ -9,6 +9,7 @@ mod errors;
 mod huge;
 mod memory;
 mod migrate;
+mod migrate_bench;
 mod pages;
 mod progress;
 mod session;
@@ -46,7 +47,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<migrate::PyGuest>()?;
     m.add_class::<migrate::PyMigrationResult>()?;
     m.add_function(wrap_pyfunction!(migrate::listen_migration, m)?)?;
-    m.add_function(wrap_pyfunction!(migrate::bench_migrate_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(migrate_bench::bench_migrate_rows, m)?)?;
     m.add_class::<progress::PyBenchProgress>()?;
     m.add_class::<progress::PyRoundStats>()?;
     Ok(())
