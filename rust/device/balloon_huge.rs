@@ -6,9 +6,9 @@ use std::time::Instant;
 use super::super::host_pages::{HostPageTracker, HugePartial};
 use super::discard::count_in;
 use super::{BalloonDevice, DeviceConfig};
-use crate::device::config::{DiscardPolicy, PARALLEL_DISCARD_MIN_PAGES, PARALLEL_DISCARD_THREADS};
+use crate::device::config::DiscardPolicy;
 use crate::device::counters::add;
-use crate::memory::{Backing, GuestMemory, MemoryError, Pfn, PAGE_SIZE};
+use crate::memory::{Backing, GuestMemory};
 
 /// The device's host-page state: the tracker and a reused buffer of runs to discard.
 #[derive(Debug)]
@@ -86,7 +86,7 @@ impl BalloonDevice {
             // Wait-mode runs are whole host pages: keep each thread's share on host-page
             // boundaries, or a page cut in two would only be zeroed (hugetlbfs), never freed.
             DiscardPolicy::Parallel if huge.tracker.policy() == HugePartial::Wait => {
-                calls += self.discard_parallel_aligned(&discard, per_host);
+                calls += self.discard_split(&discard, per_host);
             }
             DiscardPolicy::Parallel => calls += self.discard_parallel(&discard),
         }
@@ -101,60 +101,6 @@ impl BalloonDevice {
         huge.discard = discard;
         self.huge = Some(huge);
         fresh
-    }
-
-    /// Discards whole-host-page `runs` on up to [`PARALLEL_DISCARD_THREADS`] threads, each
-    /// share a whole number of `unit`-page host pages; returns the calls made.
-    fn discard_parallel_aligned(&mut self, runs: &[(u64, u64)], unit: u64) -> u64 {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = cores.min(PARALLEL_DISCARD_THREADS) as u64;
-        let total: u64 = runs.iter().map(|r| r.1).sum();
-        if threads < 2 || total < PARALLEL_DISCARD_MIN_PAGES {
-            for &(start, len) in runs {
-                self.discard(start, len);
-            }
-            return runs.len() as u64;
-        }
-        let per = total.div_ceil(threads).div_ceil(unit) * unit;
-        let mut shares: Vec<Vec<(u64, u64)>> = vec![Vec::new()];
-        let mut room = per;
-        for &(mut start, mut len) in runs {
-            while len > 0 {
-                if room == 0 {
-                    shares.push(Vec::new());
-                    room = per;
-                }
-                let take = len.min(room);
-                if let Some(share) = shares.last_mut() {
-                    share.push((start, take));
-                }
-                (start, len, room) = (start + take, len - take, room - take);
-            }
-        }
-        let mem = &self.mem;
-        let errors: Vec<MemoryError> = std::thread::scope(|scope| {
-            let workers: Vec<_> = shares
-                .iter()
-                .map(|share| {
-                    // Same bounds as `discard`: decoded pages, checked again by GuestMemory.
-                    scope.spawn(move || {
-                        share
-                            .iter()
-                            .filter_map(|&(s, l)| mem.discard(Pfn(s).addr(), l * PAGE_SIZE).err())
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
-        });
-        for e in errors {
-            add(&self.counters.discard_errors, 1);
-            self.log(e.into());
-        }
-        shares.iter().map(|s| s.len() as u64).sum()
     }
 
     /// Updates the host-page counts for `runs` about to leave the balloon.

@@ -100,6 +100,14 @@ impl BalloonDevice {
         if total < PARALLEL_DISCARD_MIN_RUN_PAGES.saturating_mul(runs.len() as u64) {
             return self.discard_vectored(runs);
         }
+        self.discard_split(runs, 1)
+    }
+
+    /// Discards `runs` on up to [`PARALLEL_DISCARD_THREADS`] threads, each share a whole number
+    /// of `unit` pages (a host page: a hugetlb page cut in two would only be zeroed); returns
+    /// the calls made. Small batches stay on this thread.
+    pub(super) fn discard_split(&mut self, runs: &[(u64, u64)], unit: u64) -> u64 {
+        let total: u64 = runs.iter().map(|r| r.1).sum();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = cores.min(PARALLEL_DISCARD_THREADS);
         if threads < 2 || total < PARALLEL_DISCARD_MIN_PAGES {
@@ -108,7 +116,7 @@ impl BalloonDevice {
             }
             return runs.len() as u64;
         }
-        let shares = split_runs(runs, threads);
+        let shares = split_runs(runs, threads, unit);
         let mem = &self.mem;
         let results: Vec<Vec<MemoryError>> = std::thread::scope(|scope| {
             let workers: Vec<_> = shares
@@ -286,10 +294,13 @@ mod tests {
     }
 }
 
-/// Cuts sorted, disjoint `runs` into `n` lists of about equal page counts (a run may be split).
-fn split_runs(runs: &[(u64, u64)], n: usize) -> Vec<Vec<(u64, u64)>> {
+/// Cuts sorted, disjoint `runs` into at most `n` lists of about equal page counts, each a
+/// multiple of `unit` pages but the last (a run may be split, at a `unit` boundary when the
+/// runs are `unit`-aligned).
+fn split_runs(runs: &[(u64, u64)], n: usize, unit: u64) -> Vec<Vec<(u64, u64)>> {
     let total: u64 = runs.iter().map(|r| r.1).sum();
-    let per = total.div_ceil(n as u64).max(1);
+    let unit = unit.max(1);
+    let per = total.div_ceil(n as u64).div_ceil(unit).max(1) * unit;
     let mut out: Vec<Vec<(u64, u64)>> = Vec::new();
     let mut share = Vec::new();
     let mut room = per;
@@ -318,7 +329,7 @@ mod split_tests {
     fn test_split_runs_balances_pages_and_loses_nothing() {
         let runs = [(0, 10), (20, 3), (100, 50)];
         for n in 1..6 {
-            let shares = split_runs(&runs, n);
+            let shares = split_runs(&runs, n, 1);
             assert!(shares.len() <= n);
             let mut flat: Vec<(u64, u64)> = shares.iter().flatten().copied().collect();
             flat.sort();
