@@ -7,6 +7,7 @@ mod address;
 mod error;
 mod huge;
 mod huge_pool;
+pub(crate) mod pagemap_abi;
 mod pagemap_scan;
 mod region;
 mod residency;

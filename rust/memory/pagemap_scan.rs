@@ -12,44 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::address::PAGE_SIZE;
 use super::error::MemoryError;
+use super::pagemap_abi::{
+    PageRegion, PmScanArg, PAGEMAP_SCAN, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WRITTEN,
+};
 use super::residency::{os_err, read_entries};
 
-/// `struct pm_scan_arg` (`linux/fs.h`).
-#[repr(C)]
-#[derive(Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-/// `struct page_region` (`linux/fs.h`).
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-
-/// `PAGEMAP_SCAN = _IOWR('f', 16, struct pm_scan_arg)`: dir 3 in bits 30-31, size in 16-29.
-const PAGEMAP_SCAN: u64 =
-    (3 << 30) | ((size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
-/// `PAGE_IS_WRITTEN`: not userfaultfd write-protected.
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
-/// `PAGE_IS_PRESENT`: mapped in RAM.
-const PAGE_IS_PRESENT: u64 = 1 << 3;
-/// `PAGE_IS_SWAPPED`: a swap-format entry (swapped out, migrating, or a PTE marker).
-const PAGE_IS_SWAPPED: u64 = 1 << 4;
 /// Regions fetched per call.
 const REGIONS: usize = 1024;
 

@@ -18,6 +18,10 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::memory::pagemap_abi::{
+    PageRegion, PmScanArg, PAGEMAP_SCAN, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC,
+    PM_SCAN_WP_MATCHING,
+};
 use crate::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::PageSet;
 
@@ -100,57 +104,6 @@ const UFFDIO_WRITEPROTECT: u64 = ioc(
 /// `USERFAULTFD_IOC_NEW = _IO(0xAA, 0x00)` on `/dev/userfaultfd` (Linux 6.1+).
 const USERFAULTFD_IOC_NEW: u64 = ioc(0, 0xAA, 0x00, 0);
 
-/// `struct pm_scan_arg` (`linux/fs.h`, Linux 6.7): the `PAGEMAP_SCAN` request.
-#[repr(C)]
-#[derive(Default)]
-struct PmScanArg {
-    /// `sizeof(struct pm_scan_arg)`.
-    size: u64,
-    /// `PM_SCAN_*` flags.
-    flags: u64,
-    /// First address to scan.
-    start: u64,
-    /// End of the range (exclusive).
-    end: u64,
-    /// Out: where the walk stopped (equals `end` when the whole range was scanned).
-    walk_end: u64,
-    /// Address of a `page_region` array.
-    vec: u64,
-    /// Entries in that array.
-    vec_len: u64,
-    /// Stop after this many pages (0 = no limit).
-    max_pages: u64,
-    /// Categories to invert before matching.
-    category_inverted: u64,
-    /// A page matches if all of these categories (after inversion) are set ...
-    category_mask: u64,
-    /// ... and at least one of these (0 = no condition).
-    category_anyof_mask: u64,
-    /// Categories to report in each region.
-    return_mask: u64,
-}
-/// `struct page_region { __u64 start; __u64 end; __u64 categories; }`.
-#[repr(C)]
-#[derive(Default, Clone, Copy, Debug)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-/// `PAGEMAP_SCAN = _IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: u64 = ioc(
-    IOC_READ | IOC_WRITE,
-    b'f' as u64,
-    16,
-    size_of::<PmScanArg>(),
-);
-/// `PM_SCAN_WP_MATCHING`: write-protect the pages that match, in the same walk.
-const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
-/// `PM_SCAN_CHECK_WPASYNC`: fail with EPERM unless the range is registered async-WP.
-const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
-/// `PAGE_IS_WRITTEN`: the page was written since it was last write-protected.
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
-
 /// Regions fetched per `PAGEMAP_SCAN` call.
 const REGIONS_PER_SCAN: usize = 4096;
 
@@ -168,8 +121,6 @@ pub struct KernelTracker<'a> {
     _mem: PhantomData<&'a GuestMemory>,
 }
 
-const _: () = assert!(size_of::<PageRegion>() == 24);
-const _: () = assert!(size_of::<PmScanArg>() == 96);
 const _: () = assert!(size_of::<UffdioRegister>() == 32);
 
 fn ioctl<T>(fd: &impl AsRawFd, req: u64, arg: &mut T) -> io::Result<libc::c_int> {
