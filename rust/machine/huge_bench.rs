@@ -163,17 +163,9 @@ struct Sample {
     partial_after: u64,
 }
 
+/// The median of owned samples (see [`util::median`](crate::util::median)).
 fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    crate::util::median(&mut v)
 }
 
 fn session(

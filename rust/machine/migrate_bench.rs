@@ -27,6 +27,7 @@ use crate::error::Result;
 use crate::memory::PAGE_SIZE;
 use crate::memory::{is_zero_raw, process_peak_rss_bytes, Backing, GuestAddress, GuestMemory};
 use crate::migration::{stream::DATA_RECORD_LEN, DirtyTracking, GuestControl, TEN_GBIT};
+use crate::util::median;
 
 /// One column of the table: a hint mode and whether unpopulated pages are skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,11 +214,6 @@ pub struct BenchMigrateRow {
     pub speedup_vs_no_hints: Option<f64>,
     /// Every run verified clean (None: verification off).
     pub verified: Option<bool>,
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn reset_peak_rss() {
