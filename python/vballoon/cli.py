@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vballoon import _native, output, progress, schema
+from vballoon import _native, output, progress, report, schema
 
 # Errors and messages go to stderr; tables go where output.console_for says.
 console = Console(stderr=True)
@@ -41,10 +41,6 @@ def ring_demo(
     return rows
 
 
-def _ms(secs: float) -> str:
-    return f"{secs * 1e3:,.1f}"
-
-
 def inflate_table(table: dict[str, Any]) -> Table:
     """The inflate comparison as a table: time, stages, ratios to pfn and to the floor."""
     gib = 1 << 30
@@ -54,40 +50,8 @@ def inflate_table(table: dict[str, Any]) -> Table:
     )
     if table.get("fragmentation") is not None:
         title += f", fragmentation {table['fragmentation']}"
-    rows = []
-    for r in table["rows"]:
-        rows.append(
-            [
-                r["name"],
-                _ms(r["inflate_secs"]),
-                _ms(r["alloc_secs"]),
-                _ms(r["encode_send_secs"]),
-                _ms(r["decode_secs"]),
-                _ms(r["discard_secs"]),
-                f"{r['buffers']:,}",
-                f"{r['discard_calls']:,}",
-                f"{r['rss_drop_bytes'] / (1 << 20):,.0f}",
-                f"{r['ratio_to_pfn']:.3f}" if r["ratio_to_pfn"] else "-",
-                f"{r['ratio_to_floor']:.2f}" if r["ratio_to_floor"] else "-",
-            ]
-        )
-    return _table(
-        title,
-        [
-            "variant",
-            "inflate ms",
-            "alloc",
-            "encode+send",
-            "decode",
-            "discard",
-            "buffers",
-            "discards",
-            "RSS drop MiB",
-            "/ pfn",
-            "/ floor",
-        ],
-        rows,
-    )
+    rows = [report.inflate_cells(r) for r in table["rows"]]
+    return _table(title, report.INFLATE_COLUMNS, rows)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -96,18 +60,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.print(
         _table(
             f"Virtqueue round trips: {args.buffers:,} buffers in a {args.ring_guest} guest",
-            ["threads", "segments", "buffers/s", "kicks", "interrupts", "seconds"],
-            [
-                [
-                    r["threads"],
-                    r["segments"],
-                    f"{r['buffers_per_second'] / 1e6:.2f} M",
-                    f"{int(r['kicks']):,}",
-                    f"{int(r['interrupts']):,}",
-                    f"{r['seconds']:.3f}",
-                ]
-                for r in rows
-            ],
+            report.VIRTQ_COLUMNS,
+            [report.virtq_cells(r) for r in rows],
         )
     )
     parts = [schema.part("virtq", output.ring_scenario(args.ring_guest, args.buffers), rows)]
@@ -285,7 +239,7 @@ def cmd_migrate_listen(args: argparse.Namespace) -> int:
         flush=True,
     )
     with progress.status(f"waiting for the source on {args.address}", output.quiet(args)):
-        report = _native.listen_migration(
+        dest = _native.listen_migration(
             args.address,
             args.size,
             backing=args.backing,
@@ -297,11 +251,11 @@ def cmd_migrate_listen(args: argparse.Namespace) -> int:
     if args.json:
         sc = {"address": args.address, "guest_bytes": _native.parse_size(args.size)}
         sc["backing"] = args.backing
-        output.emit(args, schema.document("migrate listen", "migrate_listen", sc, [report]))
+        output.emit(args, schema.document("migrate listen", "migrate_listen", sc, [dest]))
     else:
         # One bare JSON line: scripts wait on it (the schema document needs --json).
-        print(json.dumps(report))
-    return 0 if report.get("mismatched_pages", 0) == 0 else 1
+        print(json.dumps(dest))
+    return 0 if dest.get("mismatched_pages", 0) == 0 else 1
 
 
 def cmd_migrate_send(args: argparse.Namespace) -> int:

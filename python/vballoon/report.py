@@ -14,6 +14,41 @@ def _ms(secs: float) -> str:
     return f"{secs * 1e3:,.1f}"
 
 
+# The inflate and ring tables' columns and cells, shared by the CLI's tables and these reports.
+INFLATE_COLUMNS = ["variant", "inflate ms", "alloc", "encode+send", "decode", "discard"]
+INFLATE_COLUMNS += ["buffers", "discards", "RSS drop MiB", "/ pfn", "/ floor"]
+VIRTQ_COLUMNS = ["threads", "segments", "buffers/s", "kicks", "interrupts", "seconds"]
+
+
+def inflate_cells(r: Mapping[str, Any]) -> list[str]:
+    """One inflate row (a `bench_inflate_table` row) as table cells."""
+    return [
+        r["name"],
+        _ms(r["inflate_secs"]),
+        _ms(r["alloc_secs"]),
+        _ms(r["encode_send_secs"]),
+        _ms(r["decode_secs"]),
+        _ms(r["discard_secs"]),
+        f"{r['buffers']:,}",
+        f"{r['discard_calls']:,}",
+        f"{r['rss_drop_bytes'] / (1 << 20):,.0f}",
+        f"{r['ratio_to_pfn']:.3f}" if r["ratio_to_pfn"] else "-",
+        f"{r['ratio_to_floor']:.2f}" if r["ratio_to_floor"] else "-",
+    ]
+
+
+def virtq_cells(r: Mapping[str, Any]) -> list[Any]:
+    """One ring-throughput row as table cells."""
+    return [
+        r["threads"],
+        r["segments"],
+        f"{r['buffers_per_second'] / 1e6:.2f} M",
+        f"{int(r['kicks']):,}",
+        f"{int(r['interrupts']):,}",
+        f"{r['seconds']:.3f}",
+    ]
+
+
 def _md_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -23,30 +58,13 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str
 def inflate_markdown(part: Mapping[str, Any]) -> list[str]:
     """The inflate comparison: time, stages, ratios to pfn and to the floor."""
     sc = part["scenario"]
-    rows = [
-        [
-            r["name"],
-            _ms(r["inflate_secs"]),
-            _ms(r["alloc_secs"]),
-            _ms(r["encode_send_secs"]),
-            _ms(r["decode_secs"]),
-            _ms(r["discard_secs"]),
-            f"{r['buffers']:,}",
-            f"{r['discard_calls']:,}",
-            f"{r['rss_drop_bytes'] / (1 << 20):,.0f}",
-            f"{r['ratio_to_pfn']:.3f}" if r["ratio_to_pfn"] else "-",
-            f"{r['ratio_to_floor']:.2f}" if r["ratio_to_floor"] else "-",
-        ]
-        for r in part["rows"]
-    ]
+    rows = [inflate_cells(r) for r in part["rows"]]
     head = (
         f"Inflate {sc['inflate_bytes'] / 2**30:.2f} GiB of a {sc['guest_bytes'] / 2**30:.2f} GiB "
         f"guest ({sc.get('mode', 'sync')}, {sc.get('backing', 'anonymous')}), median of "
         f"{sc.get('rounds', '?')} rounds; floor {_ms(sc.get('floor_secs') or 0)} ms."
     )
-    cols = ["variant", "inflate ms", "alloc", "encode+send", "decode", "discard", "buffers"]
-    cols += ["discards", "RSS drop MiB", "/ pfn", "/ floor"]
-    return [head, "", *_md_table(cols, rows)]
+    return [head, "", *_md_table(INFLATE_COLUMNS, rows)]
 
 
 def migrate_markdown(part: Mapping[str, Any]) -> list[str]:
@@ -106,19 +124,7 @@ def timeline_markdown(part: Mapping[str, Any]) -> list[str]:
 
 def virtq_markdown(part: Mapping[str, Any]) -> list[str]:
     """Ring throughput."""
-    rows = [
-        [
-            r["threads"],
-            r["segments"],
-            f"{r['buffers_per_second'] / 1e6:.2f} M",
-            f"{int(r['kicks']):,}",
-            f"{int(r['interrupts']):,}",
-            f"{r['seconds']:.3f}",
-        ]
-        for r in part["rows"]
-    ]
-    cols = ["threads", "segments", "buffers/s", "kicks", "interrupts", "seconds"]
-    return _md_table(cols, rows)
+    return _md_table(VIRTQ_COLUMNS, [virtq_cells(r) for r in part["rows"]])
 
 
 def steps_markdown(part: Mapping[str, Any]) -> list[str]:
