@@ -108,7 +108,7 @@ impl BalloonDevice {
     /// the calls made. Small batches stay on this thread.
     pub(super) fn discard_split(&mut self, runs: &[(u64, u64)], unit: u64) -> u64 {
         let total: u64 = runs.iter().map(|r| r.1).sum();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cores();
         let threads = cores.min(PARALLEL_DISCARD_THREADS);
         if threads < 2 || total < PARALLEL_DISCARD_MIN_PAGES {
             for &(start, len) in runs {
@@ -292,6 +292,13 @@ mod tests {
         merge_runs(&mut one);
         assert_eq!(one, vec![(3, 1)]);
     }
+}
+
+/// The CPUs this process may use, read once: `available_parallelism` reads cgroup files on
+/// every call, which showed up per batch in fuzz profiles.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Cuts sorted, disjoint `runs` into at most `n` lists of about equal page counts, each a
