@@ -56,6 +56,71 @@ impl fmt::Display for Pfn {
     }
 }
 
+/// A run of guest pages: `len` pages from page frame `start`, i.e. `[start, start + len)`.
+///
+/// The one shape a run of pages has wherever it crosses a module (decoded balloon messages,
+/// discards, hints, migration records), so that "(start, len)" and "(start, end)" cannot be
+/// confused. `#[repr(C)]` with two `u64`s: as cheap to pass and store as the tuple it replaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(C)]
+pub struct PageRange {
+    /// First page frame number.
+    pub start: u64,
+    /// Number of pages.
+    pub len: u64,
+}
+
+impl PageRange {
+    /// `len` pages from `start`.
+    pub const fn new(start: u64, len: u64) -> PageRange {
+        PageRange { start, len }
+    }
+
+    /// The pages `[start, end)`; empty if `end <= start`.
+    pub const fn from_bounds(start: u64, end: u64) -> PageRange {
+        PageRange {
+            start,
+            len: end.saturating_sub(start),
+        }
+    }
+
+    /// One past the last page; saturates rather than wrapping (a range near `u64::MAX` is
+    /// refused by whoever checks it against guest RAM).
+    pub const fn end(self) -> u64 {
+        self.start.saturating_add(self.len)
+    }
+
+    /// Whether the range holds no page.
+    pub const fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    /// The first page.
+    pub const fn first(self) -> Pfn {
+        Pfn(self.start)
+    }
+
+    /// Whether page `pfn` lies in the range.
+    pub const fn contains(self, pfn: u64) -> bool {
+        pfn >= self.start && pfn < self.end()
+    }
+
+    /// Guest-physical address of the first page, and length in bytes, or `None` if either
+    /// overflows.
+    pub fn byte_span(self) -> Option<(GuestAddress, u64)> {
+        let addr = self.start.checked_mul(PAGE_SIZE)?;
+        let bytes = self.len.checked_mul(PAGE_SIZE)?;
+        addr.checked_add(bytes)?;
+        Some((GuestAddress(addr), bytes))
+    }
+}
+
+impl fmt::Display for PageRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pages [{:#x}, {:#x})", self.start, self.end())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +132,17 @@ mod tests {
         assert!(GuestAddress(0x5000).is_aligned(PAGE_SIZE));
         assert!(!GuestAddress(0x5001).is_aligned(2));
         assert_eq!(GuestAddress(u64::MAX).checked_add(1), None);
+    }
+
+    #[test]
+    fn test_page_range_bounds_and_span() {
+        let r = PageRange::from_bounds(3, 7);
+        assert_eq!(r, PageRange::new(3, 4));
+        assert_eq!(r.end(), 7);
+        assert!(r.contains(3) && r.contains(6) && !r.contains(7) && !r.contains(2));
+        assert!(PageRange::from_bounds(7, 3).is_empty());
+        assert_eq!(r.byte_span(), Some((GuestAddress(0x3000), 0x4000)));
+        assert_eq!(PageRange::new(u64::MAX, 1).byte_span(), None);
+        assert_eq!(PageRange::new(u64::MAX, 2).end(), u64::MAX);
     }
 }

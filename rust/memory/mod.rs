@@ -14,7 +14,7 @@ mod residency;
 mod rss;
 mod seal;
 
-pub use address::{GuestAddress, Pfn, PAGE_SHIFT, PAGE_SIZE};
+pub use address::{GuestAddress, PageRange, Pfn, PAGE_SHIFT, PAGE_SIZE};
 pub use error::MemoryError;
 pub use huge::{thp_mode, HugePageStats, HugetlbPool, HUGE_PAGE_PAGES, HUGE_PAGE_SIZE};
 pub use huge_pool::{is_unavailable as huge_pages_unavailable, HugetlbReservation};
