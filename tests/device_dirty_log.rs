@@ -168,7 +168,7 @@ fn test_every_queue_and_refusal_logs_what_it_writes() {
 
     // Stats: a second buffer while one is held sends the first back (a refusal path).
     let mut sample = Vec::new();
-    vballoon::device::stats::encode(&[(4, 1 << 20)], &mut sample);
+    vballoon::abi::encode_stats(&[(4, 1 << 20)], &mut sample);
     r.post(QueueRole::Stats, &[(sample.clone(), false)]);
     r.post(QueueRole::Stats, &[(sample, false)]);
     r.step("stats held twice", serve(QueueRole::Stats));

@@ -151,7 +151,7 @@ fn test_reset_then_renegotiate_with_another_encoding_keeps_every_page_accounted_
     // The device holds a stats buffer of the first negotiation, and one inflate buffer is
     // posted but not yet served when the driver resets.
     let mut sample = Vec::new();
-    vballoon::device::stats::encode(&[(4, 1 << 20)], &mut sample);
+    vballoon::abi::encode_stats(&[(4, 1 << 20)], &mut sample);
     mem.write(GuestAddress(BUFS_A + 0x10_0000), &sample)
         .unwrap();
     let seg = Segment::readable(GuestAddress(BUFS_A + 0x10_0000), sample.len() as u32);

@@ -30,18 +30,17 @@ mod error;
 mod host_pages;
 pub mod hostile;
 pub mod hostile_lifecycle;
-pub mod stats;
 mod vectored;
 
+pub use crate::abi::StatsSample;
 pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, BATCH_RUNS, ERROR_LOG_LEN};
 pub use balloon::{
     FreePageStatus, HintCounters, HintError, HintEvent, HintOffer, HintSink, WriteLog,
 };
 pub use config::{
-    DeviceConfig, DiscardPolicy, DEFAULT_QUEUE_SIZE, PARALLEL_DISCARD_MIN_PAGES,
-    PARALLEL_DISCARD_MIN_RUN_PAGES, PARALLEL_DISCARD_THREADS,
+    DeviceConfig, DiscardPolicy, PARALLEL_DISCARD_MIN_PAGES, PARALLEL_DISCARD_MIN_RUN_PAGES,
+    PARALLEL_DISCARD_THREADS,
 };
 pub use counters::{DeviceCounters, SharedCounters};
 pub use error::BalloonError;
 pub use host_pages::{HostPageTracker, HugePartial};
-pub use stats::StatsSample;
