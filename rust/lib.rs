@@ -21,3 +21,5 @@ pub mod virtq;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod rig;

@@ -20,7 +20,7 @@
 //! - A driver reset (status 0) drops queues, features and encoding; the device follows the
 //!   driver's renegotiation (`reset.rs`). Every write into guest RAM is logged
 //!   ([`BalloonDevice::set_write_log`]) for a migration's dirty tracking.
-//! - [`hostile`], [`hostile_lifecycle`]: the harnesses the fuzz targets and the hostile-guest
+//! - `hostile`, `hostile_lifecycle` (feature `test-utils`): the harnesses the fuzz targets and the hostile-guest
 //!   tests share.
 
 mod balloon;
@@ -28,7 +28,9 @@ mod config;
 mod counters;
 mod error;
 mod host_pages;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod hostile;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod hostile_lifecycle;
 mod vectored;
 

@@ -80,6 +80,7 @@ mod dest;
 pub mod dirty;
 mod error;
 mod hints;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod hostile;
 mod source;
 pub mod stream;
