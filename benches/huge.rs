@@ -1,6 +1,6 @@
 //! Bench I4: inflate 7 of 8 GiB on THP and hugetlbfs 2 MiB RAM, 2 MiB blocks vs 4 KiB pages vs
 //! the floor, host memory returned verified, and the fragmented guest (see
-//! `vballoon::machine::bench_huge`). Plain `harness = false` binary printing a markdown table.
+//! `vballoon::bench::bench_huge`). Plain `harness = false` binary printing a markdown table.
 //!
 //! ```text
 //! cargo bench --no-default-features --bench huge              # 8 GiB guest, 3 rounds
@@ -13,7 +13,7 @@
 
 #![allow(clippy::print_stdout)]
 
-use vballoon::machine::{bench_huge, HugeBenchConfig};
+use vballoon::bench::{bench_huge, HugeBenchConfig};
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)

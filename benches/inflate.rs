@@ -1,5 +1,5 @@
 //! The seed's headline: inflate 7 GiB of an 8 GiB guest, PFN arrays vs bitmap vs extents vs
-//! auto, with the floors measured in the same run (see `vballoon::machine::bench_inflate`).
+//! auto, with the floors measured in the same run (see `vballoon::bench::bench_inflate`).
 //!
 //! A plain `harness = false` binary that prints markdown tables: each sample is a multi-second
 //! one-shot run, which criterion's sampling model does not fit.
@@ -15,7 +15,8 @@
 
 #![allow(clippy::print_stdout)]
 
-use vballoon::machine::{bench_inflate, Fragmentation, InflateBenchConfig, RunMode};
+use vballoon::bench::{bench_inflate, Fragmentation, InflateBenchConfig};
+use vballoon::machine::RunMode;
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)

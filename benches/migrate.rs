@@ -13,10 +13,10 @@
 //! Results and their commands go to `benches/RESULTS.md`.
 #![allow(clippy::print_stdout)]
 
-use vballoon::machine::{
+use vballoon::bench::{
     bench_migrate, format_migrate_table, measure_floors, BenchMigrateConfig, MigrateVariant,
-    Scenario,
 };
+use vballoon::machine::Scenario;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

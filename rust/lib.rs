@@ -7,6 +7,7 @@
 //! only module that knows about Python.
 
 pub mod abi;
+pub mod bench;
 pub mod device;
 pub mod error;
 pub mod guest;

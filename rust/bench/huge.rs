@@ -16,11 +16,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::config::MachineConfig;
-use super::session::Session;
 use crate::device::{DiscardPolicy, HugePartial};
 use crate::error::Result;
 use crate::guest::driver::HUGE_PAGE_ORDER;
+use crate::machine::{MachineConfig, Session};
 use crate::memory::{
     Backing, GuestAddress, GuestMemory, HugePageStats, HugetlbPool, HugetlbReservation, Pfn,
     HUGE_PAGE_SIZE, PAGE_SIZE,

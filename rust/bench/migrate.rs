@@ -18,12 +18,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::migrate::{migrate_local, MigrateOptions};
-use super::migrate_guest::GuestRunner;
-use super::migrate_hints::{FreeListStandIn, HintMode, HintProvider};
 use super::progress::BenchProgress;
-use super::scenario::{Scenario, ScenarioInfo};
 use crate::error::Result;
+use crate::machine::{
+    migrate_local, BalloonHints, FreeListStandIn, GuestRunner, HintMode, HintProvider,
+    MigrateOptions, Scenario, ScenarioInfo,
+};
 use crate::memory::PAGE_SIZE;
 use crate::memory::{is_zero_raw, process_peak_rss_bytes, Backing, GuestAddress, GuestMemory};
 use crate::migration::{stream::DATA_RECORD_LEN, DirtyTracking, GuestControl, TEN_GBIT};
@@ -91,7 +91,7 @@ pub struct BenchMigrateConfig {
     pub scenarios: Vec<Scenario>,
     /// Variants, run interleaved on each scenario.
     pub variants: Vec<MigrateVariant>,
-    /// The balloon session's hint provider (default: [`BalloonHints`](super::BalloonHints), a
+    /// The balloon session's hint provider (default: [`BalloonHints`], a
     /// balloon on each scenario's guest); without one, hint-mode variants are reported as
     /// skipped (unless the stand-in is on).
     pub hint_provider: Option<Arc<dyn HintProvider>>,
@@ -125,7 +125,7 @@ impl Default for BenchMigrateConfig {
         BenchMigrateConfig {
             scenarios: vec![Scenario::m1(), Scenario::m2(), Scenario::m3()],
             variants: MigrateVariant::defaults(),
-            hint_provider: Some(Arc::new(super::BalloonHints::default())),
+            hint_provider: Some(Arc::new(BalloonHints::default())),
             stand_in: false,
             repetitions: 3,
             repetitions_large: 1,

@@ -20,12 +20,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::config::{MachineConfig, RunMode};
 use super::progress::BenchProgress;
-use super::session::Session;
 use crate::device::DiscardPolicy;
 use crate::error::Result;
 use crate::guest::{Fill, Guest, Workload};
+use crate::machine::{MachineConfig, RunMode, Session};
 use crate::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use crate::pages::{Encoding, PageSet};
 
