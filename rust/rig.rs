@@ -1,7 +1,7 @@
 //! Scaffolding for tests, fuzz targets and benches (the `test-utils` feature; not in a release
 //! build): the one driver start-up sequence every rig plays against a [`BalloonDevice`].
 //!
-//! The real guest driver ([`crate::guest::driver::BalloonDriver::probe`]) masks features and
+//! The real guest driver ([`crate::guest::BalloonDriver::probe`]) masks features and
 //! reserves its buffer area between the steps; a rig wants only the bare sequence of virtio 1.2
 //! §3.1.1 with its rings where it says, so that is written here once.
 

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vballoon::guest::workload::{fragment_max_order, free_blocks_above};
+use vballoon::guest::{fragment_max_order, free_blocks_above};
 use vballoon::guest::{Fill, Guest, GuestError, Workload, MAX_PAGE_ORDER};
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 

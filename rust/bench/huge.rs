@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::{DiscardPolicy, HugePartial};
 use crate::error::Result;
-use crate::guest::driver::HUGE_PAGE_ORDER;
+use crate::guest::HUGE_PAGE_ORDER;
 use crate::machine::{MachineConfig, Session};
 use crate::memory::{
     Backing, GuestAddress, GuestMemory, HugePageStats, HugetlbPool, HugetlbReservation, Pfn,

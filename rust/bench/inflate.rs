@@ -66,7 +66,7 @@ impl BenchVariant {
 }
 
 /// A fragmented guest: before inflating, a workload takes every free page one by one and frees
-/// a share of them in blocks of at most [`crate::guest::workload::fragment_max_order`]`(knob)`.
+/// a share of them in blocks of at most [`crate::guest::fragment_max_order`]`(knob)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fragmentation {
     /// 0.0 keeps 4 MiB blocks, 1.0 leaves single pages.

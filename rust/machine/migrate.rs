@@ -14,7 +14,7 @@
 //! let (guest, info) = Scenario::m1().build()?;
 //! let report = migrate_local(&guest, &MigrateOptions::default())?;
 //! println!("{info:?}\n{}", report.summary().to_json());
-//! # Ok::<_, vballoon::error::Error>(())
+//! # Ok::<_, vballoon::Error>(())
 //! ```
 
 use std::net::{TcpListener, ToSocketAddrs};

@@ -6,7 +6,7 @@
 //! - [`Scenario`], [`GuestRunner`], [`migrate_local`], [`listen`]/[`send`]: live migration of
 //!   a running guest, in one process or two.
 //!
-//! The benchmark drivers built on it are in [`crate::bench`].
+//! The benchmark drivers built on it are in [`crate::bench`](mod@crate::bench).
 
 mod balloon_hints;
 mod config;
