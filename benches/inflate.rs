@@ -15,15 +15,12 @@
 
 #![allow(clippy::print_stdout)]
 
+mod common;
+
+use common::env_or;
+
 use vballoon::bench::{bench_inflate, Fragmentation, InflateBenchConfig};
 use vballoon::machine::RunMode;
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -34,9 +31,9 @@ fn main() {
     } else {
         (8.0, 7.0, 3.0)
     };
-    let guest_gib = env_f64("VBALLOON_BENCH_GUEST_GIB", g);
-    let inflate_gib = env_f64("VBALLOON_BENCH_INFLATE_GIB", i);
-    let rounds = env_f64("VBALLOON_BENCH_ROUNDS", r) as usize;
+    let guest_gib = env_or::<f64>("VBALLOON_BENCH_GUEST_GIB", g);
+    let inflate_gib = env_or::<f64>("VBALLOON_BENCH_INFLATE_GIB", i);
+    let rounds = env_or::<f64>("VBALLOON_BENCH_ROUNDS", r) as usize;
     let gib = |x: f64| ((x * (1u64 << 30) as f64) as u64) & !4095;
     let base = InflateBenchConfig {
         guest_bytes: gib(guest_gib),
@@ -64,13 +61,13 @@ fn main() {
     }
     // Every other page free (knob 1.0, half freed): the worst case for extents and runs.
     let frag = InflateBenchConfig {
-        inflate_bytes: gib(env_f64(
+        inflate_bytes: gib(env_or::<f64>(
             "VBALLOON_BENCH_FRAG_INFLATE_GIB",
             guest_gib * 0.375,
         )),
         rounds: rounds.clamp(1, 2),
         fragmentation: Some(Fragmentation {
-            knob: env_f64("VBALLOON_BENCH_FRAG_KNOB", 1.0),
+            knob: env_or::<f64>("VBALLOON_BENCH_FRAG_KNOB", 1.0),
             free_share: 0.5,
             seed: 1,
         }),

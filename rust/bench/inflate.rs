@@ -20,6 +20,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::median;
 use super::progress::BenchProgress;
 use crate::device::DiscardPolicy;
 use crate::error::Result;
@@ -199,11 +200,6 @@ struct Sample {
     drop: i64,
 }
 
-/// The median of owned samples (see [`util::median`](crate::util::median)).
-fn median(mut v: Vec<f64>) -> f64 {
-    crate::util::median(&mut v)
-}
-
 fn populate(mem: &GuestMemory, progress: Option<&BenchProgress>) -> Result<f64> {
     let t = Instant::now();
     let Some(p) = progress else {
@@ -380,7 +376,7 @@ pub fn bench_inflate(cfg: &InflateBenchConfig) -> Result<InflateBenchTable> {
     }
     let mut rows = Vec::new();
     for (&i, ss) in &samples {
-        let pick = |f: fn(&Sample) -> f64| median(ss.iter().map(f).collect());
+        let pick = |f: fn(&Sample) -> f64| median(ss.iter().map(f));
         let last = ss.last().copied().unwrap_or_default();
         let (name, encoding, discard) = if i < nv {
             let v = &cfg.variants[i];

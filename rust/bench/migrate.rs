@@ -18,6 +18,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::median;
 use super::progress::BenchProgress;
 use crate::error::Result;
 use crate::machine::{
@@ -27,7 +28,6 @@ use crate::machine::{
 use crate::memory::PAGE_SIZE;
 use crate::memory::{is_zero_raw, process_peak_rss_bytes, Backing, GuestAddress, GuestMemory};
 use crate::migration::{stream::DATA_RECORD_LEN, DirtyTracking, GuestControl, TEN_GBIT};
-use crate::util::median;
 
 /// One column of the table: a hint mode and whether unpopulated pages are skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -420,11 +420,10 @@ fn row(
         return r;
     }
     let mut times: Vec<f64> = runs.iter().map(|x| x.total_ms).collect();
-    r.total_ms = median(&mut times);
+    r.total_ms = crate::util::median(&mut times);
     r.total_ms_range = (times[0], times[times.len() - 1]);
-    r.downtime_ms = median(&mut runs.iter().map(|x| x.downtime_ms).collect::<Vec<_>>());
-    r.peak_rss_bytes =
-        median(&mut runs.iter().map(|x| x.peak_rss as f64).collect::<Vec<_>>()) as u64;
+    r.downtime_ms = median(runs.iter().map(|x| x.downtime_ms));
+    r.peak_rss_bytes = median(runs.iter().map(|x| x.peak_rss as f64)) as u64;
     runs.sort_by(|a, b| a.total_ms.total_cmp(&b.total_ms));
     let m = &runs[runs.len() / 2];
     r.bytes_sent = m.bytes_sent;

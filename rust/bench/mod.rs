@@ -26,3 +26,9 @@ pub use migrate::{
 };
 pub use progress::BenchProgress;
 pub use ring::{pump_buffers, PumpConfig, PumpResult};
+
+/// The median of a bench's samples (see [`util::median`](crate::util::median)).
+fn median(samples: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = samples.into_iter().collect();
+    crate::util::median(&mut v)
+}

@@ -137,13 +137,7 @@ impl HintArea {
     /// Takes one page plus `pieces` × 32 KiB from the guest's allocator.
     fn reserve(guest: &mut Guest, pieces: usize) -> Result<HintArea, DriverError> {
         let pages = 1 + (pieces * BALLOON_BMAP_SIZE) as u64 / PAGE_SIZE;
-        let order = pages.next_power_of_two().trailing_zeros() as u8;
-        let alloc = guest.allocator_mut();
-        let pfn = alloc.alloc(order)?;
-        alloc.split_allocation(pfn, order)?;
-        for p in pfn.0 + pages..pfn.0 + (1 << order) {
-            alloc.free(Pfn(p), 0)?;
-        }
+        let pfn = guest.allocator_mut().alloc_pages(pages)?;
         Ok(HintArea { pfn, pages, pieces })
     }
 
