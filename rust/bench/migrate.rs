@@ -27,7 +27,7 @@ use crate::machine::{
 };
 use crate::memory::PAGE_SIZE;
 use crate::memory::{is_zero_raw, process_peak_rss_bytes, Backing, GuestAddress, GuestMemory};
-use crate::migration::{stream::DATA_RECORD_LEN, DirtyTracking, GuestControl, TEN_GBIT};
+use crate::migration::{stream::DATA_RECORD_LEN, DirtyTracking, GuestControl};
 
 /// One column of the table: a hint mode and whether unpopulated pages are skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl MigrateVariant {
 }
 
 /// What [`bench_migrate`] runs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BenchMigrateConfig {
     /// Scenarios, each built once (default: M1, M2, M3).
     pub scenarios: Vec<Scenario>,
@@ -122,6 +122,8 @@ pub struct BenchMigrateConfig {
 
 impl Default for BenchMigrateConfig {
     fn default() -> BenchMigrateConfig {
+        // The published setup's link, downtime and tracking are a migration's defaults.
+        let published = MigrateOptions::default();
         BenchMigrateConfig {
             scenarios: vec![Scenario::m1(), Scenario::m2(), Scenario::m3()],
             variants: MigrateVariant::defaults(),
@@ -129,31 +131,14 @@ impl Default for BenchMigrateConfig {
             stand_in: false,
             repetitions: 3,
             repetitions_large: 1,
-            bandwidth_bytes_per_s: TEN_GBIT,
-            downtime_target: Duration::from_millis(300),
-            dirty_rate_bytes_per_s: 0,
-            dirty_tracking: DirtyTracking::Explicit,
-            verify: true,
+            bandwidth_bytes_per_s: published.bandwidth_bytes_per_s,
+            downtime_target: published.downtime_target,
+            dirty_rate_bytes_per_s: published.dirty_rate_bytes_per_s,
+            dirty_tracking: published.dirty_tracking,
+            verify: published.verify,
             warmup: true,
             progress: None,
         }
-    }
-}
-
-impl std::fmt::Debug for BenchMigrateConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BenchMigrateConfig")
-            .field("scenarios", &self.scenarios)
-            .field("variants", &self.variants)
-            .field(
-                "hint_provider",
-                &self.hint_provider.as_ref().map(|p| p.name().to_owned()),
-            )
-            .field("stand_in", &self.stand_in)
-            .field("repetitions", &self.repetitions)
-            .field("bandwidth_bytes_per_s", &self.bandwidth_bytes_per_s)
-            .field("dirty_rate_bytes_per_s", &self.dirty_rate_bytes_per_s)
-            .finish()
     }
 }
 

@@ -121,6 +121,13 @@ pub trait HintProvider: Send + Sync {
     }
 }
 
+/// A provider shows as its [`name`](HintProvider::name) (options that hold one derive `Debug`).
+impl fmt::Debug for dyn HintProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// **Test stand-in, not a balloon mode**: hints every free block of the guest's allocator, read
 /// by the host straight from the free lists at the start of each round.
 ///
