@@ -26,3 +26,11 @@ pub use kernel::{DirtyHook, Guest, GuestStats, Shrinker};
 pub use workload::{
     fragment_max_order, free_blocks_above, Allocation, Fill, Workload, DIRTY_WRITE_BYTES,
 };
+
+/// A guest of `pages` anonymous pages, for the unit tests of this layer.
+#[cfg(test)]
+fn test_guest(pages: u64) -> Guest {
+    let bytes = pages * crate::memory::PAGE_SIZE;
+    let mem = crate::memory::GuestMemory::new(bytes, crate::memory::Backing::Anonymous).unwrap();
+    Guest::new(std::sync::Arc::new(mem)).unwrap()
+}
