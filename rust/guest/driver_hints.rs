@@ -31,7 +31,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{BalloonDriver, DriverError};
+use super::{serviced, BalloonDriver, DriverError};
 use crate::abi::{
     CONFIG_FREE_PAGE_HINT_CMD_ID, PAGE_REPORTING_CAPACITY, PAGE_REPORTING_MIN_ORDER,
     VIRTIO_BALLOON_CMD_ID_DONE, VIRTIO_BALLOON_CMD_ID_STOP, VIRTIO_BALLOON_HINT_BLOCK_ORDER,
@@ -453,8 +453,7 @@ impl BalloonDriver {
             return Ok(HintStep::Idle);
         };
         let qi = r.queue;
-        let q = &mut self.queues[usize::from(qi)];
-        self.counters.interrupts += q.interrupt_notifier().take()?;
+        let q = serviced(&mut self.queues, &mut self.counters, qi)?;
         let mut step = HintStep::Idle;
         while let Some(used) = q.pop_used()? {
             match r.in_flight.take() {

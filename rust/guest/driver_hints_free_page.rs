@@ -13,8 +13,7 @@ impl BalloonDriver {
             return Ok(HintStep::Idle);
         };
         let qi = f.queue;
-        let q = &mut self.queues[usize::from(qi)];
-        self.counters.interrupts += q.interrupt_notifier().take()?;
+        let q = serviced(&mut self.queues, &mut self.counters, qi)?;
         let mut step = HintStep::Idle;
         while let Some(used) = q.pop_used()? {
             step = HintStep::Progress;
