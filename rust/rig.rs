@@ -7,35 +7,15 @@
 
 use std::sync::Arc;
 
-use thiserror::Error;
-
-use crate::device::{BalloonDevice, BalloonError};
+use crate::device::BalloonDevice;
+use crate::error::Result;
+use crate::guest::DriverError;
 use crate::memory::{GuestAddress, GuestMemory};
 use crate::transport::{
-    Transport, TransportError, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER,
-    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
+    Transport, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK,
 };
-use crate::virtq::{DriverQueue, QueueLayout, VirtqError};
-
-/// Why a rig's driver start-up failed.
-#[derive(Debug, Error)]
-pub enum RigError {
-    /// A transport register refused a write.
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// A ring could not be placed or a driver queue built over it.
-    #[error(transparent)]
-    Virtq(#[from] VirtqError),
-    /// The device cleared FEATURES_OK: it refused the features written (§3.1.1 step 6).
-    #[error("device refused features {features:#x}")]
-    FeaturesRefused {
-        /// The features the rig wrote.
-        features: u64,
-    },
-    /// The device would not activate after DRIVER_OK.
-    #[error(transparent)]
-    Device(#[from] BalloonError),
-}
+use crate::virtq::{DriverQueue, QueueLayout};
 
 /// The driver's side of initialisation (virtio 1.2 §3.1.1), with ring `i` of `queue_size`
 /// entries at `ring_base + i * ring_stride`.
@@ -79,16 +59,12 @@ impl DriverStart {
 
     /// Negotiates and places every ring, up to and including DRIVER_OK; returns the features
     /// written and the ring layouts. A rig whose input bytes are the rings stops here.
-    pub fn negotiate(&self, t: &Transport) -> Result<(u64, Vec<QueueLayout>), RigError> {
+    pub fn negotiate(&self, t: &Transport) -> Result<(u64, Vec<QueueLayout>)> {
         self.run(t, |_, _| Ok(()))
     }
 
     /// [`DriverStart::negotiate`], with a [`DriverQueue`] over each ring, its notifiers wired.
-    pub fn driver_queues(
-        &self,
-        t: &Transport,
-        mem: &Arc<GuestMemory>,
-    ) -> Result<Vec<DriverQueue>, RigError> {
+    pub fn driver_queues(&self, t: &Transport, mem: &Arc<GuestMemory>) -> Result<Vec<DriverQueue>> {
         let mut queues = Vec::new();
         self.run(t, |features, layout| {
             let index = queues.len() as u16;
@@ -101,7 +77,7 @@ impl DriverStart {
     }
 
     /// The whole start-up against `dev`: [`DriverStart::driver_queues`], then activation.
-    pub fn start(&self, dev: &mut BalloonDevice) -> Result<Vec<DriverQueue>, RigError> {
+    pub fn start(&self, dev: &mut BalloonDevice) -> Result<Vec<DriverQueue>> {
         let t = Arc::clone(dev.transport());
         let mem = Arc::clone(dev.memory());
         let queues = self.driver_queues(&t, &mem)?;
@@ -113,8 +89,8 @@ impl DriverStart {
     fn run(
         &self,
         t: &Transport,
-        mut each: impl FnMut(u64, QueueLayout) -> Result<(), RigError>,
-    ) -> Result<(u64, Vec<QueueLayout>), RigError> {
+        mut each: impl FnMut(u64, QueueLayout) -> Result<()>,
+    ) -> Result<(u64, Vec<QueueLayout>)> {
         let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
         if self.reset {
             t.set_status(0)?;
@@ -124,7 +100,7 @@ impl DriverStart {
         t.set_driver_features(features)?;
         let ok = t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK)?;
         if ok & VIRTIO_CONFIG_S_FEATURES_OK == 0 && !self.ignore_refusal {
-            return Err(RigError::FeaturesRefused { features });
+            return Err(DriverError::FeaturesRefused { features }.into());
         }
         let n = self.queues.unwrap_or_else(|| t.num_queues());
         let mut layouts = Vec::with_capacity(usize::from(n));
@@ -137,5 +113,44 @@ impl DriverStart {
         }
         t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)?;
         Ok((features, layouts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceConfig;
+    use crate::memory::{Backing, PAGE_SIZE};
+    use crate::virtq::NotifyMode;
+
+    fn device() -> BalloonDevice {
+        let mem = Arc::new(GuestMemory::new(256 * PAGE_SIZE, Backing::Anonymous).unwrap());
+        let cfg = DeviceConfig {
+            notify: NotifyMode::Polling,
+            ..DeviceConfig::default()
+        };
+        BalloonDevice::new(mem, cfg).unwrap()
+    }
+
+    #[test]
+    fn test_start_sets_up_every_queue_and_driver_ok() {
+        let mut dev = device();
+        let queues = DriverStart::new(16, 0x1000).start(&mut dev).unwrap();
+        let t = dev.transport();
+        assert_eq!(queues.len(), usize::from(t.num_queues()));
+        assert_ne!(t.status() & VIRTIO_CONFIG_S_DRIVER_OK, 0);
+        assert_eq!(t.driver_features(), t.device_features());
+        assert!(dev.is_active());
+    }
+
+    #[test]
+    fn test_features_not_offered_are_an_error() {
+        let dev = device();
+        let start = DriverStart {
+            features: Some(u64::MAX),
+            ..DriverStart::new(16, 0x1000)
+        };
+        assert!(start.negotiate(dev.transport()).is_err());
+        assert_eq!(dev.transport().status() & VIRTIO_CONFIG_S_DRIVER_OK, 0);
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::{BalloonDevice, DeviceConfig, DiscardPolicy, HintOffer};
 use crate::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::Encoding;
-use crate::rig::{DriverStart, RigError};
+use crate::rig::DriverStart;
 use crate::transport::Transport;
 use crate::virtq::{NotifyMode, QueueLayout};
 
@@ -345,7 +345,7 @@ pub fn seed_inputs() -> Vec<Vec<u8>> {
 
 /// Plays the driver's part of initialisation: accept everything offered, set up every queue at
 /// [`harness_queue_addr`], DRIVER_OK.
-fn negotiate(t: &Transport) -> Result<(), RigError> {
+fn negotiate(t: &Transport) -> crate::Result<()> {
     let start = DriverStart::new(HARNESS_QUEUE_SIZE, harness_queue_addr(1));
     start.negotiate(t).map(|_| ())
 }

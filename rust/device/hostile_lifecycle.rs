@@ -26,7 +26,7 @@ use crate::abi::{
 };
 use crate::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use crate::pages::{Encoding, PageSet};
-use crate::rig::{DriverStart, RigError};
+use crate::rig::DriverStart;
 use crate::transport::Transport;
 use crate::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
 use crate::virtq::{NotifyMode, QueueLayout};
@@ -364,7 +364,7 @@ fn check_logged(
 /// The driver's side of §3.1.1 with the offered features minus those `drop` names (bit 0
 /// encodings, 1 stats, 2 EVENT_IDX, 3 INDIRECT_DESC; bit 4 the hint queues and PAGE_POISON),
 /// rings packed at [`lifecycle_queue_addr`].
-fn negotiate(t: &Transport, abi: AbiMode, drop: u8, size: u16) -> Result<(), RigError> {
+fn negotiate(t: &Transport, abi: AbiMode, drop: u8, size: u16) -> crate::Result<()> {
     let mut take = t.device_features();
     let mask = |on: bool, bits: u64| if on { bits } else { 0 };
     let encodings =
