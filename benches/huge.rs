@@ -1,6 +1,6 @@
 //! Bench I4: inflate 7 of 8 GiB on THP and hugetlbfs 2 MiB RAM, 2 MiB blocks vs 4 KiB pages vs
 //! the floor, host memory returned verified, and the fragmented guest (see
-//! `vballoon::machine::bench_huge`). Plain `harness = false` binary printing a markdown table.
+//! `vballoon::bench::bench_huge`). Plain `harness = false` binary printing a markdown table.
 //!
 //! ```text
 //! cargo bench --no-default-features --bench huge              # 8 GiB guest, 3 rounds
@@ -13,14 +13,11 @@
 
 #![allow(clippy::print_stdout)]
 
-use vballoon::machine::{bench_huge, HugeBenchConfig};
+mod common;
 
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::env_or;
+
+use vballoon::bench::{bench_huge, HugeBenchConfig};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -31,9 +28,9 @@ fn main() {
     };
     let huge = |x: f64| ((x * (1u64 << 30) as f64) as u64) & !((2 << 20) - 1);
     let cfg = HugeBenchConfig {
-        guest_bytes: huge(env_f64("VBALLOON_BENCH_GUEST_GIB", g)),
-        inflate_bytes: huge(env_f64("VBALLOON_BENCH_INFLATE_GIB", i)),
-        rounds: env_f64("VBALLOON_BENCH_ROUNDS", r) as usize,
+        guest_bytes: huge(env_or::<f64>("VBALLOON_BENCH_GUEST_GIB", g)),
+        inflate_bytes: huge(env_or::<f64>("VBALLOON_BENCH_INFLATE_GIB", i)),
+        rounds: env_or::<f64>("VBALLOON_BENCH_ROUNDS", r) as usize,
         ..HugeBenchConfig::default()
     };
     match bench_huge(&cfg) {

@@ -1,5 +1,5 @@
 //! The seed's headline: inflate 7 GiB of an 8 GiB guest, PFN arrays vs bitmap vs extents vs
-//! auto, with the floors measured in the same run (see `vballoon::machine::bench_inflate`).
+//! auto, with the floors measured in the same run (see `vballoon::bench::bench_inflate`).
 //!
 //! A plain `harness = false` binary that prints markdown tables: each sample is a multi-second
 //! one-shot run, which criterion's sampling model does not fit.
@@ -15,14 +15,12 @@
 
 #![allow(clippy::print_stdout)]
 
-use vballoon::machine::{bench_inflate, Fragmentation, InflateBenchConfig, RunMode};
+mod common;
 
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::env_or;
+
+use vballoon::bench::{bench_inflate, Fragmentation, InflateBenchConfig};
+use vballoon::machine::RunMode;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -33,9 +31,9 @@ fn main() {
     } else {
         (8.0, 7.0, 3.0)
     };
-    let guest_gib = env_f64("VBALLOON_BENCH_GUEST_GIB", g);
-    let inflate_gib = env_f64("VBALLOON_BENCH_INFLATE_GIB", i);
-    let rounds = env_f64("VBALLOON_BENCH_ROUNDS", r) as usize;
+    let guest_gib = env_or::<f64>("VBALLOON_BENCH_GUEST_GIB", g);
+    let inflate_gib = env_or::<f64>("VBALLOON_BENCH_INFLATE_GIB", i);
+    let rounds = env_or::<f64>("VBALLOON_BENCH_ROUNDS", r) as usize;
     let gib = |x: f64| ((x * (1u64 << 30) as f64) as u64) & !4095;
     let base = InflateBenchConfig {
         guest_bytes: gib(guest_gib),
@@ -63,13 +61,13 @@ fn main() {
     }
     // Every other page free (knob 1.0, half freed): the worst case for extents and runs.
     let frag = InflateBenchConfig {
-        inflate_bytes: gib(env_f64(
+        inflate_bytes: gib(env_or::<f64>(
             "VBALLOON_BENCH_FRAG_INFLATE_GIB",
             guest_gib * 0.375,
         )),
         rounds: rounds.clamp(1, 2),
         fragmentation: Some(Fragmentation {
-            knob: env_f64("VBALLOON_BENCH_FRAG_KNOB", 1.0),
+            knob: env_or::<f64>("VBALLOON_BENCH_FRAG_KNOB", 1.0),
             free_share: 0.5,
             seed: 1,
         }),

@@ -13,17 +13,14 @@
 //! Results and their commands go to `benches/RESULTS.md`.
 #![allow(clippy::print_stdout)]
 
-use vballoon::machine::{
-    bench_migrate, format_migrate_table, measure_floors, BenchMigrateConfig, MigrateVariant,
-    Scenario,
-};
+mod common;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::env_or;
+
+use vballoon::bench::{
+    bench_migrate, format_migrate_table, measure_floors, BenchMigrateConfig, MigrateVariant,
+};
+use vballoon::machine::Scenario;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -31,8 +28,8 @@ fn main() {
     let stand_in = want_stand_in || !full;
     let mut cfg = BenchMigrateConfig {
         stand_in,
-        repetitions: env_u64("VB_BENCH_REPS", 3) as usize,
-        dirty_rate_bytes_per_s: env_u64("VB_BENCH_DIRTY_MBPS", 0) * 1_000_000,
+        repetitions: env_or::<u64>("VB_BENCH_REPS", 3) as usize,
+        dirty_rate_bytes_per_s: env_or::<u64>("VB_BENCH_DIRTY_MBPS", 0) * 1_000_000,
         ..BenchMigrateConfig::default()
     };
     if want_stand_in {

@@ -4,7 +4,7 @@
 //! (the machine, the bindings), and what the Python bindings map to exception classes.
 
 use crate::device::BalloonError;
-use crate::guest::driver::DriverError;
+use crate::guest::DriverError;
 use crate::guest::GuestError;
 use crate::memory::MemoryError;
 use crate::migration::MigrationError;

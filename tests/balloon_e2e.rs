@@ -9,14 +9,14 @@ use vballoon::abi::{
     bit, AbiMode, VIRTIO_BALLOON_F_STATS_VQ, VIRTIO_BALLOON_S_MEMFREE, VIRTIO_BALLOON_S_MEMTOT,
 };
 use vballoon::device::{BalloonDevice, DeviceConfig, DiscardPolicy, QueueRole};
-use vballoon::error::Error;
-use vballoon::guest::driver::{BalloonDriver, DriverOptions, Step};
+use vballoon::guest::{BalloonDriver, DriverOptions, Step};
 use vballoon::guest::{Guest, GuestError, Workload};
 use vballoon::machine::{MachineConfig, Outcome, RunMode, Session};
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::bitmap::{BmapHeader, BMAP_HEADER_LEN};
 use vballoon::pages::Encoding;
 use vballoon::virtq::{Descriptor, NotifyMode};
+use vballoon::Error;
 
 const T: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vballoon::device::HugePartial;
-use vballoon::guest::driver::HUGE_PAGE_ORDER;
+use vballoon::guest::HUGE_PAGE_ORDER;
 use vballoon::machine::{MachineConfig, Session};
 use vballoon::memory::{
     huge_pages_unavailable, Backing, GuestAddress, GuestMemory, HugetlbReservation, Pfn,

@@ -11,12 +11,9 @@ use vballoon::device::{BalloonDevice, DeviceConfig, HintOffer, QueueRole, WriteL
 use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::pages::hint::encode_cmd_id;
 use vballoon::pages::{encode, Encoding, PageSet};
-use vballoon::transport::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK,
-};
+use vballoon::rig::DriverStart;
 use vballoon::virtq::defs::{feature, VIRTIO_F_EVENT_IDX};
-use vballoon::virtq::{DriverQueue, NotifyMode, QueueLayout, Segment};
+use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 
 const MIB: u64 = 1 << 20;
 const GUEST: u64 = 8 * MIB;
@@ -50,27 +47,18 @@ fn rig() -> Rig {
         sink.lock().unwrap().insert_range(pfn.0, n);
     });
     dev.set_write_log(Some(hook));
-    let t = Arc::clone(dev.transport());
-    let features = t.device_features();
-    let st = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-    t.set_status(st).unwrap();
-    t.set_driver_features(features).unwrap();
-    t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK).unwrap();
+    let features = dev.transport().device_features();
     let n = BalloonFeatures::new(features, AbiMode::Vballoon)
         .queues()
         .count;
-    let mut queues = Vec::new();
+    let start = DriverStart {
+        queues: Some(n),
+        ..DriverStart::new(16, 0x2000)
+    };
     for i in 0..n {
-        let at = GuestAddress(u64::from(i) * 0x2000);
-        mem.fill(at, 0x2000, 0).unwrap();
-        let layout = QueueLayout::place(at, 16).unwrap();
-        queues.push(DriverQueue::new(Arc::clone(&mem), layout, features).unwrap());
-        t.set_queue(i, layout).unwrap();
-        t.set_queue_ready(i, true).unwrap();
+        mem.fill(start.ring_addr(i), 0x2000, 0).unwrap();
     }
-    t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
-        .unwrap();
-    dev.activate().unwrap();
+    let queues = start.start(&mut dev).unwrap();
     Rig {
         mem,
         dev,
@@ -168,7 +156,7 @@ fn test_every_queue_and_refusal_logs_what_it_writes() {
 
     // Stats: a second buffer while one is held sends the first back (a refusal path).
     let mut sample = Vec::new();
-    vballoon::device::stats::encode(&[(4, 1 << 20)], &mut sample);
+    vballoon::abi::encode_stats(&[(4, 1 << 20)], &mut sample);
     r.post(QueueRole::Stats, &[(sample.clone(), false)]);
     r.post(QueueRole::Stats, &[(sample, false)]);
     r.step("stats held twice", serve(QueueRole::Stats));

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use vballoon::device::{BalloonDevice, DeviceConfig, DiscardPolicy};
-use vballoon::guest::driver::{BalloonDriver, DriverOptions, Step};
+use vballoon::guest::{BalloonDriver, DriverOptions, Step};
 use vballoon::machine::{migrate_local, GuestRunner, MigrateOptions, Scenario};
 use vballoon::migration::{DirtyTracking, GuestControl};
 use vballoon::pages::Encoding;

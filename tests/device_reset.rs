@@ -10,12 +10,10 @@ use vballoon::abi::{bit, VBALLOON_F_PAGE_AUTO, VIRTIO_BALLOON_F_STATS_VQ};
 use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig, QueueRole};
 use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::{encode, Encoding, PageSet};
-use vballoon::transport::{
-    Transport, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-};
+use vballoon::rig::DriverStart;
+use vballoon::transport::{Transport, VIRTIO_CONFIG_S_NEEDS_RESET};
 use vballoon::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
-use vballoon::virtq::{DriverQueue, NotifyMode, QueueLayout, Segment};
+use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 
 const PAGES: u64 = 4096;
 const QSIZE: u16 = 16;
@@ -38,34 +36,17 @@ fn negotiate(
     rings: u64,
     bufs: u64,
 ) -> Driver {
-    let st = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-    t.set_status(0).unwrap();
-    t.set_status(st).unwrap();
-    t.set_driver_features(features).unwrap();
-    let ok = t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK).unwrap();
-    assert_ne!(
-        ok & VIRTIO_CONFIG_S_FEATURES_OK,
-        0,
-        "features {features:#x} refused"
-    );
     let n = vballoon::abi::BalloonFeatures::new(features, vballoon::abi::AbiMode::Vballoon)
         .queues()
         .count;
-    let mut queues = Vec::new();
-    for i in 0..n {
-        let layout =
-            QueueLayout::place(GuestAddress(rings + u64::from(i) * 0x1000), QSIZE).unwrap();
-        let mut q = DriverQueue::new(Arc::clone(mem), layout, features).unwrap();
-        q.set_notifiers(
-            t.kick_notifier(i).unwrap(),
-            t.interrupt_notifier(i).unwrap(),
-        );
-        t.set_queue(i, layout).unwrap();
-        t.set_queue_ready(i, true).unwrap();
-        queues.push(q);
-    }
-    t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
-        .unwrap();
+    let start = DriverStart {
+        features: Some(features),
+        queues: Some(n),
+        ring_base: rings,
+        reset: true,
+        ..DriverStart::new(QSIZE, 0x1000)
+    };
+    let queues = start.driver_queues(t, mem).unwrap();
     Driver {
         queues,
         next_buf: bufs,
@@ -151,7 +132,7 @@ fn test_reset_then_renegotiate_with_another_encoding_keeps_every_page_accounted_
     // The device holds a stats buffer of the first negotiation, and one inflate buffer is
     // posted but not yet served when the driver resets.
     let mut sample = Vec::new();
-    vballoon::device::stats::encode(&[(4, 1 << 20)], &mut sample);
+    vballoon::abi::encode_stats(&[(4, 1 << 20)], &mut sample);
     mem.write(GuestAddress(BUFS_A + 0x10_0000), &sample)
         .unwrap();
     let seg = Segment::readable(GuestAddress(BUFS_A + 0x10_0000), sample.len() as u32);

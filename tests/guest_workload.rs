@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vballoon::guest::workload::{fragment_max_order, free_blocks_above};
+use vballoon::guest::{fragment_max_order, free_blocks_above};
 use vballoon::guest::{Fill, Guest, GuestError, Workload, MAX_PAGE_ORDER};
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 
@@ -13,6 +13,15 @@ const MIB: u64 = 1 << 20;
 
 fn guest(bytes: u64, backing: Backing) -> Guest {
     Guest::new(Arc::new(GuestMemory::new(bytes, backing).unwrap())).unwrap()
+}
+
+/// `g` after a workload seeded `seed` allocated `bytes` in blocks of `order`, with the
+/// checksums of what it wrote.
+fn allocated(mut g: Guest, seed: u64, bytes: u64, order: u8) -> (Guest, Workload, Vec<(Pfn, u64)>) {
+    let mut w = Workload::new(seed);
+    w.allocate(&mut g, bytes, order).unwrap();
+    let sums = w.checksums(&g).unwrap();
+    (g, w, sums)
 }
 
 fn assert_send_sync<T: Send + Sync>() {}
@@ -36,10 +45,7 @@ fn test_guest_can_move_to_a_vcpu_thread() {
 /// data, and memory never used stays never touched.
 #[test]
 fn test_memory_heavy_job_leaves_stale_free_pages_and_untouched_rest() {
-    let mut g = guest(64 * MIB, Backing::Memfd);
-    let mut w = Workload::new(7);
-    w.allocate(&mut g, 40 * MIB, 0).unwrap();
-    let sums = w.checksums(&g).unwrap();
+    let (mut g, mut w, sums) = allocated(guest(64 * MIB, Backing::Memfd), 7, 40 * MIB, 0);
     w.free_share(&mut g, 0.9).unwrap();
     let a = g.allocator();
     assert_eq!(a.used_pages(), w.pages());
@@ -107,10 +113,7 @@ fn test_fragmentation_knob_bounds_free_block_order() {
 
 #[test]
 fn test_dirty_hook_sees_every_write_and_checksums_catch_them() {
-    let mut g = guest(16 * MIB, Backing::Anonymous);
-    let mut w = Workload::new(3);
-    w.allocate(&mut g, 8 * MIB, 3).unwrap();
-    let sums = w.checksums(&g).unwrap();
+    let (mut g, mut w, sums) = allocated(guest(16 * MIB, Backing::Anonymous), 3, 8 * MIB, 3);
     let dirty = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
     let writes = Arc::new(AtomicU64::new(0));
     let (d, n) = (dirty.clone(), writes.clone());

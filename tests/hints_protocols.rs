@@ -12,7 +12,7 @@ use vballoon::abi::{
 use vballoon::device::{
     BalloonDevice, BalloonError, DeviceConfig, FreePageStatus, HintError, HintEvent, HintOffer,
 };
-use vballoon::guest::driver::{BalloonDriver, DriverError, DriverOptions, HintStep};
+use vballoon::guest::{BalloonDriver, DriverError, DriverOptions, HintStep};
 use vballoon::guest::{Guest, Workload};
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::pages::{Encoding, PageSet};
@@ -459,7 +459,7 @@ fn test_misc_answer_leaves_out_ballooned_and_held_pages() {
     r.dev.set_num_pages(512).unwrap();
     for _ in 0..10_000 {
         match r.drv.advance(&mut r.guest).unwrap() {
-            vballoon::guest::driver::Step::Settled => break,
+            vballoon::guest::Step::Settled => break,
             _ => {
                 r.dev.process_kicked().unwrap();
             }

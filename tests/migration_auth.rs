@@ -7,7 +7,6 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vballoon::error::Error;
 use vballoon::machine;
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::migration::{
@@ -15,6 +14,7 @@ use vballoon::migration::{
     DestReport, Destination, DirtyLog, MigrationConfig, MigrationError, MigrationKey,
     MigrationResult, NoGuest, RejectReason, Source,
 };
+use vballoon::Error;
 
 const PAGES: u64 = 256;
 const T: Duration = Duration::from_secs(10);

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use vballoon::error::Error;
 use vballoon::machine::*;
 use vballoon::memory::{Backing, PAGE_SIZE};
 use vballoon::migration::{tcp_listen, DestConfig, GuestControl};
+use vballoon::Error;
 
 const MIB: u64 = 1 << 20;
 

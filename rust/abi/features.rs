@@ -134,30 +134,10 @@ impl BalloonFeatures {
     /// spec's fixed numbers; see protocol.md §4.3).
     pub const fn queues(self) -> QueueIndexes {
         let mut next = 2;
-        let stats = if self.stats_vq() {
-            next += 1;
-            Some(next - 1)
-        } else {
-            None
-        };
-        let misc = if self.misc_vq() {
-            next += 1;
-            Some(next - 1)
-        } else {
-            None
-        };
-        let free_page = if self.free_page_hint() {
-            next += 1;
-            Some(next - 1)
-        } else {
-            None
-        };
-        let reporting = if self.reporting() {
-            next += 1;
-            Some(next - 1)
-        } else {
-            None
-        };
+        let stats = next_index(self.stats_vq(), &mut next);
+        let misc = next_index(self.misc_vq(), &mut next);
+        let free_page = next_index(self.free_page_hint(), &mut next);
+        let reporting = next_index(self.reporting(), &mut next);
         QueueIndexes {
             inflate: 0,
             deflate: 1,
@@ -168,6 +148,15 @@ impl BalloonFeatures {
             count: next,
         }
     }
+}
+
+/// The index `next` if the queue is `present`, and `next` moves past it.
+const fn next_index(present: bool, next: &mut u16) -> Option<u16> {
+    if !present {
+        return None;
+    }
+    *next += 1;
+    Some(*next - 1)
 }
 
 /// Where each balloon queue sits, given the negotiated features.

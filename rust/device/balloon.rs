@@ -7,15 +7,15 @@ use std::sync::Arc;
 use super::config::DeviceConfig;
 use super::counters::{add, DeviceCounters, SharedCounters};
 use super::error::BalloonError;
-use super::stats::StatsSample;
 use super::vectored::SelfMadvise;
+use crate::abi::encoding_for;
+use crate::abi::StatsSample;
 use crate::abi::{
     bit, BalloonFeatures, QueueIndexes, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
     VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_PAGE_POISON, VIRTIO_ID_BALLOON,
 };
 use crate::memory::GuestMemory;
 use crate::pages::{Encoding, PageSet};
-use crate::transport::wire::encoding_for;
 use crate::transport::{
     status_names, FeatureCheck, Transport, TransportConfig, VIRTIO_CONFIG_S_DRIVER_OK,
 };

@@ -10,11 +10,11 @@
 use std::time::{Duration, Instant};
 
 use super::{BalloonDevice, QueueRole, QueueRun};
+use crate::abi::max_message_len;
 use crate::device::counters::{add, SharedCounters};
 use crate::device::error::BalloonError;
 use crate::memory::GuestMemory;
 use crate::pages::{decode, Encoding, PageSink};
-use crate::transport::wire::max_message_len;
 use crate::virtq::DescriptorChain;
 
 /// Most runs one batch holds before applying them: 64 Ki runs, 1 MiB of host memory.

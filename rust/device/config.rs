@@ -93,8 +93,6 @@ impl FromStr for DiscardPolicy {
     }
 }
 
-pub use crate::abi::DEFAULT_QUEUE_SIZE;
-
 /// A balloon device's configuration.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DeviceConfig {
@@ -137,7 +135,7 @@ impl Default for DeviceConfig {
             deflate_on_oom: false,
             discard: DiscardPolicy::Coalesced,
             populate_on_deflate: false,
-            queue_max_size: DEFAULT_QUEUE_SIZE,
+            queue_max_size: crate::abi::DEFAULT_QUEUE_SIZE,
             notify: NotifyMode::EventFd,
             hints: HintOffer::default(),
             huge_partial: HugePartial::default(),

@@ -13,10 +13,8 @@ use std::sync::Arc;
 use super::{BalloonDevice, DeviceConfig, DiscardPolicy, HintOffer};
 use crate::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::Encoding;
-use crate::transport::{
-    Transport, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK,
-};
+use crate::rig::DriverStart;
+use crate::transport::Transport;
 use crate::virtq::{NotifyMode, QueueLayout};
 
 /// Canary pages on each side of guest RAM.
@@ -303,9 +301,7 @@ pub fn seed_inputs() -> Vec<Vec<u8>> {
         let mem = Arc::new(mem);
         let features = cfg.device_features();
         let q = crate::abi::BalloonFeatures::new(features, cfg.abi).queues();
-        let enc = crate::transport::wire::encoding_for(crate::abi::BalloonFeatures::new(
-            features, cfg.abi,
-        ));
+        let enc = crate::abi::encoding_for(crate::abi::BalloonFeatures::new(features, cfg.abi));
         let mut at = 0x4000u64;
         for i in 0..q.count {
             let Ok(layout) =
@@ -349,19 +345,9 @@ pub fn seed_inputs() -> Vec<Vec<u8>> {
 
 /// Plays the driver's part of initialisation: accept everything offered, set up every queue at
 /// [`harness_queue_addr`], DRIVER_OK.
-fn negotiate(t: &Transport) -> Result<(), crate::transport::TransportError> {
-    let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-    t.set_status(s)?;
-    t.set_driver_features(t.device_features())?;
-    t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK)?;
-    for i in 0..t.num_queues() {
-        let layout = QueueLayout::place(GuestAddress(harness_queue_addr(i)), HARNESS_QUEUE_SIZE)
-            .map_err(crate::transport::TransportError::Notify)?;
-        t.set_queue(i, layout)?;
-        t.set_queue_ready(i, true)?;
-    }
-    t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)?;
-    Ok(())
+fn negotiate(t: &Transport) -> crate::Result<()> {
+    let start = DriverStart::new(HARNESS_QUEUE_SIZE, harness_queue_addr(1));
+    start.negotiate(t).map(|_| ())
 }
 
 #[cfg(test)]

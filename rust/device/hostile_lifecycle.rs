@@ -26,10 +26,8 @@ use crate::abi::{
 };
 use crate::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use crate::pages::{Encoding, PageSet};
-use crate::transport::{
-    Transport, TransportError, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER,
-    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
-};
+use crate::rig::DriverStart;
+use crate::transport::Transport;
 use crate::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
 use crate::virtq::{NotifyMode, QueueLayout};
 
@@ -366,7 +364,7 @@ fn check_logged(
 /// The driver's side of §3.1.1 with the offered features minus those `drop` names (bit 0
 /// encodings, 1 stats, 2 EVENT_IDX, 3 INDIRECT_DESC; bit 4 the hint queues and PAGE_POISON),
 /// rings packed at [`lifecycle_queue_addr`].
-fn negotiate(t: &Transport, abi: AbiMode, drop: u8, size: u16) -> Result<(), TransportError> {
+fn negotiate(t: &Transport, abi: AbiMode, drop: u8, size: u16) -> crate::Result<()> {
     let mut take = t.device_features();
     let mask = |on: bool, bits: u64| if on { bits } else { 0 };
     let encodings =
@@ -380,19 +378,13 @@ fn negotiate(t: &Transport, abi: AbiMode, drop: u8, size: u16) -> Result<(), Tra
     take &= !mask(drop & 4 != 0, feature(VIRTIO_F_EVENT_IDX));
     take &= !mask(drop & 8 != 0, feature(VIRTIO_F_INDIRECT_DESC));
     take &= !mask(drop & 0x10 != 0, hints);
-    let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-    t.set_status(0)?;
-    t.set_status(s)?;
-    t.set_driver_features(take)?;
-    t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK)?;
-    for i in 0..t.num_queues() {
-        let layout = QueueLayout::place(GuestAddress(lifecycle_queue_addr(i, size)), size)
-            .map_err(TransportError::Notify)?;
-        t.set_queue(i, layout)?;
-        t.set_queue_ready(i, true)?;
-    }
-    t.set_status(s | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)?;
-    Ok(())
+    let start = DriverStart {
+        features: Some(take),
+        reset: true,
+        ignore_refusal: true,
+        ..DriverStart::new(size, lifecycle_queue_addr(1, size))
+    };
+    start.negotiate(t).map(|_| ())
 }
 
 /// Well-formed inputs across configurations: rings (starting at the index the header picks, so
@@ -416,7 +408,7 @@ pub fn lifecycle_seeds() -> Vec<Vec<u8>> {
 }
 
 fn seed_for(h: &[u8; LIFECYCLE_HEADER]) -> Option<Vec<u8>> {
-    use crate::device::stats::encode as encode_stats;
+    use crate::abi::encode_stats;
     use crate::pages::encode;
     use crate::virtq::{DriverQueue, Segment};
     let size = queue_size_for(h[2]);
@@ -424,7 +416,7 @@ fn seed_for(h: &[u8; LIFECYCLE_HEADER]) -> Option<Vec<u8>> {
     let features = cfg.device_features() | extra;
     let bf = BalloonFeatures::new(features, cfg.abi);
     let q = bf.queues();
-    let enc = crate::transport::wire::encoding_for(bf);
+    let enc = crate::abi::encoding_for(bf);
     // A small scratch guest: the image only needs the rings and a few buffers.
     let mem = Arc::new(GuestMemory::new(1 << 20, crate::memory::Backing::Anonymous).ok()?);
     let start = 0u16.wrapping_sub(u16::from(h[2] >> 4));

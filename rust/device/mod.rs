@@ -20,7 +20,7 @@
 //! - A driver reset (status 0) drops queues, features and encoding; the device follows the
 //!   driver's renegotiation (`reset.rs`). Every write into guest RAM is logged
 //!   ([`BalloonDevice::set_write_log`]) for a migration's dirty tracking.
-//! - [`hostile`], [`hostile_lifecycle`]: the harnesses the fuzz targets and the hostile-guest
+//! - `hostile`, `hostile_lifecycle` (feature `test-utils`): the harnesses the fuzz targets and the hostile-guest
 //!   tests share.
 
 mod balloon;
@@ -28,20 +28,21 @@ mod config;
 mod counters;
 mod error;
 mod host_pages;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod hostile;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod hostile_lifecycle;
-pub mod stats;
 mod vectored;
 
+pub use crate::abi::StatsSample;
 pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, BATCH_RUNS, ERROR_LOG_LEN};
 pub use balloon::{
     FreePageStatus, HintCounters, HintError, HintEvent, HintOffer, HintSink, WriteLog,
 };
 pub use config::{
-    DeviceConfig, DiscardPolicy, DEFAULT_QUEUE_SIZE, PARALLEL_DISCARD_MIN_PAGES,
-    PARALLEL_DISCARD_MIN_RUN_PAGES, PARALLEL_DISCARD_THREADS,
+    DeviceConfig, DiscardPolicy, PARALLEL_DISCARD_MIN_PAGES, PARALLEL_DISCARD_MIN_RUN_PAGES,
+    PARALLEL_DISCARD_THREADS,
 };
 pub use counters::{DeviceCounters, SharedCounters};
 pub use error::BalloonError;
 pub use host_pages::{HostPageTracker, HugePartial};
-pub use stats::StatsSample;

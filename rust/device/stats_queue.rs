@@ -3,9 +3,9 @@
 
 use super::{BalloonDevice, QueueRun};
 use crate::abi::STATS_ENTRY_SIZE;
+use crate::abi::{parse_stats_into, StatsSample, STATS_MAX_LEN};
 use crate::device::counters::add;
 use crate::device::error::BalloonError;
-use crate::device::stats::{self, StatsSample, STATS_MAX_LEN};
 use crate::virtq::DescriptorChain;
 
 impl BalloonDevice {
@@ -78,7 +78,7 @@ impl BalloonDevice {
                 queue: "stats",
                 source,
             })?;
-        let unknown = stats::parse_into(&self.scratch, &mut self.stats.sample);
+        let unknown = parse_stats_into(&self.scratch, &mut self.stats.sample);
         add(&self.counters.stats_unknown_tags, unknown);
         Ok(())
     }

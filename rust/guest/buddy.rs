@@ -531,6 +531,7 @@ impl Iterator for FreeList<'_> {
     }
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 #[path = "buddy_check.rs"]
 mod check;
 

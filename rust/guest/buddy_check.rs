@@ -1,4 +1,4 @@
-//! The buddy allocator's invariant check: O(pages), for tests and fuzzing.
+//! The buddy allocator's invariant check: O(pages), for tests and fuzzing (feature `test-utils`).
 
 use super::*;
 

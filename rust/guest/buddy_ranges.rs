@@ -89,4 +89,16 @@ impl BuddyAllocator {
         self.tag[i..i + (1 << order)].fill(ALLOCATED);
         Ok(())
     }
+
+    /// Allocates `pages` contiguous pages as order-0 allocations: one block of the covering
+    /// order, split, its unused tail given back (how a driver reserves its buffer areas).
+    pub fn alloc_pages(&mut self, pages: u64) -> Result<Pfn, GuestError> {
+        let order = pages.next_power_of_two().trailing_zeros() as u8;
+        let pfn = self.alloc(order)?;
+        self.split_allocation(pfn, order)?;
+        for p in pfn.0 + pages..pfn.0 + (1 << order) {
+            self.free(Pfn(p), 0)?;
+        }
+        Ok(pfn)
+    }
 }

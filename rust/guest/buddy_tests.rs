@@ -51,6 +51,24 @@ fn test_alloc_splits_lowest_first() {
 }
 
 #[test]
+fn test_alloc_pages_gives_back_the_tail() {
+    let mut a = BuddyAllocator::new(1024).unwrap();
+    let p = a.alloc_pages(5).unwrap();
+    assert_eq!(a.free_pages(), 1024 - 5);
+    for i in 0..5 {
+        assert_eq!(
+            a.allocated_order(Pfn(p.0 + i)),
+            Some(0),
+            "page {i} is its own allocation"
+        );
+    }
+    assert!((5..8).all(|i| a.is_free(Pfn(p.0 + i))));
+    a.check_invariants().unwrap();
+    a.free_range(p, 5).unwrap();
+    assert_eq!(a.free_pages(), 1024);
+}
+
+#[test]
 fn test_free_errors_are_typed() {
     let mut a = BuddyAllocator::new(1024).unwrap();
     let p = a.alloc(2).unwrap();

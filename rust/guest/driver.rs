@@ -237,6 +237,17 @@ pub struct BalloonDriver {
     hints: hints::HintDriver,
 }
 
+/// Queue `index`, its interrupts counted first: how every queue's service starts.
+fn serviced<'q>(
+    queues: &'q mut [DriverQueue],
+    counters: &mut DriverCounters,
+    index: u16,
+) -> Result<&'q mut DriverQueue, DriverError> {
+    let q = &mut queues[usize::from(index)];
+    counters.interrupts += q.interrupt_notifier().take()?;
+    Ok(q)
+}
+
 impl std::fmt::Debug for BalloonDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BalloonDriver")
@@ -345,8 +356,7 @@ impl BalloonDriver {
             return Ok(Step::Idle);
         };
         let q = b.queue;
-        let queue = &mut self.queues[usize::from(q)];
-        self.counters.interrupts += queue.interrupt_notifier().take()?;
+        let queue = serviced(&mut self.queues, &mut self.counters, q)?;
         let Some(used) = queue.pop_used()? else {
             return Ok(Step::Waiting(q));
         };

@@ -50,13 +50,7 @@ impl BufferArea {
         let ring_pages = QueueLayout::placed_bytes(queue_size).div_ceil(PAGE_SIZE);
         let large_pages = (LARGE_SLOTS * LARGE_SLOT) as u64 / PAGE_SIZE;
         let pages = ring_pages * u64::from(queues) + 2 + large_pages;
-        let order = pages.next_power_of_two().trailing_zeros() as u8;
-        let alloc = guest.allocator_mut();
-        let pfn = alloc.alloc(order)?;
-        alloc.split_allocation(pfn, order)?;
-        for p in pfn.0 + pages..pfn.0 + (1 << order) {
-            alloc.free(Pfn(p), 0)?;
-        }
+        let pfn = guest.allocator_mut().alloc_pages(pages)?;
         let base = pfn.addr().raw();
         let mut rings = Vec::with_capacity(usize::from(queues));
         for i in 0..u64::from(queues) {

@@ -31,7 +31,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{BalloonDriver, DriverError};
+use super::{serviced, BalloonDriver, DriverError};
 use crate::abi::{
     CONFIG_FREE_PAGE_HINT_CMD_ID, PAGE_REPORTING_CAPACITY, PAGE_REPORTING_MIN_ORDER,
     VIRTIO_BALLOON_CMD_ID_DONE, VIRTIO_BALLOON_CMD_ID_STOP, VIRTIO_BALLOON_HINT_BLOCK_ORDER,
@@ -137,13 +137,7 @@ impl HintArea {
     /// Takes one page plus `pieces` × 32 KiB from the guest's allocator.
     fn reserve(guest: &mut Guest, pieces: usize) -> Result<HintArea, DriverError> {
         let pages = 1 + (pieces * BALLOON_BMAP_SIZE) as u64 / PAGE_SIZE;
-        let order = pages.next_power_of_two().trailing_zeros() as u8;
-        let alloc = guest.allocator_mut();
-        let pfn = alloc.alloc(order)?;
-        alloc.split_allocation(pfn, order)?;
-        for p in pfn.0 + pages..pfn.0 + (1 << order) {
-            alloc.free(Pfn(p), 0)?;
-        }
+        let pfn = guest.allocator_mut().alloc_pages(pages)?;
         Ok(HintArea { pfn, pages, pieces })
     }
 
@@ -459,8 +453,7 @@ impl BalloonDriver {
             return Ok(HintStep::Idle);
         };
         let qi = r.queue;
-        let q = &mut self.queues[usize::from(qi)];
-        self.counters.interrupts += q.interrupt_notifier().take()?;
+        let q = serviced(&mut self.queues, &mut self.counters, qi)?;
         let mut step = HintStep::Idle;
         while let Some(used) = q.pop_used()? {
             match r.in_flight.take() {

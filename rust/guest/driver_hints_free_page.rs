@@ -2,6 +2,8 @@
 //! blocks and hold them until the device says done.
 
 use super::*;
+use crate::memory::GuestMemory;
+use crate::virtq::DriverQueue;
 
 impl BalloonDriver {
     // ---- free page hint queue ----
@@ -11,8 +13,7 @@ impl BalloonDriver {
             return Ok(HintStep::Idle);
         };
         let qi = f.queue;
-        let q = &mut self.queues[usize::from(qi)];
-        self.counters.interrupts += q.interrupt_notifier().take()?;
+        let q = serviced(&mut self.queues, &mut self.counters, qi)?;
         let mut step = HintStep::Idle;
         while let Some(used) = q.pop_used()? {
             step = HintStep::Progress;
@@ -53,13 +54,7 @@ impl BalloonDriver {
         let mut sent = false;
         while q.num_free() >= 1 {
             let Some(&id) = f.pending.front() else { break };
-            let addr = area.at(CMD_OFFSET + (f.next_slot * 8) as u64);
-            f.next_slot = (f.next_slot + 1) % CMD_SLOTS;
-            self.mem
-                .write(addr, &encode_cmd_id(id))
-                .map_err(GuestError::from)?;
-            let head = q.add(&[Segment::readable(addr, CMD_ID_LEN as u32)])?;
-            f.cmd_heads.insert(head);
+            f.post_cmd_id(q, &self.mem, &area, id)?;
             f.pending.pop_front();
             sent = true;
         }
@@ -81,13 +76,7 @@ impl BalloonDriver {
                         // No block left: tell the host this request is finished.
                         f.hinting = false;
                         c.stops += 1;
-                        let addr = area.at(CMD_OFFSET + (f.next_slot * 8) as u64);
-                        f.next_slot = (f.next_slot + 1) % CMD_SLOTS;
-                        self.mem
-                            .write(addr, &encode_cmd_id(VIRTIO_BALLOON_CMD_ID_STOP))
-                            .map_err(GuestError::from)?;
-                        let head = q.add(&[Segment::readable(addr, CMD_ID_LEN as u32)])?;
-                        f.cmd_heads.insert(head);
+                        f.post_cmd_id(q, &self.mem, &area, VIRTIO_BALLOON_CMD_ID_STOP)?;
                         sent = true;
                         guest.mark_dirty(area.pfn, 1);
                         break;
@@ -116,5 +105,24 @@ impl BalloonDriver {
         } else {
             step
         })
+    }
+}
+
+impl FreePageSide {
+    /// Posts command id `id` (a start ack or STOP) from the next slot of the command id ring.
+    fn post_cmd_id(
+        &mut self,
+        q: &mut DriverQueue,
+        mem: &GuestMemory,
+        area: &HintArea,
+        id: u32,
+    ) -> Result<(), DriverError> {
+        let addr = area.at(CMD_OFFSET + (self.next_slot * 8) as u64);
+        self.next_slot = (self.next_slot + 1) % CMD_SLOTS;
+        mem.write(addr, &encode_cmd_id(id))
+            .map_err(GuestError::from)?;
+        let head = q.add(&[Segment::readable(addr, CMD_ID_LEN as u32)])?;
+        self.cmd_heads.insert(head);
+        Ok(())
     }
 }

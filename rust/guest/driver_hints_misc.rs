@@ -10,8 +10,7 @@ impl BalloonDriver {
             return Ok(HintStep::Idle);
         };
         let qi = m.queue;
-        let q = &mut self.queues[usize::from(qi)];
-        self.counters.interrupts += q.interrupt_notifier().take()?;
+        let q = serviced(&mut self.queues, &mut self.counters, qi)?;
         let mut step = HintStep::Idle;
         let mut request = None;
         while let Some(used) = q.pop_used()? {

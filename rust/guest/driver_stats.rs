@@ -29,8 +29,7 @@ impl BalloonDriver {
         let Some(q) = self.indexes.stats else {
             return Ok(());
         };
-        let queue = &mut self.queues[usize::from(q)];
-        self.counters.interrupts += queue.interrupt_notifier().take()?;
+        let queue = serviced(&mut self.queues, &mut self.counters, q)?;
         let Some(used) = queue.pop_used()? else {
             return Ok(());
         };

@@ -301,12 +301,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::memory::Backing;
-
-    fn guest(pages: u64) -> Guest {
-        let mem = GuestMemory::new(pages * PAGE_SIZE, Backing::Anonymous).unwrap();
-        Guest::new(Arc::new(mem)).unwrap()
-    }
+    use crate::guest::test_guest as guest;
 
     #[test]
     fn test_writes_call_the_hook_and_count_faults() {

@@ -329,12 +329,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::memory::{Backing, GuestMemory};
-
-    fn guest(pages: u64) -> Guest {
-        let mem = GuestMemory::new(pages * PAGE_SIZE, Backing::Anonymous).unwrap();
-        Guest::new(Arc::new(mem)).unwrap()
-    }
+    use crate::guest::test_guest as guest;
 
     // Guests here stay small (a few hundred KiB touched): unit tests share a process with tests
     // that measure its RSS. Big scenarios live in tests/guest_workload.rs.

@@ -44,10 +44,8 @@ use super::migrate_hints::{HintMode, HintProvider};
 use crate::abi::{AbiMode, VIRTIO_BALLOON_CMD_ID_MIN};
 use crate::device::{BalloonDevice, DeviceConfig, HintCounters, HintEvent, HintOffer};
 use crate::error::{Error, Result};
-use crate::guest::driver::{
-    BalloonDriver, DriverOptions, HintDriverCounters, HintOptions, HintStep,
-};
 use crate::guest::Guest;
+use crate::guest::{BalloonDriver, DriverOptions, HintDriverCounters, HintOptions, HintStep};
 use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::migration::{HintFeed, HintSource, MigrationError, QueuedHints};
 use crate::pages::PageSet;
@@ -294,7 +292,7 @@ impl Drop for Attached {
 ///     ..MigrateOptions::default()
 /// };
 /// let report = migrate_local(&guest, &opts)?;
-/// # Ok::<_, vballoon::error::Error>(())
+/// # Ok::<_, vballoon::Error>(())
 /// ```
 pub struct BalloonHints {
     cfg: BalloonHintsConfig,

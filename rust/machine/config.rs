@@ -1,6 +1,5 @@
 //! How a balloon machine is built.
 
-use std::fmt;
 use std::str::FromStr;
 
 use crate::abi::AbiMode;
@@ -9,6 +8,7 @@ use crate::device::{DiscardPolicy, HugePartial};
 use crate::error::{Error, Result};
 use crate::memory::{Backing, PAGE_SIZE};
 use crate::pages::Encoding;
+use crate::util::named_enum;
 
 /// Who runs the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -22,33 +22,20 @@ pub enum RunMode {
     Threaded,
 }
 
-impl RunMode {
-    /// "sync" or "threaded".
-    pub fn name(self) -> &'static str {
-        match self {
-            RunMode::Synchronous => "sync",
-            RunMode::Threaded => "threaded",
-        }
-    }
-}
-
-impl fmt::Display for RunMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(RunMode {
+    Synchronous => "sync" | "synchronous" | "inline",
+    Threaded => "threaded" | "thread" | "threads",
+});
 
 impl FromStr for RunMode {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<RunMode> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "sync" | "synchronous" | "inline" => Ok(RunMode::Synchronous),
-            "threaded" | "thread" | "threads" => Ok(RunMode::Threaded),
-            _ => Err(Error::Config(format!(
+        RunMode::parse(s).ok_or_else(|| {
+            Error::Config(format!(
                 "unknown run mode {s:?} (expected sync or threaded)"
-            ))),
-        }
+            ))
+        })
     }
 }
 

@@ -14,7 +14,7 @@
 //! let (guest, info) = Scenario::m1().build()?;
 //! let report = migrate_local(&guest, &MigrateOptions::default())?;
 //! println!("{info:?}\n{}", report.summary().to_json());
-//! # Ok::<_, vballoon::error::Error>(())
+//! # Ok::<_, vballoon::Error>(())
 //! ```
 
 use std::net::{TcpListener, ToSocketAddrs};
@@ -46,7 +46,7 @@ pub enum LocalLink {
 }
 
 /// What a migration does; `Default` is the published setup (10 Gbit/s, 300 ms, no hints).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct MigrateOptions {
     /// Which free page information to use.
     pub hints: HintMode,
@@ -108,31 +108,6 @@ impl Default for MigrateOptions {
             chunk_pages: CHUNK_PAGES,
             key: None,
         }
-    }
-}
-
-impl std::fmt::Debug for MigrateOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MigrateOptions")
-            .field("hints", &self.hints)
-            .field(
-                "hint_provider",
-                &self.hint_provider.as_ref().map(|p| p.name().to_owned()),
-            )
-            .field("bandwidth_bytes_per_s", &self.bandwidth_bytes_per_s)
-            .field("downtime_target", &self.downtime_target)
-            .field("max_rounds", &self.max_rounds)
-            .field("dirty_tracking", &self.dirty_tracking)
-            .field("dirty_rate_bytes_per_s", &self.dirty_rate_bytes_per_s)
-            .field("skip_unpopulated", &self.skip_unpopulated)
-            .field("zero_detection", &self.zero_detection)
-            .field("verify", &self.verify)
-            .field("link", &self.link)
-            .field("dest_backing", &self.dest_backing)
-            .field("io_timeout", &self.io_timeout)
-            .field("chunk_pages", &self.chunk_pages)
-            .field("key", &self.key)
-            .finish()
     }
 }
 

@@ -22,6 +22,7 @@ use super::migrate_guest::GuestRunner;
 use crate::guest::Guest;
 use crate::migration::{HintSource, MigrationError};
 use crate::pages::PageSet;
+use crate::util::named_enum;
 
 /// Which free page information a migration uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -46,35 +47,14 @@ impl HintMode {
         HintMode::Upstream,
         HintMode::Reporting,
     ];
-
-    /// Parses `"off"`/`"none"`, `"bitmap"`/`"seed"`, `"upstream"`/`"free-page-hint"`, or
-    /// `"reporting"`.
-    pub fn parse(s: &str) -> Option<HintMode> {
-        match s {
-            "off" | "none" | "no" => Some(HintMode::Off),
-            "bitmap" | "seed" | "misc" => Some(HintMode::Bitmap),
-            "upstream" | "free-page-hint" | "hint" => Some(HintMode::Upstream),
-            "reporting" | "report" | "free-page-reporting" => Some(HintMode::Reporting),
-            _ => None,
-        }
-    }
-
-    /// The canonical name.
-    pub fn name(self) -> &'static str {
-        match self {
-            HintMode::Off => "off",
-            HintMode::Bitmap => "bitmap",
-            HintMode::Upstream => "upstream",
-            HintMode::Reporting => "reporting",
-        }
-    }
 }
 
-impl fmt::Display for HintMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(HintMode {
+    Off => "off" | "none" | "no",
+    Bitmap => "bitmap" | "seed" | "misc",
+    Upstream => "upstream" | "free-page-hint" | "hint",
+    Reporting => "reporting" | "report" | "free-page-reporting",
+});
 
 /// Supplies the hint source of one migration for a [`HintMode`]; implemented by the balloon
 /// session, which feeds it from its virtqueues.
@@ -118,6 +98,13 @@ pub trait HintProvider: Send + Sync {
     ) -> Result<u64, MigrationError> {
         let _ = (mode, guest, resident_before);
         Ok(0)
+    }
+}
+
+/// A provider shows as its [`name`](HintProvider::name) (options that hold one derive `Debug`).
+impl fmt::Debug for dyn HintProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

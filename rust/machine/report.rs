@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::device::DeviceCounters;
-use crate::guest::driver::DriverCounters;
+use crate::guest::DriverCounters;
 use crate::memory::PAGE_SIZE;
 
 /// How a [`Session::run_until_settled`](super::Session::run_until_settled) ended.

@@ -9,7 +9,7 @@ use super::config::{MachineConfig, RunMode};
 use super::report::{InflateReport, Outcome};
 use crate::device::{BalloonDevice, BalloonError, DeviceConfig, DeviceCounters, StatsSample};
 use crate::error::{Error, Result};
-use crate::guest::driver::{
+use crate::guest::{
     BalloonDriver, DriverCounters, DriverError, DriverOptions, Step, OOM_DEFLATE_PAGES,
 };
 use crate::guest::{Guest, GuestError};

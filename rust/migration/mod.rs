@@ -62,7 +62,7 @@
 //! ```
 //!
 //! Across machines give both sides the same key ([`DestConfig::key`],
-//! [`MigrationConfig::key`]): every byte is then authenticated both ways ([`auth`]). The
+//! [`MigrationConfig::key`]): every byte is then authenticated both ways ([`AuthChannel`]). The
 //! destination treats the stream as untrusted either way: typed errors only, an overall
 //! [`DestConfig::deadline`], the announced guest size must equal its own.
 //!
@@ -72,23 +72,25 @@
 //! 50-100 ms per 8 GiB (write-protect markers for every page), and falls back to the
 //! explicit log with the reason recorded in [`MigrationResult::dirty_backend`].
 
-pub mod auth;
+mod auth;
 mod config;
-pub mod crc;
+mod crc;
 mod deadline;
 mod dest;
-pub mod dirty;
+mod dirty;
 mod error;
 mod hints;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod hostile;
 mod source;
 pub mod stream;
-pub mod transport;
+mod transport;
 mod uffd;
 mod verify;
 mod written;
 
-pub use auth::{check_listen_address, AuthChannel, MigrationKey, RecordKeys, Role};
+pub use auth::{check_listen_address, AuthChannel, MigrationKey, RecordKeys, Role, MAX_RECORD};
+pub use crc::{crc32c, crc32c_append};
 pub use deadline::{Deadline, DeadlinePassed};
 pub use dest::{DestConfig, DestReport, Destination, RemoteVerify};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};

@@ -15,7 +15,7 @@ use pyo3::types::{PyTuple, PyType};
 
 use crate::device::BalloonError as CoreBalloonError;
 use crate::error::Error;
-use crate::guest::driver::DriverError;
+use crate::guest::DriverError;
 use crate::guest::GuestError as CoreGuestError;
 use crate::memory::MemoryError;
 use crate::migration::MigrationError as CoreMigrationError;

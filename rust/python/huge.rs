@@ -6,7 +6,7 @@ use pyo3::types::PyDict;
 
 use super::convert::size_arg;
 use super::errors::config_err;
-use crate::machine::{bench_huge, HugeBenchConfig};
+use crate::bench::{bench_huge, HugeBenchConfig};
 use crate::memory::{Backing, HugePageStats};
 
 /// The message every Python entry point gives for an unknown backing.

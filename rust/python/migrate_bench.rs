@@ -8,9 +8,8 @@ use pyo3::types::PyDict;
 use super::convert::{rate_arg, size_arg};
 use super::errors::config_err;
 use super::progress::PyBenchProgress;
-use crate::machine::{
-    bench_migrate, BenchMigrateConfig, BenchMigrateRow, MigrateVariant, Scenario,
-};
+use crate::bench::{bench_migrate, BenchMigrateConfig, BenchMigrateRow, MigrateVariant};
+use crate::machine::Scenario;
 
 fn row<'py>(py: Python<'py>, r: &BenchMigrateRow) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);

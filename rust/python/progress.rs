@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::machine::BenchProgress;
+use crate::bench::BenchProgress;
 use crate::migration::RoundStats;
 
 /// Counters a benchmark updates while it runs with the GIL released: pass one as

@@ -12,12 +12,10 @@ use super::memory::PyGuestMemory;
 use super::pages::PyPageSet;
 use super::progress::PyBenchProgress;
 use crate::abi::stat_name;
+use crate::bench::{bench_inflate, Fragmentation, InflateBenchConfig};
 use crate::device::DiscardPolicy;
 use crate::guest::{Fill, Workload};
-use crate::machine::{
-    bench_inflate, parse_abi, Fragmentation, InflateBenchConfig, InflateReport, MachineConfig,
-    RunMode, Session,
-};
+use crate::machine::{parse_abi, InflateReport, MachineConfig, RunMode, Session};
 use crate::memory::{Backing, PAGE_SIZE};
 use crate::pages::Encoding;
 

@@ -8,7 +8,7 @@ use pyo3::types::PyBytes;
 use super::convert::opt_timeout_arg;
 use super::errors::config_err;
 use super::memory::PyGuestMemory;
-use crate::machine::{pump_buffers, PumpConfig};
+use crate::bench::{pump_buffers, PumpConfig};
 use crate::memory::GuestAddress;
 use crate::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use crate::virtq::{

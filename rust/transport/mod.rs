@@ -14,12 +14,11 @@
 //! 5. DRIVER_OK.
 //!
 //! The balloon's wire helpers that both sides need (which encoding the negotiated features
-//! select, how long a message may be) are in [`crate::abi`]; [`wire`] keeps their old path.
+//! select, how long a message may be) are in [`crate::abi`]: a transport knows nothing balloon-specific.
 
 mod config;
 mod error;
 mod status;
-pub mod wire;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

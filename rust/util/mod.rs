@@ -1,14 +1,17 @@
 //! General helpers no layer owns: a content hash and a seedable PRNG.
 //!
-//! - [`hash`]: [`hash64`], a fast non-cryptographic 64-bit hash of a page's bytes (the guest's
+//! - [`hash64`], a fast non-cryptographic 64-bit hash of a page's bytes (the guest's
 //!   page checks, migration's verification).
-//! - [`rng`]: [`Rng`], SplitMix64, so workloads and hostile tests reproduce from a seed.
-//! - [`stats`]: [`median`] of benchmark samples.
+//! - [`Rng`], SplitMix64, so workloads and hostile tests reproduce from a seed.
+//! - [`median`] of benchmark samples.
+//! - `named_enum!`: `name()`, `parse()` and `Display` of an enum from one table of names.
 
-pub mod hash;
-pub mod rng;
-pub mod stats;
+mod hash;
+mod named;
+mod rng;
+mod stats;
 
 pub use hash::hash64;
+pub(crate) use named::named_enum;
 pub use rng::Rng;
 pub use stats::median;

@@ -3,21 +3,22 @@
 //! Linux `virtio_balloon` driver drives our [`BalloonDevice`](crate::device::BalloonDevice).
 //!
 //! The rust-vmm `vhost` crate parses the protocol's messages and passes fds (`req`);
-//! [`handler`] checks every field and drives the device through the in-process transport;
-//! `conn` runs one frontend's poll loop; [`server`] accepts frontends one at a time.
+//! `handler` checks every field and drives the device through the in-process transport;
+//! `conn` runs one frontend's poll loop; `server` ([`VhostUserBackend`]) accepts frontends one at a time.
 
 mod conn;
-pub mod error;
-pub mod handler;
-pub mod memory;
+mod error;
+mod handler;
+mod memory;
 mod req;
-pub mod server;
-pub mod shared;
+mod server;
+mod shared;
 mod wire;
 
 pub use error::VhostUserError;
-pub use handler::Offer;
-pub use server::VhostUserBackend;
+pub use handler::{Offer, MAX_QUEUES};
+pub use memory::{FrontendMemory, Region, MAX_REGIONS};
+pub use server::{StatusView, VhostUserBackend};
 pub use shared::{Totals, VhostStatus};
 
 use crate::abi::{

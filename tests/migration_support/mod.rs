@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
-use vballoon::migration::crc::crc32c_append;
+use vballoon::migration::crc32c_append;
 use vballoon::migration::{Channel, DirtyLog, GuestControl};
 use vballoon::pages::PageSet;
 

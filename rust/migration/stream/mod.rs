@@ -60,7 +60,7 @@
 //! detail: data pages applied) or a rejection, and a verify end frame with VERIFIED (3; detail:
 //! pages whose checksum differs); on any error it sends a rejection if it still can (codes
 //! 16-21, [`RejectReason`]). With a key, all of this travels inside the authenticated records of
-//! [`auth`](super::auth).
+//! [`AuthChannel`](super::AuthChannel).
 
 use std::io::{self, Read, Write};
 use std::time::Duration;

@@ -100,14 +100,14 @@ mod tests {
     #[test]
     fn inflate_bench_counts_every_variant_and_floor_of_every_round() {
         let p = Arc::new(BenchProgress::default());
-        let cfg = crate::machine::InflateBenchConfig {
+        let cfg = crate::bench::InflateBenchConfig {
             guest_bytes: 16 << 20,
             inflate_bytes: 12 << 20,
             rounds: 2,
             progress: Some(Arc::clone(&p)),
             ..Default::default()
         };
-        let t = crate::machine::bench_inflate(&cfg).unwrap();
+        let t = crate::bench::bench_inflate(&cfg).unwrap();
         let per_round = cfg.variants.len() as u64 + 3;
         assert_eq!(p.steps_total.load(Relaxed), 2 * per_round);
         assert_eq!(p.steps_done.load(Relaxed), 2 * per_round);

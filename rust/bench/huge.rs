@@ -16,11 +16,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::config::MachineConfig;
-use super::session::Session;
+use super::median;
 use crate::device::{DiscardPolicy, HugePartial};
 use crate::error::Result;
-use crate::guest::driver::HUGE_PAGE_ORDER;
+use crate::guest::HUGE_PAGE_ORDER;
+use crate::machine::{InflateReport, MachineConfig, Session};
 use crate::memory::{
     Backing, GuestAddress, GuestMemory, HugePageStats, HugetlbPool, HugetlbReservation, Pfn,
     HUGE_PAGE_SIZE, PAGE_SIZE,
@@ -163,9 +163,26 @@ struct Sample {
     partial_after: u64,
 }
 
-/// The median of owned samples (see [`util::median`](crate::util::median)).
-fn median(mut v: Vec<f64>) -> f64 {
-    crate::util::median(&mut v)
+impl Sample {
+    /// One balloon move `up` of the guest on `mem`, the host read `before` and `after` it.
+    fn of(
+        up: &InflateReport,
+        mem: &GuestMemory,
+        before: &Host,
+        after: &Host,
+        expect: u64,
+    ) -> Sample {
+        Sample {
+            secs: up.total_secs,
+            ballooned: up.pages_inflated * PAGE_SIZE,
+            returned: before.returned(after),
+            memfree: after.memfree - before.memfree,
+            calls: up.discard_calls,
+            huge_share: before.stats.huge_share(mem.size()),
+            expect,
+            partial_after: after.partial,
+        }
+    }
 }
 
 fn session(
@@ -202,19 +219,8 @@ fn run_inflate(
     s.run_until_settled(RUN_TIMEOUT)?;
     s.stop()?;
     mem.populate(GuestAddress(0), mem.size())?;
-    Ok((
-        Sample {
-            secs: up.total_secs,
-            ballooned: up.pages_inflated * PAGE_SIZE,
-            returned: before.returned(&after),
-            memfree: after.memfree - before.memfree,
-            calls: up.discard_calls,
-            huge_share: before.stats.huge_share(mem.size()),
-            expect: full * HUGE_PAGE_SIZE,
-            partial_after: after.partial,
-        },
-        set.runs().collect(),
-    ))
+    let sample = Sample::of(&up, mem, &before, &after, full * HUGE_PAGE_SIZE);
+    Ok((sample, set.runs().collect()))
 }
 
 /// The floor: the same runs discarded from the host alone, one call per run.
@@ -257,20 +263,12 @@ fn run_fragmented(mem: &Arc<GuestMemory>, partial: HugePartial) -> Result<[Sampl
     s.set_target_pages(odd)?;
     let up = s.run_until_settled(RUN_TIMEOUT)?;
     let mid = Host::read(mem)?;
-    out[0] = Sample {
-        secs: up.total_secs,
-        ballooned: up.pages_inflated * PAGE_SIZE,
-        returned: before.returned(&mid),
-        memfree: mid.memfree - before.memfree,
-        calls: up.discard_calls,
-        huge_share: before.stats.huge_share(mem.size()),
-        expect: if partial == HugePartial::Split {
-            odd * PAGE_SIZE
-        } else {
-            0
-        },
-        partial_after: mid.partial,
+    let expect = if partial == HugePartial::Split {
+        odd * PAGE_SIZE
+    } else {
+        0
     };
+    out[0] = Sample::of(&up, mem, &before, &mid, expect);
     // The guest frees the rest of the lower half of its RAM; the balloon takes it.
     let half = mem.pages() / 2;
     let rest: Vec<Pfn> = held
@@ -285,20 +283,12 @@ fn run_fragmented(mem: &Arc<GuestMemory>, partial: HugePartial) -> Result<[Sampl
     let up = s.run_until_settled(RUN_TIMEOUT)?;
     let end = Host::read(mem)?;
     let full = s.device().host_pages().map_or(0, |t| t.full_host_pages());
-    out[1] = Sample {
-        secs: up.total_secs,
-        ballooned: up.pages_inflated * PAGE_SIZE,
-        returned: mid.returned(&end),
-        memfree: end.memfree - mid.memfree,
-        calls: up.discard_calls,
-        huge_share: mid.stats.huge_share(mem.size()),
-        expect: if partial == HugePartial::Split {
-            rest.len() as u64 * PAGE_SIZE
-        } else {
-            full * HUGE_PAGE_SIZE
-        },
-        partial_after: end.partial,
+    let expect = if partial == HugePartial::Split {
+        rest.len() as u64 * PAGE_SIZE
+    } else {
+        full * HUGE_PAGE_SIZE
     };
+    out[1] = Sample::of(&up, mem, &mid, &end, expect);
     s.set_target_pages(0)?;
     s.run_until_settled(RUN_TIMEOUT)?;
     s.stop()?;
@@ -308,8 +298,8 @@ fn run_fragmented(mem: &Arc<GuestMemory>, partial: HugePartial) -> Result<[Sampl
 
 fn row(backing: Backing, variant: &str, ss: &[Sample]) -> HugeBenchRow {
     let last = ss.last().copied().unwrap_or_default();
-    let secs = median(ss.iter().map(|s| s.secs).collect());
-    let returned = median(ss.iter().map(|s| s.returned as f64).collect()) as i64;
+    let secs = median(ss.iter().map(|s| s.secs));
+    let returned = median(ss.iter().map(|s| s.returned as f64)) as i64;
     // Within one 2 MiB page per GiB of what should come back (smaps rounding, page tables).
     let slack = (last.expect >> 30).max(1) * HUGE_PAGE_SIZE;
     HugeBenchRow {
@@ -326,7 +316,7 @@ fn row(backing: Backing, variant: &str, ss: &[Sample]) -> HugeBenchRow {
         },
         discard_calls: last.calls,
         huge_share_before: last.huge_share,
-        memfree_gain_bytes: median(ss.iter().map(|s| s.memfree as f64).collect()) as i64,
+        memfree_gain_bytes: median(ss.iter().map(|s| s.memfree as f64)) as i64,
         thp_partially_mapped: last.partial_after,
         ratio_to_floor: 0.0,
         verified: ss

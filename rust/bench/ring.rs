@@ -120,6 +120,16 @@ fn serve(dev: &mut DeviceQueue, chain: &mut DescriptorChain, scratch: &mut Vec<u
     Ok(served)
 }
 
+/// Adds chains while the ring has room, up to `buffers` in all, then kicks; true if the device
+/// was notified.
+fn post(drv: &mut DriverQueue, segs: &[Segment], sent: &mut u64, buffers: u64) -> Result<bool> {
+    while *sent < buffers && drv.num_free() >= segs.len() as u16 {
+        drv.add(segs)?;
+        *sent += 1;
+    }
+    drv.kick()
+}
+
 fn pump_inline(
     drv: &mut DriverQueue,
     dev: &mut DeviceQueue,
@@ -130,11 +140,7 @@ fn pump_inline(
     let (mut chain, mut scratch) = (DescriptorChain::new(), Vec::new());
     let mut sent = 0;
     while r.buffers < buffers {
-        while sent < buffers && drv.num_free() >= segs.len() as u16 {
-            drv.add(segs)?;
-            sent += 1;
-        }
-        if drv.kick()? {
+        if post(drv, segs, &mut sent, buffers)? {
             r.kicks += 1;
             dev.kick_notifier().take()?;
         }
@@ -178,11 +184,7 @@ fn pump_threaded(
     let mut sent = 0;
     drv.disable_interrupts()?;
     while r.buffers < buffers {
-        while sent < buffers && drv.num_free() >= segs.len() as u16 {
-            drv.add(segs)?;
-            sent += 1;
-        }
-        if drv.kick()? {
+        if post(drv, segs, &mut sent, buffers)? {
             r.kicks += 1;
         }
         let before = r.buffers;

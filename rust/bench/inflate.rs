@@ -20,12 +20,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::config::{MachineConfig, RunMode};
+use super::median;
 use super::progress::BenchProgress;
-use super::session::Session;
 use crate::device::DiscardPolicy;
 use crate::error::Result;
 use crate::guest::{Fill, Guest, Workload};
+use crate::machine::{MachineConfig, RunMode, Session};
 use crate::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use crate::pages::{Encoding, PageSet};
 
@@ -67,7 +67,7 @@ impl BenchVariant {
 }
 
 /// A fragmented guest: before inflating, a workload takes every free page one by one and frees
-/// a share of them in blocks of at most [`crate::guest::workload::fragment_max_order`]`(knob)`.
+/// a share of them in blocks of at most [`crate::guest::fragment_max_order`]`(knob)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fragmentation {
     /// 0.0 keeps 4 MiB blocks, 1.0 leaves single pages.
@@ -198,11 +198,6 @@ struct Sample {
     calls: u64,
     pages: u64,
     drop: i64,
-}
-
-/// The median of owned samples (see [`util::median`](crate::util::median)).
-fn median(mut v: Vec<f64>) -> f64 {
-    crate::util::median(&mut v)
 }
 
 fn populate(mem: &GuestMemory, progress: Option<&BenchProgress>) -> Result<f64> {
@@ -381,7 +376,7 @@ pub fn bench_inflate(cfg: &InflateBenchConfig) -> Result<InflateBenchTable> {
     }
     let mut rows = Vec::new();
     for (&i, ss) in &samples {
-        let pick = |f: fn(&Sample) -> f64| median(ss.iter().map(f).collect());
+        let pick = |f: fn(&Sample) -> f64| median(ss.iter().map(f));
         let last = ss.last().copied().unwrap_or_default();
         let (name, encoding, discard) = if i < nv {
             let v = &cfg.variants[i];

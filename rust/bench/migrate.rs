@@ -18,16 +18,16 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::migrate::{migrate_local, MigrateOptions};
-use super::migrate_guest::GuestRunner;
-use super::migrate_hints::{FreeListStandIn, HintMode, HintProvider};
+use super::median;
 use super::progress::BenchProgress;
-use super::scenario::{Scenario, ScenarioInfo};
 use crate::error::Result;
+use crate::machine::{
+    migrate_local, BalloonHints, FreeListStandIn, GuestRunner, HintMode, HintProvider,
+    MigrateOptions, Scenario, ScenarioInfo,
+};
 use crate::memory::PAGE_SIZE;
 use crate::memory::{is_zero_raw, process_peak_rss_bytes, Backing, GuestAddress, GuestMemory};
-use crate::migration::{stream::DATA_RECORD_LEN, DirtyTracking, GuestControl, TEN_GBIT};
-use crate::util::median;
+use crate::migration::{stream::DATA_RECORD_LEN, DirtyTracking, GuestControl};
 
 /// One column of the table: a hint mode and whether unpopulated pages are skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,13 +85,13 @@ impl MigrateVariant {
 }
 
 /// What [`bench_migrate`] runs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BenchMigrateConfig {
     /// Scenarios, each built once (default: M1, M2, M3).
     pub scenarios: Vec<Scenario>,
     /// Variants, run interleaved on each scenario.
     pub variants: Vec<MigrateVariant>,
-    /// The balloon session's hint provider (default: [`BalloonHints`](super::BalloonHints), a
+    /// The balloon session's hint provider (default: [`BalloonHints`], a
     /// balloon on each scenario's guest); without one, hint-mode variants are reported as
     /// skipped (unless the stand-in is on).
     pub hint_provider: Option<Arc<dyn HintProvider>>,
@@ -122,38 +122,23 @@ pub struct BenchMigrateConfig {
 
 impl Default for BenchMigrateConfig {
     fn default() -> BenchMigrateConfig {
+        // The published setup's link, downtime and tracking are a migration's defaults.
+        let published = MigrateOptions::default();
         BenchMigrateConfig {
             scenarios: vec![Scenario::m1(), Scenario::m2(), Scenario::m3()],
             variants: MigrateVariant::defaults(),
-            hint_provider: Some(Arc::new(super::BalloonHints::default())),
+            hint_provider: Some(Arc::new(BalloonHints::default())),
             stand_in: false,
             repetitions: 3,
             repetitions_large: 1,
-            bandwidth_bytes_per_s: TEN_GBIT,
-            downtime_target: Duration::from_millis(300),
-            dirty_rate_bytes_per_s: 0,
-            dirty_tracking: DirtyTracking::Explicit,
-            verify: true,
+            bandwidth_bytes_per_s: published.bandwidth_bytes_per_s,
+            downtime_target: published.downtime_target,
+            dirty_rate_bytes_per_s: published.dirty_rate_bytes_per_s,
+            dirty_tracking: published.dirty_tracking,
+            verify: published.verify,
             warmup: true,
             progress: None,
         }
-    }
-}
-
-impl std::fmt::Debug for BenchMigrateConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BenchMigrateConfig")
-            .field("scenarios", &self.scenarios)
-            .field("variants", &self.variants)
-            .field(
-                "hint_provider",
-                &self.hint_provider.as_ref().map(|p| p.name().to_owned()),
-            )
-            .field("stand_in", &self.stand_in)
-            .field("repetitions", &self.repetitions)
-            .field("bandwidth_bytes_per_s", &self.bandwidth_bytes_per_s)
-            .field("dirty_rate_bytes_per_s", &self.dirty_rate_bytes_per_s)
-            .finish()
     }
 }
 
@@ -420,11 +405,10 @@ fn row(
         return r;
     }
     let mut times: Vec<f64> = runs.iter().map(|x| x.total_ms).collect();
-    r.total_ms = median(&mut times);
+    r.total_ms = crate::util::median(&mut times);
     r.total_ms_range = (times[0], times[times.len() - 1]);
-    r.downtime_ms = median(&mut runs.iter().map(|x| x.downtime_ms).collect::<Vec<_>>());
-    r.peak_rss_bytes =
-        median(&mut runs.iter().map(|x| x.peak_rss as f64).collect::<Vec<_>>()) as u64;
+    r.downtime_ms = median(runs.iter().map(|x| x.downtime_ms));
+    r.peak_rss_bytes = median(runs.iter().map(|x| x.peak_rss as f64)) as u64;
     runs.sort_by(|a, b| a.total_ms.total_cmp(&b.total_ms));
     let m = &runs[runs.len() / 2];
     r.bytes_sent = m.bytes_sent;
