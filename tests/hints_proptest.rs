@@ -16,7 +16,7 @@ use vballoon::machine::{
     migrate_local, BalloonHints, BalloonHintsConfig, GuestRunner, HintMode, HintProvider, HintRun,
     MigrateOptions, Scenario,
 };
-use vballoon::memory::PAGE_SIZE;
+use vballoon::memory::{PageRange, PAGE_SIZE};
 use vballoon::migration::{GuestControl, HintSource, MigrationError};
 use vballoon::pages::PageSet;
 
@@ -155,7 +155,7 @@ impl HintSource for ScriptSource<'_> {
         self.play();
         Ok(())
     }
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         self.play();
         self.inner.poll(out)
     }

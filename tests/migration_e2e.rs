@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use migration_support::*;
-use vballoon::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
+use vballoon::memory::{Backing, GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use vballoon::migration::*;
 use vballoon::pages::PageSet;
 
@@ -181,10 +181,10 @@ impl HintSource for ReusingHints<'_> {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         if !self.fired {
             self.fired = true;
-            out(self.page, 1);
+            out(PageRange::new(self.page, 1));
             // The guest takes the page back (shrinker) and writes it, marking the log.
             self.mem
                 .fill(Pfn(self.page).addr(), PAGE_SIZE, 0x5a)
@@ -255,10 +255,10 @@ impl HintSource for RecordingHints<'_> {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         self.record("poll".into());
         for (s, n) in self.free.runs() {
-            out(s, n);
+            out(PageRange::new(s, n));
         }
         Ok(false) // keeps "reporting": the engine must still stop polling at stop()
     }
@@ -414,7 +414,7 @@ impl HintSource for LateGuest<'_> {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         self.inner.poll(out)
     }
 
@@ -425,7 +425,8 @@ impl HintSource for LateGuest<'_> {
                 .fill(Pfn(self.page).addr(), PAGE_SIZE, 0x77)
                 .unwrap();
             self.log.mark(Pfn(self.page), 1);
-            self.feed.report(self.first_id, self.page, 1); // in flight, now stale
+            self.feed
+                .report(self.first_id, PageRange::new(self.page, 1)); // in flight, now stale
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use vballoon::guest::{Guest, Workload};
 use vballoon::machine::{migrate_local, GuestRunner, HintMode, HintProvider, MigrateOptions};
-use vballoon::memory::{Backing, GuestMemory, Pfn, PAGE_SIZE};
+use vballoon::memory::{Backing, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use vballoon::migration::{
     HintFeed, HintSource, MigrationError, QueuedHints, CMD_ID_MIN, CMD_ID_STOP,
 };
@@ -106,14 +106,14 @@ impl Script {
                 Op::Hint(n) => {
                     let id = feed.cmd_id();
                     for (pfn, order) in Self::free_blocks(guest).into_iter().take(n) {
-                        feed.report(id, pfn, 1 << order);
+                        feed.report(id, PageRange::new(pfn, 1 << order));
                     }
                 }
                 Op::HintThenReuse(i) => {
                     let free = Self::free_blocks(guest);
                     if !free.is_empty() {
                         let (pfn, order) = free[i % free.len()];
-                        feed.report(feed.cmd_id(), pfn, 1 << order);
+                        feed.report(feed.cmd_id(), PageRange::new(pfn, 1 << order));
                         let order = order.min(2);
                         guest.allocator_mut().alloc_at(Pfn(pfn), order).unwrap();
                         self.fill(guest, pfn, order);
@@ -122,8 +122,8 @@ impl Script {
                 }
                 Op::StaleHint(i) if !self.held.is_empty() => {
                     let (pfn, order) = self.held[i % self.held.len()];
-                    feed.report(stale_id, pfn, 1 << order);
-                    feed.report(CMD_ID_STOP, pfn, 1 << order);
+                    feed.report(stale_id, PageRange::new(pfn, 1 << order));
+                    feed.report(CMD_ID_STOP, PageRange::new(pfn, 1 << order));
                 }
                 Op::Finish => feed.finish(feed.cmd_id()),
                 Op::Write(_) | Op::Free(_) | Op::StaleHint(_) => {}
@@ -190,7 +190,7 @@ impl HintSource for ScriptedHints<'_> {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         self.act();
         self.inner.poll(out)
     }

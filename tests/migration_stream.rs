@@ -5,6 +5,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use vballoon::memory::PageRange;
 use vballoon::migration::stream::{Frame, Header, Record, StreamReader, StreamWriter};
 use vballoon::migration::MigrationError;
 
@@ -38,7 +39,7 @@ fn encode(recs: &[Rec]) -> Vec<u8> {
     for r in recs {
         match *r {
             Rec::Data(p, b) => w.data(&mut out, p, &[b; 4096]).unwrap(),
-            Rec::Zero(p, n) => w.zero_run(&mut out, p, n).unwrap(),
+            Rec::Zero(p, n) => w.zero_run(&mut out, PageRange::new(p, n)).unwrap(),
             Rec::Round => {
                 round += 1;
                 w.round(&mut out, round).unwrap()
@@ -62,7 +63,7 @@ fn decode(mut bytes: &[u8]) -> Result<Vec<Rec>, MigrationError> {
                             assert!(bytes.iter().all(|&x| x == bytes[0]));
                             Rec::Data(pfn, bytes[0])
                         }
-                        Record::Zero { first, count } => Rec::Zero(first, count),
+                        Record::Zero(r) => Rec::Zero(r.start, r.len),
                     })
                 }
             }

@@ -48,7 +48,7 @@ use crate::guest::driver::{
     BalloonDriver, DriverOptions, HintDriverCounters, HintOptions, HintStep,
 };
 use crate::guest::Guest;
-use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::memory::{GuestAddress, GuestMemory, PageRange, PAGE_SIZE};
 use crate::migration::{HintFeed, HintSource, MigrationError, QueuedHints};
 use crate::pages::PageSet;
 use crate::virtq::{EventFd, Notifier, NotifyMode};
@@ -553,7 +553,7 @@ fn route_event(s: &Shared, e: HintEvent) {
         .find(|(d, _)| *d == id)
         .map_or(0, |&(_, f)| f);
     match e {
-        HintEvent::Pages { pfn, npages, .. } => feed.report(fid, pfn, npages),
+        HintEvent::Pages { pfn, npages, .. } => feed.report(fid, PageRange::new(pfn, npages)),
         HintEvent::Finished { .. } => feed.finish(fid),
     }
 }

@@ -93,6 +93,7 @@ pub use deadline::{Deadline, DeadlinePassed};
 pub use dest::{DestConfig, DestReport, Destination, RemoteVerify};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};
 pub use error::{AuthError, MigrationError, RejectReason, StreamError};
+pub(crate) use hints::report_runs;
 pub use hints::{
     HintFeed, HintGuard, HintSource, QueuedHints, StaticHints, CMD_ID_DONE, CMD_ID_MIN, CMD_ID_STOP,
 };

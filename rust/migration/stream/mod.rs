@@ -68,7 +68,7 @@ use std::time::Duration;
 use super::crc::{crc32c, crc32c_append};
 use super::error::{MigrationError, RejectReason, StreamError};
 use super::transport::map_io_error;
-use crate::memory::PAGE_SIZE;
+use crate::memory::{PageRange, Pfn, PAGE_SIZE};
 
 /// Stream magic, the ASCII bytes `VBMIGRAT`.
 pub const MAGIC: [u8; 8] = *b"VBMIGRAT";
@@ -226,6 +226,15 @@ pub struct Totals {
     pub rounds: u32,
     /// CRC-32C over every earlier frame's CRC field.
     pub chain_crc: u32,
+}
+
+/// Totals carried by the verify end frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifyTotals {
+    /// Pages checksummed.
+    pub pages: u64,
+    /// Verify frames before the verify end frame.
+    pub frames: u64,
 }
 
 /// A reply code from destination to source.

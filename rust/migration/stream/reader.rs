@@ -13,8 +13,10 @@ pub struct StreamReader {
     received: Totals,
     timeout: Duration,
     ended: bool,
-    /// Verify trailer: pages and frames received, and whether its end frame came.
-    verify: (u64, u64, bool),
+    /// Verify trailer received so far.
+    verify: VerifyTotals,
+    /// Whether the verify end frame came.
+    verify_ended: bool,
 }
 
 impl StreamReader {
@@ -32,7 +34,8 @@ impl StreamReader {
             },
             timeout,
             ended: false,
-            verify: (0, 0, false),
+            verify: VerifyTotals::default(),
+            verify_ended: false,
         })
     }
 
@@ -77,7 +80,7 @@ impl StreamReader {
         let count = le32(&self.buf, 4);
         let len = le32(&self.buf, 8);
         let stored = le32(&self.buf, 12);
-        let trailer = self.ended && self.header.flags & FLAG_VERIFY != 0 && !self.verify.2;
+        let trailer = self.ended && self.header.flags & FLAG_VERIFY != 0 && !self.verify_ended;
         let (min, max) = match kind {
             FRAME_BATCH if !self.ended => (ZERO_RECORD_LEN as u32, MAX_BATCH_PAYLOAD),
             FRAME_ROUND if !self.ended => (ROUND_LEN, ROUND_LEN),
@@ -166,15 +169,15 @@ impl StreamReader {
             FRAME_VERIFY => {
                 let pages = validate_verify(payload, count, frame, self.header.pages())?;
                 // At most a frame's bytes / 8 pages per frame, counted as frames arrive.
-                self.verify.0 = self.verify.0.saturating_add(pages);
-                self.verify.1 += 1;
+                self.verify.pages = self.verify.pages.saturating_add(pages);
+                self.verify.frames += 1;
                 Ok(Frame::Verify(VerifyBatch { payload }))
             }
             _ => {
                 let (pages, frames) = (le64(payload, 0), le64(payload, 8));
                 for (field, stored, received) in [
-                    ("verified pages", pages, self.verify.0),
-                    ("verify frames", frames, self.verify.1),
+                    ("verified pages", pages, self.verify.pages),
+                    ("verify frames", frames, self.verify.frames),
                 ] {
                     if stored != received {
                         return Err(StreamError::TotalsMismatch {
@@ -185,7 +188,7 @@ impl StreamReader {
                         .into());
                     }
                 }
-                self.verify.2 = true;
+                self.verify_ended = true;
                 Ok(Frame::VerifyEnd(pages))
             }
         }

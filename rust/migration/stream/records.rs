@@ -12,13 +12,8 @@ pub enum Record<'a> {
         /// Its 4096 bytes.
         bytes: &'a [u8],
     },
-    /// Pages `[first, first + count)` are zero.
-    Zero {
-        /// First page.
-        first: u64,
-        /// Number of pages (≥ 1).
-        count: u64,
-    },
+    /// These pages (at least one) are zero.
+    Zero(PageRange),
 }
 
 /// The records of one batch, already validated.
@@ -46,7 +41,7 @@ impl<'a> Batch<'a> {
             } else {
                 let count = le64(p, at + 8);
                 at += ZERO_RECORD_LEN;
-                Some(Record::Zero { first: pfn, count })
+                Some(Record::Zero(PageRange::new(pfn, count)))
             }
         })
     }
@@ -71,13 +66,17 @@ impl VerifyRun<'_> {
         self.sums.is_empty()
     }
 
+    /// The pages the run checksums.
+    pub fn range(&self) -> PageRange {
+        PageRange::new(self.first, self.len())
+    }
+
     /// (page, checksum) for each page of the run.
-    pub fn pages(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    pub fn pages(&self) -> impl Iterator<Item = (Pfn, u64)> + '_ {
         let first = self.first;
-        self.sums
-            .chunks_exact(8)
-            .enumerate()
-            .map(move |(i, c)| (first + i as u64, le64(c, 0)))
+        (first..)
+            .zip(self.sums.chunks_exact(8))
+            .map(|(pfn, c)| (Pfn(pfn), le64(c, 0)))
     }
 }
 

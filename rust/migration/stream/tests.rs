@@ -16,7 +16,7 @@ fn sample() -> Vec<u8> {
     w.write_header(&mut out, &h).unwrap();
     w.round(&mut out, 1).unwrap();
     w.data(&mut out, 3, &page(0xaa)).unwrap();
-    w.zero_run(&mut out, 4, 60).unwrap();
+    w.zero_run(&mut out, PageRange::new(4, 60)).unwrap();
     w.round(&mut out, 2).unwrap();
     w.data(&mut out, 63, &page(1)).unwrap();
     let t = w.finish(&mut out).unwrap();
@@ -34,7 +34,7 @@ fn decode(mut bytes: &[u8]) -> Result<Vec<String>, MigrationError> {
                 for rec in b.records() {
                     log.push(match rec {
                         Record::Data { pfn, bytes } => format!("d{pfn}:{}", bytes[0]),
-                        Record::Zero { first, count } => format!("z{first}+{count}"),
+                        Record::Zero(r) => format!("z{}+{}", r.start, r.len),
                     })
                 }
             }
@@ -49,7 +49,7 @@ fn decode(mut bytes: &[u8]) -> Result<Vec<String>, MigrationError> {
             Frame::Verify(b) => {
                 for run in b.runs() {
                     for (pfn, sum) in run.pages() {
-                        log.push(format!("v{pfn}:{sum}"));
+                        log.push(format!("v{}:{sum}", pfn.0));
                     }
                 }
             }
@@ -139,7 +139,7 @@ fn test_decoder_rejects_pfn_outside_guest() {
     let mut w = StreamWriter::new(&h);
     w.write_header(&mut out, &h).unwrap();
     w.round(&mut out, 1).unwrap();
-    w.zero_run(&mut out, 60, 5).unwrap();
+    w.zero_run(&mut out, PageRange::new(60, 5)).unwrap();
     w.finish(&mut out).unwrap();
     assert_eq!(
         stream_err(&out),
@@ -151,7 +151,7 @@ fn test_decoder_rejects_pfn_outside_guest() {
     );
 }
 
-fn with_trailer(flags: u64, sums: &[(u64, Vec<u64>)], forge: Option<(u64, u64)>) -> Vec<u8> {
+fn with_trailer(flags: u64, sums: &[(u64, Vec<u64>)], forge: Option<VerifyTotals>) -> Vec<u8> {
     let h = Header {
         guest_size: 64 * PAGE_SIZE,
         flags,
@@ -160,7 +160,7 @@ fn with_trailer(flags: u64, sums: &[(u64, Vec<u64>)], forge: Option<(u64, u64)>)
     let mut w = StreamWriter::new(&h);
     w.write_header(&mut out, &h).unwrap();
     w.round(&mut out, 1).unwrap();
-    w.zero_run(&mut out, 0, 64).unwrap();
+    w.zero_run(&mut out, PageRange::new(0, 64)).unwrap();
     w.finish(&mut out).unwrap();
     for (first, s) in sums {
         w.verify_pages(&mut out, *first, s).unwrap();
@@ -196,7 +196,14 @@ fn test_verify_trailer_round_trip_and_rejections() {
         ),
         "{e:?}"
     );
-    let e = stream_err(&with_trailer(FLAG_VERIFY, &sums, Some((5, 1))));
+    let e = stream_err(&with_trailer(
+        FLAG_VERIFY,
+        &sums,
+        Some(VerifyTotals {
+            pages: 5,
+            frames: 1,
+        }),
+    ));
     assert!(matches!(e, StreamError::TotalsMismatch { .. }), "{e:?}");
     // Long runs are cut into records that fit a batch.
     let long = vec![(0, (0..64).collect::<Vec<u64>>())];

@@ -13,8 +13,8 @@ pub struct StreamWriter {
     count: u32,
     totals: Totals,
     guest_pages: u64,
-    /// Verify trailer: pages checksummed, frames written.
-    pub(super) verify: (u64, u64),
+    /// Verify trailer written so far.
+    pub(super) verify: VerifyTotals,
 }
 
 impl StreamWriter {
@@ -27,7 +27,7 @@ impl StreamWriter {
             count: 0,
             totals: Totals::default(),
             guest_pages: header.pages(),
-            verify: (0, 0),
+            verify: VerifyTotals::default(),
         }
     }
 
@@ -78,17 +78,17 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Appends a zero run `[first, first + count)` (`count` ≥ 1).
-    pub fn zero_run(&mut self, w: &mut dyn Sink, first: u64, count: u64) -> io::Result<()> {
-        if count == 0 {
+    /// Appends a zero run for the pages `run` (nothing if it is empty).
+    pub fn zero_run(&mut self, w: &mut dyn Sink, run: PageRange) -> io::Result<()> {
+        if run.is_empty() {
             return Ok(());
         }
         self.make_room(w, ZERO_RECORD_LEN)?;
-        let head = (u64::from(KIND_ZERO) << 56) | (first & PFN_MASK);
+        let head = (u64::from(KIND_ZERO) << 56) | (run.start & PFN_MASK);
         self.buf.extend_from_slice(&head.to_le_bytes());
-        self.buf.extend_from_slice(&count.to_le_bytes());
+        self.buf.extend_from_slice(&run.len.to_le_bytes());
         self.count += 1;
-        self.totals.zero_pages = self.totals.zero_pages.wrapping_add(count);
+        self.totals.zero_pages = self.totals.zero_pages.wrapping_add(run.len);
         Ok(())
     }
 
@@ -160,7 +160,7 @@ impl StreamWriter {
                 self.buf.extend_from_slice(&s.to_le_bytes());
             }
             self.count += 1;
-            self.verify.0 += part.len() as u64;
+            self.verify.pages += part.len() as u64;
             at += part.len() as u64;
         }
         Ok(())
@@ -172,19 +172,19 @@ impl StreamWriter {
         }
         let count = self.count;
         self.write_frame(w, FRAME_VERIFY, count)?;
-        self.verify.1 += 1;
+        self.verify.frames += 1;
         Ok(())
     }
 
     /// Writes the pending verify records and the verify end frame, flushes `w`, and returns
-    /// (pages checksummed, verify frames before the end).
-    pub fn finish_verify(&mut self, w: &mut dyn Sink) -> io::Result<(u64, u64)> {
+    /// the totals the end frame carries.
+    pub fn finish_verify(&mut self, w: &mut dyn Sink) -> io::Result<VerifyTotals> {
         self.flush_verify(w)?;
-        let (pages, frames) = self.verify;
-        self.buf.extend_from_slice(&pages.to_le_bytes());
-        self.buf.extend_from_slice(&frames.to_le_bytes());
+        let t = self.verify;
+        self.buf.extend_from_slice(&t.pages.to_le_bytes());
+        self.buf.extend_from_slice(&t.frames.to_le_bytes());
         self.write_frame(w, FRAME_VERIFY_END, 0)?;
         w.flush_frames()?;
-        Ok((pages, frames))
+        Ok(t)
     }
 }
