@@ -16,6 +16,7 @@ use super::stream::{
 };
 use super::transport::{map_io_error, Channel};
 use super::written::WrittenPages;
+use super::PAGE;
 use crate::memory::{GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use crate::util::hash64;
 
@@ -249,7 +250,7 @@ impl<'a> Destination<'a> {
         reader: &mut StreamReader,
         chan: &mut dyn Channel,
     ) -> Result<RemoteVerify, MigrationError> {
-        let mut page = vec![0u8; PAGE_SIZE as usize];
+        let mut page = vec![0u8; PAGE];
         let mut v = RemoteVerify::default();
         loop {
             match reader.next_frame(chan)? {

@@ -72,6 +72,8 @@
 //! 50-100 ms per 8 GiB (write-protect markers for every page), and falls back to the
 //! explicit log with the reason recorded in [`MigrationResult::dirty_backend`].
 
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 pub mod auth;
 mod config;
 pub mod crc;
@@ -106,3 +108,8 @@ pub use transport::{
     TEN_GBIT,
 };
 pub use verify::{verify, VerifyReport};
+
+/// Bytes of a guest page as a buffer length ([`PAGE_SIZE`](crate::memory::PAGE_SIZE) is a u64).
+const PAGE: usize = 1 << crate::memory::PAGE_SHIFT;
+/// Bytes of a guest page as the stream's u32 header field.
+const PAGE_U32: u32 = 1 << crate::memory::PAGE_SHIFT;

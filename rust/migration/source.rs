@@ -34,6 +34,7 @@ use super::stream::{
     FLAG_VERIFY, REPLY_MAGIC,
 };
 use super::transport::{map_io_error, Channel, RateLimited};
+use super::PAGE;
 use crate::memory::{
     is_zero_raw, process_peak_rss_bytes, GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE,
 };
@@ -251,26 +252,25 @@ impl Engine<'_> {
         let Some(fd) = self.mem.memfd() else {
             return Ok(());
         };
-        let page = PAGE_SIZE as usize;
         let mut at = holes.start;
         while at < holes.end() {
-            let m = HOLE_READ_PAGES.min(holes.end() - at);
-            let len = m as usize * page;
+            let m = usize::try_from(holes.end() - at)
+                .map_or(HOLE_READ_PAGES, |left| left.min(HOLE_READ_PAGES));
+            let len = m * PAGE;
             self.scratch.resize(len.max(self.scratch.len()), 0);
             let buf = &mut self.scratch[..len];
             let mut got = 0;
             while got < len {
-                let off = (at * PAGE_SIZE) as usize + got;
+                // Inside guest RAM, which is far below `off_t::MAX` (`MAX_GUEST_SIZE`).
+                let off = libc::off_t::try_from(at * PAGE_SIZE + got as u64).map_err(|_| {
+                    MigrationError::Io {
+                        op: "read a hole of the guest memfd",
+                        source: io::Error::other(format!("page {at:#x} is past off_t")),
+                    }
+                })?;
                 // SAFETY: `buf[got..]` is a live, writable buffer of `len - got` bytes that we
                 // own; `fd` is the guest's memfd, open for the life of `self.mem`.
-                let r = unsafe {
-                    libc::pread(
-                        fd,
-                        buf[got..].as_mut_ptr().cast(),
-                        len - got,
-                        off as libc::off_t,
-                    )
-                };
+                let r = unsafe { libc::pread(fd, buf[got..].as_mut_ptr().cast(), len - got, off) };
                 if r <= 0 {
                     let e = if r == 0 {
                         io::Error::new(io::ErrorKind::UnexpectedEof, "memfd shorter than RAM")
@@ -285,11 +285,11 @@ impl Engine<'_> {
                         source: e,
                     });
                 }
-                got += r as usize;
+                got += r.unsigned_abs();
             }
-            for (this, p) in (at..).zip(buf.chunks_exact(page)) {
+            for (this, p) in (at..).zip(buf.chunks_exact(PAGE)) {
                 // SAFETY: `p` is a page of our own scratch buffer.
-                if self.cfg.zero_detection && unsafe { is_zero_raw(p.as_ptr(), page) } {
+                if self.cfg.zero_detection && unsafe { is_zero_raw(p.as_ptr(), PAGE) } {
                     st.zero_pages += 1;
                     out.zero(PageRange::new(this, 1))?;
                 } else {
@@ -297,7 +297,7 @@ impl Engine<'_> {
                     st.data_pages += 1;
                 }
             }
-            at += m;
+            at += m as u64;
         }
         Ok(())
     }
@@ -435,7 +435,7 @@ struct Engine<'e> {
 }
 
 /// Pages read through the file at a time from a hole of a memfd-backed guest.
-const HOLE_READ_PAGES: u64 = 256;
+const HOLE_READ_PAGES: usize = 256;
 
 impl Engine<'_> {
     fn check_cancel(&self) -> Result<(), MigrationError> {
@@ -534,7 +534,7 @@ impl Engine<'_> {
         let sum = |f: fn(&RoundStats) -> u64| stats.iter().map(f).sum::<u64>();
         Ok(MigrationResult {
             total_time,
-            rounds: stats.len() as u32,
+            rounds: stats.last().map_or(0, |r| r.round),
             converged,
             bytes_sent,
             data_pages: sum(|r| r.data_pages),
@@ -559,7 +559,7 @@ impl Engine<'_> {
     ) -> Result<RemoteVerify, MigrationError> {
         let io_timeout = self.cfg.io_timeout;
         let io = |op| move |e| map_io_error(op, io_timeout, e);
-        let mut page = vec![0u8; PAGE_SIZE as usize];
+        let mut page = vec![0u8; PAGE];
         let mut sums = Vec::new();
         for (first, n) in used.runs() {
             sums.clear();

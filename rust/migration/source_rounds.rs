@@ -131,8 +131,11 @@ impl Engine<'_> {
                 while pfn < first + n {
                     // A stretch of unpopulated pages is one zero run, whatever its length.
                     if let Some(r) = &resident {
-                        let from = (pfn - chunk) as usize;
-                        let to = (first + n - chunk) as usize;
+                        #[allow(
+                            clippy::cast_possible_truncation,
+                            reason = "offsets into `r`, which holds a byte per page of the chunk"
+                        )]
+                        let (from, to) = ((pfn - chunk) as usize, (first + n - chunk) as usize);
                         let k = r[from..to].iter().take_while(|&&b| b & 1 == 0).count() as u64;
                         if k > 0 && self.cfg.skip_unpopulated {
                             st.unpopulated_pages += k;

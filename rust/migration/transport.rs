@@ -186,7 +186,9 @@ impl<C: Channel> Write for RateLimited<C> {
             self.sent += n as u64;
             return Ok(n);
         };
-        let piece = buf.len().min(bucket.burst() as usize);
+        let piece = buf
+            .len()
+            .min(usize::try_from(bucket.burst()).unwrap_or(usize::MAX));
         bucket.take(piece as u64);
         let n = self.inner.write(&buf[..piece])?;
         // Give back tokens for a short write so the average rate stays exact.
@@ -212,6 +214,13 @@ impl<C: Channel> Channel for RateLimited<C> {
     }
 }
 
+/// `size_of::<c_int>()` as a `socklen_t` (4: the conversion is checked at compile time).
+const SOCKLEN_C_INT: libc::socklen_t = {
+    let n = size_of::<libc::c_int>();
+    assert!(n == 4);
+    4
+};
+
 fn set_buffers(fd: &impl std::os::fd::AsRawFd, bytes: libc::c_int) {
     for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
         // SAFETY: setsockopt on our own socket with a pointer to a live c_int of the right size.
@@ -222,7 +231,7 @@ fn set_buffers(fd: &impl std::os::fd::AsRawFd, bytes: libc::c_int) {
                 libc::SOL_SOCKET,
                 opt,
                 (&bytes as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
+                SOCKLEN_C_INT,
             )
         };
     }

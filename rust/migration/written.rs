@@ -6,12 +6,19 @@ use crate::memory::PageRange;
 
 /// A page set with summary levels: bit `i` of level `k + 1` is set when word `i` of level `k`
 /// is not zero. The top level is one word.
+///
+/// Sized for this host's own guest RAM (the header's size was checked against it), so every
+/// word index fits a usize.
 #[derive(Debug)]
 pub(crate) struct WrittenPages {
     levels: Vec<Vec<u64>>,
     count: u64,
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "word indices of bitmaps held in memory fit a usize"
+)]
 impl WrittenPages {
     /// An empty set over `npages` pages.
     pub(crate) fn new(npages: u64) -> WrittenPages {

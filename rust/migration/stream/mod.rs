@@ -107,11 +107,17 @@ const END_LEN: u32 = 40;
 const KIND_DATA: u8 = 1;
 const KIND_ZERO: u8 = 2;
 const PFN_MASK: u64 = (1 << 56) - 1;
-const PAGE: usize = PAGE_SIZE as usize;
+use super::{PAGE, PAGE_U32};
 /// Bytes of one data record.
 pub const DATA_RECORD_LEN: usize = 8 + PAGE;
 /// Bytes of one zero-run record.
 pub const ZERO_RECORD_LEN: usize = 16;
+/// Smallest batch payload: one zero-run record.
+const MIN_BATCH_PAYLOAD: u32 = 16;
+/// Smallest verify payload: one record of one checksum.
+const MIN_VERIFY_PAYLOAD: u32 = 24;
+const _: () = assert!(MIN_BATCH_PAYLOAD as usize == ZERO_RECORD_LEN);
+const _: () = assert!(MIN_VERIFY_PAYLOAD as usize == VERIFY_HEAD_LEN + 8);
 
 /// Reply magic, the ASCII bytes `VBRP` read as a little-endian u32.
 pub const REPLY_MAGIC: u32 = u32::from_le_bytes(*b"VBRP");
@@ -150,7 +156,7 @@ impl Header {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        b[12..16].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        b[12..16].copy_from_slice(&PAGE_U32.to_le_bytes());
         b[16..24].copy_from_slice(&self.guest_size.to_le_bytes());
         b[24..32].copy_from_slice(&self.flags.to_le_bytes());
         let crc = crc32c(&b[..36]);
@@ -194,7 +200,7 @@ impl Header {
         if u64::from(page_size) != PAGE_SIZE {
             return Err(StreamError::BadPageSize {
                 found: page_size,
-                expected: PAGE_SIZE as u32,
+                expected: PAGE_U32,
             });
         }
         let guest_size = le64(b, 16);
@@ -282,6 +288,24 @@ impl ReplyCode {
             c => ReplyCode::Reject(RejectReason::Unknown(c)),
         }
     }
+}
+
+/// The 16-byte header of a frame of type `kind` carrying `payload` (`count` records), CRC
+/// included; an error if the payload does not fit the u32 length field.
+pub(crate) fn frame_header(
+    kind: u8,
+    count: u32,
+    payload: &[u8],
+) -> io::Result<[u8; FRAME_HEADER_LEN]> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| io::Error::other(format!("frame payload of {} bytes", payload.len())))?;
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    h[0] = kind;
+    h[4..8].copy_from_slice(&count.to_le_bytes());
+    h[8..12].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c_append(crc32c(&h[..12]), payload);
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    Ok(h)
 }
 
 /// Encodes a 16-byte reply.

@@ -82,10 +82,10 @@ impl StreamReader {
         let stored = le32(&self.buf, 12);
         let trailer = self.ended && self.header.flags & FLAG_VERIFY != 0 && !self.verify_ended;
         let (min, max) = match kind {
-            FRAME_BATCH if !self.ended => (ZERO_RECORD_LEN as u32, MAX_BATCH_PAYLOAD),
+            FRAME_BATCH if !self.ended => (MIN_BATCH_PAYLOAD, MAX_BATCH_PAYLOAD),
             FRAME_ROUND if !self.ended => (ROUND_LEN, ROUND_LEN),
             FRAME_END if !self.ended => (END_LEN, END_LEN),
-            FRAME_VERIFY if trailer => (VERIFY_HEAD_LEN as u32 + 8, MAX_BATCH_PAYLOAD),
+            FRAME_VERIFY if trailer => (MIN_VERIFY_PAYLOAD, MAX_BATCH_PAYLOAD),
             FRAME_VERIFY_END if trailer => (VERIFY_END_LEN, VERIFY_END_LEN),
             _ => return Err(StreamError::UnknownFrame { kind, frame }.into()),
         };
@@ -226,14 +226,19 @@ fn validate_verify(
         if n == 0 {
             return Err(StreamError::EmptyVerifyRun { pfn: first });
         }
-        // `n` is at most `left / 8` here, so the multiplication cannot overflow.
-        if n > ((left - VERIFY_HEAD_LEN) / 8) as u64 {
+        // A count the payload cannot hold is a truncated record (and `8 * n` cannot overflow).
+        let Some(sums) = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= (left - VERIFY_HEAD_LEN) / 8)
+        else {
             return Err(StreamError::Truncated {
                 what: "verify record",
-                needed: VERIFY_HEAD_LEN.saturating_add((n as usize).saturating_mul(8)),
+                needed: usize::try_from(n).map_or(usize::MAX, |n| {
+                    VERIFY_HEAD_LEN.saturating_add(n.saturating_mul(8))
+                }),
                 got: left,
             });
-        }
+        };
         if first.checked_add(n).is_none_or(|end| end > guest_pages) {
             return Err(StreamError::PfnOutOfRange {
                 pfn: first,
@@ -241,7 +246,7 @@ fn validate_verify(
                 guest_pages,
             });
         }
-        at += VERIFY_HEAD_LEN + 8 * n as usize;
+        at += VERIFY_HEAD_LEN + 8 * sums;
         pages += n;
         found += 1;
     }

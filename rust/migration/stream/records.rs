@@ -96,6 +96,10 @@ impl<'a> VerifyBatch<'a> {
                 return None;
             }
             let first = le64(p, at);
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "the reader checked that the payload holds all `n` checksums"
+            )]
             let n = le64(p, at + 8) as usize;
             let sums = &p[at + VERIFY_HEAD_LEN..at + VERIFY_HEAD_LEN + 8 * n];
             at += VERIFY_HEAD_LEN + 8 * n;

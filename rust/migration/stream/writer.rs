@@ -93,18 +93,13 @@ impl StreamWriter {
     }
 
     fn write_frame(&mut self, w: &mut dyn Sink, kind: u8, count: u32) -> io::Result<()> {
-        let len = (self.buf.len() - FRAME_HEADER_LEN) as u32;
-        self.buf[0] = kind;
-        self.buf[1..4].fill(0);
-        self.buf[4..8].copy_from_slice(&count.to_le_bytes());
-        self.buf[8..12].copy_from_slice(&len.to_le_bytes());
-        let crc = crc32c_append(crc32c(&self.buf[..12]), &self.buf[FRAME_HEADER_LEN..]);
-        self.buf[12..16].copy_from_slice(&crc.to_le_bytes());
+        let head = frame_header(kind, count, &self.buf[FRAME_HEADER_LEN..])?;
+        self.buf[..FRAME_HEADER_LEN].copy_from_slice(&head);
         let len = self.buf.len() as u64;
         w.send_frame(&mut self.buf)?;
         self.totals.bytes += len;
         self.totals.frames += 1;
-        self.totals.chain_crc = crc32c_append(self.totals.chain_crc, &crc.to_le_bytes());
+        self.totals.chain_crc = crc32c_append(self.totals.chain_crc, &head[12..16]);
         self.buf.clear();
         self.buf.resize(FRAME_HEADER_LEN, 0);
         self.count = 0;
