@@ -3,7 +3,9 @@
 //! earlier session replayed to a new listener is refused; a listener on a non-loopback address
 //! needs a key or an explicit `insecure`.
 
-use std::io::{self, Read, Write};
+mod migration_support;
+
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,10 +13,12 @@ use vballoon::error::Error;
 use vballoon::machine;
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::migration::{
-    in_process_pair, tcp_accept, tcp_connect, tcp_listen, AuthError, Channel, DestConfig,
-    DestReport, Destination, DirtyLog, MigrationConfig, MigrationError, MigrationKey,
-    MigrationResult, NoGuest, RejectReason, Source,
+    in_process_pair, tcp_accept, tcp_connect, tcp_listen, AuthError, DestConfig, DestReport,
+    Destination, DirtyLog, MigrationConfig, MigrationError, MigrationKey, MigrationResult, NoGuest,
+    RejectReason, Source,
 };
+
+use migration_support::{Faults, Faulty};
 
 const PAGES: u64 = 256;
 const T: Duration = Duration::from_secs(10);
@@ -35,40 +39,6 @@ fn source_guest() -> GuestMemory {
 fn untouched(m: &GuestMemory) -> bool {
     let res = m.residency(GuestAddress(0), m.size()).unwrap();
     res.iter().all(|r| r & 1 == 0) && m.is_zero(GuestAddress(0), m.size()).unwrap()
-}
-
-/// A channel that records every byte written through it.
-struct Tee<C> {
-    inner: C,
-    log: Arc<Mutex<Vec<u8>>>,
-}
-
-impl<C: Channel> Read for Tee<C> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
-    }
-}
-
-impl<C: Channel> Write for Tee<C> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.log.lock().unwrap().extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<C: Channel> Channel for Tee<C> {
-    fn set_timeouts(&self, r: Option<Duration>, w: Option<Duration>) -> io::Result<()> {
-        self.inner.set_timeouts(r, w)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.inner.shutdown()
-    }
 }
 
 fn migrate(
@@ -96,7 +66,13 @@ fn migrate(
         let d = s.spawn(|| Destination::new(dst, dcfg).receive(b));
         let source = Source::new(src, &log, &NoGuest, cfg);
         let r = match record {
-            Some(log) => source.run(Tee { inner: a, log }),
+            Some(log) => source.run(Faulty::new(
+                a,
+                Faults {
+                    record: Some(log),
+                    ..Faults::default()
+                },
+            )),
             None => source.run(a),
         };
         (r, d.join().unwrap())

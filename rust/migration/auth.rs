@@ -23,14 +23,13 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::error::{MigrationError, RejectReason};
 use super::stream::{read_full, ReplyCode, REPLY_LEN, REPLY_MAGIC};
-use super::transport::Channel;
+use super::transport::{channel_layer, Channel, ChannelLayer};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -532,15 +531,7 @@ impl<C: Channel> Write for AuthChannel<C> {
     }
 }
 
-impl<C: Channel> Channel for AuthChannel<C> {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.inner.set_timeouts(read, write)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.inner.shutdown()
-    }
-}
+channel_layer!(AuthChannel);
 
 /// Refuses to listen on a non-loopback `addr` without a key unless `insecure` allows it.
 pub fn check_listen_address(

@@ -104,8 +104,8 @@ pub use source::{
     CHUNK_PAGES,
 };
 pub use transport::{
-    in_process_pair, tcp_accept, tcp_connect, tcp_listen, Channel, RateLimited, TokenBucket,
-    TEN_GBIT,
+    in_process_pair, tcp_accept, tcp_connect, tcp_listen, Channel, ChannelLayer, RateLimited,
+    TokenBucket, TEN_GBIT,
 };
 pub use verify::{verify, VerifyReport};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::migration::crc::crc32c_append;
-use vballoon::migration::{Channel, DirtyLog, GuestControl};
+use vballoon::migration::{Channel, ChannelLayer, DirtyLog, GuestControl};
 use vballoon::pages::PageSet;
 
 pub const MIB: u64 = 1 << 20;
@@ -175,6 +175,8 @@ pub struct Faults {
     pub corrupt_at: Option<u64>,
     /// Drop the connection at the first write after this flag is set.
     pub drop_when: Option<Arc<AtomicBool>>,
+    /// Not a fault: append every byte written through the channel here.
+    pub record: Option<Arc<Mutex<Vec<u8>>>>,
 }
 
 /// A channel that injects [`Faults`] into what is written through it.
@@ -227,6 +229,9 @@ impl<C: Channel> Write for Faulty<C> {
             }
             _ => self.inner.write(&buf[..n])?,
         };
+        if let Some(log) = &self.faults.record {
+            log.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
         self.written += n as u64;
         Ok(n)
     }
@@ -236,12 +241,10 @@ impl<C: Channel> Write for Faulty<C> {
     }
 }
 
-impl<C: Channel> Channel for Faulty<C> {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.inner.set_timeouts(read, write)
-    }
+impl<C: Channel> ChannelLayer for Faulty<C> {
+    type Inner = C;
 
-    fn shutdown(&self) -> io::Result<()> {
-        self.inner.shutdown()
+    fn inner(&self) -> &C {
+        &self.inner
     }
 }
