@@ -68,6 +68,7 @@ use std::time::Duration;
 use super::crc::{crc32c, crc32c_append};
 use super::error::{MigrationError, RejectReason, StreamError};
 use super::transport::map_io_error;
+use super::{PAGE, PAGE_U32};
 use crate::memory::{PageRange, Pfn, PAGE_SIZE};
 
 /// Stream magic, the ASCII bytes `VBMIGRAT`.
@@ -92,32 +93,62 @@ pub const MAX_BATCH_RECORDS: u32 = 1 << 16;
 /// Payload the writer aims for before it closes a batch (256 data pages).
 pub const TARGET_BATCH_PAYLOAD: usize = 256 * DATA_RECORD_LEN;
 
-const FRAME_BATCH: u8 = 1;
-const FRAME_ROUND: u8 = 2;
-const FRAME_END: u8 = 3;
-const FRAME_VERIFY: u8 = 4;
-const FRAME_VERIFY_END: u8 = 5;
-const VERIFY_END_LEN: u32 = 16;
 /// Bytes of a verify record's head (first pfn, page count).
 const VERIFY_HEAD_LEN: usize = 16;
 /// Most checksums one verify record carries.
 const VERIFY_MAX_RUN: usize = (TARGET_BATCH_PAYLOAD - VERIFY_HEAD_LEN) / 8;
-const ROUND_LEN: u32 = 8;
-const END_LEN: u32 = 40;
+/// Record kinds, the top byte of a record's first u64: a page's contents, a zero run.
 const KIND_DATA: u8 = 1;
 const KIND_ZERO: u8 = 2;
+/// The low 56 bits of a record's first u64: its page frame number.
 const PFN_MASK: u64 = (1 << 56) - 1;
-use super::{PAGE, PAGE_U32};
 /// Bytes of one data record.
 pub const DATA_RECORD_LEN: usize = 8 + PAGE;
 /// Bytes of one zero-run record.
 pub const ZERO_RECORD_LEN: usize = 16;
-/// Smallest batch payload: one zero-run record.
-const MIN_BATCH_PAYLOAD: u32 = 16;
-/// Smallest verify payload: one record of one checksum.
-const MIN_VERIFY_PAYLOAD: u32 = 24;
-const _: () = assert!(MIN_BATCH_PAYLOAD as usize == ZERO_RECORD_LEN);
-const _: () = assert!(MIN_VERIFY_PAYLOAD as usize == VERIFY_HEAD_LEN + 8);
+
+/// The type byte of a frame (offset 0 of its header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum FrameType {
+    /// Page records.
+    Batch = 1,
+    /// The start of a round.
+    Round = 2,
+    /// The end of the pages, with the stream's totals.
+    End = 3,
+    /// Checksums of used pages (verify trailer).
+    Verify = 4,
+    /// The end of the verify trailer, with its totals.
+    VerifyEnd = 5,
+}
+
+impl FrameType {
+    fn from_u8(kind: u8) -> Option<FrameType> {
+        [
+            Self::Batch,
+            Self::Round,
+            Self::End,
+            Self::Verify,
+            Self::VerifyEnd,
+        ]
+        .into_iter()
+        .find(|t| *t as u8 == kind)
+    }
+
+    /// The smallest and largest payload a frame of this type may have.
+    fn payload_bounds(self) -> (u32, u32) {
+        match self {
+            // One zero-run record at least.
+            Self::Batch => (16, MAX_BATCH_PAYLOAD),
+            Self::Round => (8, 8),
+            Self::End => (40, 40),
+            // One record of one checksum at least.
+            Self::Verify => (24, MAX_BATCH_PAYLOAD),
+            Self::VerifyEnd => (16, 16),
+        }
+    }
+}
 
 /// Reply magic, the ASCII bytes `VBRP` read as a little-endian u32.
 pub const REPLY_MAGIC: u32 = u32::from_le_bytes(*b"VBRP");

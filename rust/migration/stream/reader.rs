@@ -81,14 +81,14 @@ impl StreamReader {
         let len = le32(&self.buf, 8);
         let stored = le32(&self.buf, 12);
         let trailer = self.ended && self.header.flags & FLAG_VERIFY != 0 && !self.verify_ended;
-        let (min, max) = match kind {
-            FRAME_BATCH if !self.ended => (MIN_BATCH_PAYLOAD, MAX_BATCH_PAYLOAD),
-            FRAME_ROUND if !self.ended => (ROUND_LEN, ROUND_LEN),
-            FRAME_END if !self.ended => (END_LEN, END_LEN),
-            FRAME_VERIFY if trailer => (MIN_VERIFY_PAYLOAD, MAX_BATCH_PAYLOAD),
-            FRAME_VERIFY_END if trailer => (VERIFY_END_LEN, VERIFY_END_LEN),
-            _ => return Err(StreamError::UnknownFrame { kind, frame }.into()),
+        // Pages before the end frame, checksums after it (with the flag), nothing else.
+        let Some(ty) = FrameType::from_u8(kind).filter(|t| match t {
+            FrameType::Batch | FrameType::Round | FrameType::End => !self.ended,
+            FrameType::Verify | FrameType::VerifyEnd => trailer,
+        }) else {
+            return Err(StreamError::UnknownFrame { kind, frame }.into());
         };
+        let (min, max) = ty.payload_bounds();
         if self.buf[1..4] != [0, 0, 0] {
             return Err(StreamError::ReservedNotZero { frame }.into());
         }
@@ -119,8 +119,8 @@ impl StreamReader {
         self.received.bytes += (FRAME_HEADER_LEN + len as usize) as u64;
         self.received.frames += 1;
         self.received.chain_crc = crc32c_append(self.received.chain_crc, &stored.to_le_bytes());
-        match kind {
-            FRAME_BATCH => {
+        match ty {
+            FrameType::Batch => {
                 let (data, zero) = validate_batch(payload, count, frame, self.header.pages())?;
                 let over = |field| StreamError::CountOverflow { field, frame };
                 self.received.data_pages = before
@@ -133,7 +133,7 @@ impl StreamReader {
                     .ok_or(over("zero pages"))?;
                 Ok(Frame::Batch(Batch { payload }))
             }
-            FRAME_ROUND => {
+            FrameType::Round => {
                 let round = le32(payload, 0);
                 let expected = before
                     .rounds
@@ -152,7 +152,7 @@ impl StreamReader {
                 self.received.rounds = round;
                 Ok(Frame::Round(round))
             }
-            FRAME_END => {
+            FrameType::End => {
                 let b = payload;
                 let stored = Totals {
                     data_pages: le64(b, 0),
@@ -166,14 +166,14 @@ impl StreamReader {
                 self.ended = true;
                 Ok(Frame::End(stored))
             }
-            FRAME_VERIFY => {
+            FrameType::Verify => {
                 let pages = validate_verify(payload, count, frame, self.header.pages())?;
                 // At most a frame's bytes / 8 pages per frame, counted as frames arrive.
                 self.verify.pages = self.verify.pages.saturating_add(pages);
                 self.verify.frames += 1;
                 Ok(Frame::Verify(VerifyBatch { payload }))
             }
-            _ => {
+            FrameType::VerifyEnd => {
                 let (pages, frames) = (le64(payload, 0), le64(payload, 8));
                 for (field, stored, received) in [
                     ("verified pages", pages, self.verify.pages),
@@ -250,13 +250,7 @@ fn validate_verify(
         pages += n;
         found += 1;
     }
-    if found != declared {
-        return Err(StreamError::RecordCountMismatch {
-            frame,
-            declared,
-            found,
-        });
-    }
+    check_count(frame, declared, found)?;
     Ok(pages)
 }
 
@@ -359,6 +353,12 @@ fn validate_batch(
         }
         found += 1;
     }
+    check_count(frame, declared, found)?;
+    Ok((data, zero))
+}
+
+/// The records a frame's header declares must be the records its payload holds.
+fn check_count(frame: u64, declared: u32, found: u32) -> Result<(), StreamError> {
     if found != declared {
         return Err(StreamError::RecordCountMismatch {
             frame,
@@ -366,5 +366,5 @@ fn validate_batch(
             found,
         });
     }
-    Ok((data, zero))
+    Ok(())
 }

@@ -92,8 +92,8 @@ impl StreamWriter {
         Ok(())
     }
 
-    fn write_frame(&mut self, w: &mut dyn Sink, kind: u8, count: u32) -> io::Result<()> {
-        let head = frame_header(kind, count, &self.buf[FRAME_HEADER_LEN..])?;
+    fn write_frame(&mut self, w: &mut dyn Sink, ty: FrameType, count: u32) -> io::Result<()> {
+        let head = frame_header(ty as u8, count, &self.buf[FRAME_HEADER_LEN..])?;
         self.buf[..FRAME_HEADER_LEN].copy_from_slice(&head);
         let len = self.buf.len() as u64;
         w.send_frame(&mut self.buf)?;
@@ -112,7 +112,7 @@ impl StreamWriter {
             return Ok(());
         }
         let count = self.count;
-        self.write_frame(w, FRAME_BATCH, count)
+        self.write_frame(w, FrameType::Batch, count)
     }
 
     /// Writes the pending batch, then a round marker for `round`.
@@ -121,7 +121,7 @@ impl StreamWriter {
         self.buf.extend_from_slice(&round.to_le_bytes());
         self.buf.extend_from_slice(&0u32.to_le_bytes());
         self.totals.rounds = round;
-        self.write_frame(w, FRAME_ROUND, 0)
+        self.write_frame(w, FrameType::Round, 0)
     }
 
     /// Writes the pending batch and the end frame, flushes `w`, and returns the totals sent.
@@ -133,7 +133,7 @@ impl StreamWriter {
         }
         self.buf.extend_from_slice(&t.rounds.to_le_bytes());
         self.buf.extend_from_slice(&t.chain_crc.to_le_bytes());
-        self.write_frame(w, FRAME_END, 0)?;
+        self.write_frame(w, FrameType::End, 0)?;
         w.flush_frames()?;
         Ok(t)
     }
@@ -166,7 +166,7 @@ impl StreamWriter {
             return Ok(());
         }
         let count = self.count;
-        self.write_frame(w, FRAME_VERIFY, count)?;
+        self.write_frame(w, FrameType::Verify, count)?;
         self.verify.frames += 1;
         Ok(())
     }
@@ -178,7 +178,7 @@ impl StreamWriter {
         let t = self.verify;
         self.buf.extend_from_slice(&t.pages.to_le_bytes());
         self.buf.extend_from_slice(&t.frames.to_le_bytes());
-        self.write_frame(w, FRAME_VERIFY_END, 0)?;
+        self.write_frame(w, FrameType::VerifyEnd, 0)?;
         w.flush_frames()?;
         Ok(t)
     }
