@@ -98,77 +98,64 @@ fn test_keyed_migration_arrives_intact() {
     assert!(a == b, "keyed migration differs");
 }
 
-#[test]
-fn test_wrong_key_is_refused_before_any_page() {
+/// A migration with mismatched keys: both sides fail as `dest` and `source` expect, and the
+/// destination holds no page.
+fn refused(
+    src_key: Option<MigrationKey>,
+    dst_key: Option<MigrationKey>,
+    dest: fn(&MigrationError) -> bool,
+    source: fn(&MigrationError) -> bool,
+) {
     let (src, dst) = (
         source_guest(),
         GuestMemory::new(PAGES * PAGE_SIZE, Backing::Anonymous).unwrap(),
     );
-    let (r, d) = migrate(&src, &dst, key(1), key(2), None);
-    let d = d.unwrap_err();
-    assert!(
-        matches!(d, MigrationError::Auth(AuthError::BadMac { seq: 0 })),
-        "{d}"
-    );
-    let r = r.unwrap_err();
-    assert!(
-        matches!(
-            r,
-            MigrationError::Auth(AuthError::Refused {
-                reason: RejectReason::Unauthenticated
-            })
-        ),
-        "{r}"
-    );
+    let (r, d) = migrate(&src, &dst, src_key, dst_key, None);
+    let (r, d) = (r.unwrap_err(), d.unwrap_err());
+    assert!(dest(&d), "destination: {d}");
+    assert!(source(&r), "source: {r}");
     assert!(untouched(&dst));
+}
+
+#[test]
+fn test_wrong_key_is_refused_before_any_page() {
+    refused(
+        key(1),
+        key(2),
+        |d| matches!(d, MigrationError::Auth(AuthError::BadMac { seq: 0 })),
+        |r| {
+            let want = RejectReason::Unauthenticated;
+            matches!(r, MigrationError::Auth(AuthError::Refused { reason }) if *reason == want)
+        },
+    );
 }
 
 #[test]
 fn test_keyless_source_is_refused_by_a_keyed_destination() {
-    let (src, dst) = (
-        source_guest(),
-        GuestMemory::new(PAGES * PAGE_SIZE, Backing::Anonymous).unwrap(),
+    refused(
+        None,
+        key(1),
+        |d| {
+            matches!(
+                d,
+                MigrationError::Auth(AuthError::PeerUnauthenticated { .. })
+            )
+        },
+        |r| {
+            let want = RejectReason::Unauthenticated;
+            matches!(r, MigrationError::Rejected { reason, detail: 0 } if *reason == want)
+        },
     );
-    let (r, d) = migrate(&src, &dst, None, key(1), None);
-    let d = d.unwrap_err();
-    assert!(
-        matches!(
-            d,
-            MigrationError::Auth(AuthError::PeerUnauthenticated { .. })
-        ),
-        "{d}"
-    );
-    let r = r.unwrap_err();
-    assert!(
-        matches!(
-            r,
-            MigrationError::Rejected {
-                reason: RejectReason::Unauthenticated,
-                detail: 0
-            }
-        ),
-        "{r}"
-    );
-    assert!(untouched(&dst));
 }
 
 #[test]
 fn test_keyed_source_to_keyless_destination_says_so() {
-    let (src, dst) = (
-        source_guest(),
-        GuestMemory::new(PAGES * PAGE_SIZE, Backing::Anonymous).unwrap(),
+    refused(
+        key(1),
+        None,
+        |d| matches!(d, MigrationError::Auth(AuthError::PeerHasKey)),
+        |r| matches!(r, MigrationError::Auth(AuthError::Refused { .. })),
     );
-    let (r, d) = migrate(&src, &dst, key(1), None, None);
-    let d = d.unwrap_err();
-    assert!(
-        matches!(d, MigrationError::Auth(AuthError::PeerHasKey)),
-        "{d}"
-    );
-    assert!(matches!(
-        r.unwrap_err(),
-        MigrationError::Auth(AuthError::Refused { .. })
-    ));
-    assert!(untouched(&dst));
 }
 
 /// The bytes of a real keyed session, replayed to a new listener with the same key: refused at

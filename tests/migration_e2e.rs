@@ -113,13 +113,7 @@ fn test_unpopulated_pages_are_never_read() {
             dirty_tracking: DirtyTracking::Explicit,
             ..MigrationConfig::default()
         };
-        let (a, b) = in_process_pair(TIMEOUT).unwrap();
-        let r = thread::scope(|s| {
-            let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-            let r = Source::new(&src, &log, &NoGuest, cfg).run(a).unwrap();
-            d.join().unwrap().unwrap();
-            r
-        });
+        let r = migrate_ok(Source::new(&src, &log, &NoGuest, cfg), &dst);
         assert!(verify(&src, &dst, &g.used).unwrap().ok());
         if skip {
             assert_eq!(r.pages_read, resident);
@@ -154,13 +148,7 @@ fn test_zero_detection_off_sends_zero_pages_as_data() {
         zero_detection: false,
         ..MigrationConfig::default()
     };
-    let (a, b) = in_process_pair(TIMEOUT).unwrap();
-    let r = thread::scope(|s| {
-        let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-        let r = Source::new(&src, &log, &NoGuest, cfg).run(a).unwrap();
-        d.join().unwrap().unwrap();
-        r
-    });
+    let r = migrate_ok(Source::new(&src, &log, &NoGuest, cfg), &dst);
     assert_eq!(r.data_pages, 512);
     assert_eq!(r.zero_pages, 0);
     let mut used = PageSet::new(src.pages());
@@ -218,16 +206,10 @@ fn test_page_written_after_its_hint_arrives() {
         dirty_tracking: DirtyTracking::Explicit,
         ..MigrationConfig::default()
     };
-    let (a, b) = in_process_pair(TIMEOUT).unwrap();
-    let r = thread::scope(|s| {
-        let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-        let r = Source::new(&src, &log, &NoGuest, cfg)
-            .with_hints(&mut hints)
-            .run(a)
-            .unwrap();
-        d.join().unwrap().unwrap();
-        r
-    });
+    let r = migrate_ok(
+        Source::new(&src, &log, &NoGuest, cfg).with_hints(&mut hints),
+        &dst,
+    );
     assert_eq!(r.per_round[0].hinted_pages, 1, "skipped in round 1");
     assert_eq!(r.per_round[0].dirty_after, 1, "caught by the dirty log");
     assert_eq!(dst.read_u8(Pfn(page).addr()).unwrap(), 0x5a);
@@ -459,16 +441,10 @@ fn test_hints_under_a_stale_command_id_are_ignored() {
         dirty_tracking: DirtyTracking::Explicit,
         ..MigrationConfig::default()
     };
-    let (a, b) = in_process_pair(TIMEOUT).unwrap();
-    let r = thread::scope(|s| {
-        let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-        let r = Source::new(&src, &log, &NoGuest, cfg)
-            .with_hints(&mut hints)
-            .run(a)
-            .unwrap();
-        d.join().unwrap().unwrap();
-        r
-    });
+    let r = migrate_ok(
+        Source::new(&src, &log, &NoGuest, cfg).with_hints(&mut hints),
+        &dst,
+    );
     assert!(r.rounds >= 3, "{:?}", r.per_round);
     assert!(!r.per_round[1].stop_and_copy);
     assert_eq!(feed.stale_pages(), 1, "the late hint was dropped");

@@ -158,13 +158,7 @@ fn test_zero_and_unpopulated_detection_on_each_backing() {
             dirty_tracking: DirtyTracking::Explicit,
             ..MigrationConfig::default()
         };
-        let (a, b) = in_process_pair(TIMEOUT).unwrap();
-        let r = thread::scope(|s| {
-            let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-            let r = Source::new(&src, &log, &NoGuest, cfg).run(a).unwrap();
-            d.join().unwrap().unwrap();
-            r
-        });
+        let r = migrate_ok(Source::new(&src, &log, &NoGuest, cfg), &dst);
         let pages = src.pages();
         assert_eq!(r.unpopulated_pages, pages - resident, "{backing:?}");
         assert_eq!(r.pages_read, resident, "{backing:?}");

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::migration::crc::crc32c_append;
-use vballoon::migration::{Channel, ChannelLayer, DirtyLog, GuestControl};
+use vballoon::migration::{
+    in_process_pair, Channel, ChannelLayer, DestConfig, DestReport, Destination, DirtyLog,
+    GuestControl, MigrationError, MigrationResult, Source,
+};
 use vballoon::pages::PageSet;
 
 pub const MIB: u64 = 1 << 20;
@@ -164,6 +167,29 @@ impl GuestControl for Workload {
         *self.gate.lock().unwrap() = false;
         self.resumes.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Runs `source` into `dst` (default destination settings) over an in-process socket pair;
+/// returns both sides' results.
+pub fn migrate(
+    source: Source<'_>,
+    dst: &GuestMemory,
+) -> (
+    Result<MigrationResult, MigrationError>,
+    Result<DestReport, MigrationError>,
+) {
+    let (a, b) = in_process_pair(Duration::from_secs(20)).unwrap();
+    std::thread::scope(|s| {
+        let d = s.spawn(|| Destination::new(dst, DestConfig::default()).receive(b));
+        (source.run(a), d.join().unwrap())
+    })
+}
+
+/// [`migrate`], where both sides must succeed.
+pub fn migrate_ok(source: Source<'_>, dst: &GuestMemory) -> MigrationResult {
+    let (r, d) = migrate(source, dst);
+    d.unwrap();
+    r.unwrap()
 }
 
 /// How a [`Faulty`] channel misbehaves.
