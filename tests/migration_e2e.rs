@@ -107,12 +107,7 @@ fn test_unpopulated_pages_are_never_read() {
     let log = DirtyLog::for_memory(&src);
     for skip in [true, false] {
         let dst = GuestMemory::new(256 * MIB, Backing::Anonymous).unwrap();
-        let cfg = MigrationConfig {
-            bandwidth_bytes_per_s: 0,
-            skip_unpopulated: skip,
-            dirty_tracking: DirtyTracking::Explicit,
-            ..MigrationConfig::default()
-        };
+        let cfg = unthrottled(DirtyTracking::Explicit, skip);
         let r = migrate_ok(Source::new(&src, &log, &NoGuest, cfg), &dst);
         assert!(verify(&src, &dst, &g.used).unwrap().ok());
         if skip {

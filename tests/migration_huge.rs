@@ -152,12 +152,7 @@ fn test_zero_and_unpopulated_detection_on_each_backing() {
         let resident = src.resident_pages(GuestAddress(0), src.size()).unwrap();
         assert!(resident >= 2 * HUGE_PAGE_SIZE / 4096, "{backing:?}");
         let log = DirtyLog::for_memory(&src);
-        let cfg = MigrationConfig {
-            bandwidth_bytes_per_s: 0,
-            skip_unpopulated: true,
-            dirty_tracking: DirtyTracking::Explicit,
-            ..MigrationConfig::default()
-        };
+        let cfg = unthrottled(DirtyTracking::Explicit, true);
         let r = migrate_ok(Source::new(&src, &log, &NoGuest, cfg), &dst);
         let pages = src.pages();
         assert_eq!(r.unpopulated_pages, pages - resident, "{backing:?}");

@@ -11,7 +11,7 @@ use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::migration::crc::crc32c_append;
 use vballoon::migration::{
     in_process_pair, Channel, ChannelLayer, DestConfig, DestReport, Destination, DirtyLog,
-    GuestControl, MigrationError, MigrationResult, Source,
+    DirtyTracking, GuestControl, MigrationConfig, MigrationError, MigrationResult, Source,
 };
 use vballoon::pages::PageSet;
 
@@ -183,6 +183,17 @@ pub fn migrate(
         let d = s.spawn(|| Destination::new(dst, DestConfig::default()).receive(b));
         (source.run(a), d.join().unwrap())
     })
+}
+
+/// Settings of a test migration over an unlimited link with `tracking`; never-populated pages
+/// are sent unread if `skip_unpopulated`.
+pub fn unthrottled(tracking: DirtyTracking, skip_unpopulated: bool) -> MigrationConfig {
+    MigrationConfig {
+        bandwidth_bytes_per_s: 0,
+        skip_unpopulated,
+        dirty_tracking: tracking,
+        ..MigrationConfig::default()
+    }
 }
 
 /// [`migrate`], where both sides must succeed.
