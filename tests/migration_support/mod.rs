@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
+use vballoon::memory::{GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use vballoon::migration::crc::crc32c_append;
 use vballoon::migration::{
     in_process_pair, Channel, ChannelLayer, DestConfig, DestReport, Destination, DirtyLog,
-    DirtyTracking, GuestControl, MigrationConfig, MigrationError, MigrationResult, Source,
+    DirtyTracking, GuestControl, HintSource, MigrationConfig, MigrationError, MigrationResult,
+    Source,
 };
 use vballoon::pages::PageSet;
 
@@ -201,6 +202,49 @@ pub fn migrate_ok(source: Source<'_>, dst: &GuestMemory) -> MigrationResult {
     let (r, d) = migrate(source, dst);
     d.unwrap();
     r.unwrap()
+}
+
+/// Where a [`Hooked`] hint source calls its hook: around the engine's calls into the inner one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    BeforeStart,
+    AfterStart,
+    BeforePoll,
+    BeforeStop,
+    AfterStop,
+}
+
+/// A hint source that lets a test act (the guest allocating, writing, hinting) at each point
+/// where the engine calls into the inner source: a script becomes one exact interleaving of
+/// guest activity with hint requests, chunk sends and dirty-log syncs.
+pub struct Hooked<'a, H> {
+    pub inner: Box<dyn HintSource + 'a>,
+    pub hook: H,
+}
+
+impl<H: FnMut(Call) + Send> HintSource for Hooked<'_, H> {
+    fn start(&mut self, round: u32) -> Result<(), MigrationError> {
+        (self.hook)(Call::BeforeStart);
+        self.inner.start(round)?;
+        (self.hook)(Call::AfterStart);
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
+        (self.hook)(Call::BeforePoll);
+        self.inner.poll(out)
+    }
+
+    fn stop(&mut self) -> Result<(), MigrationError> {
+        (self.hook)(Call::BeforeStop);
+        self.inner.stop()?;
+        (self.hook)(Call::AfterStop);
+        Ok(())
+    }
+
+    fn done(&mut self) {
+        self.inner.done();
+    }
 }
 
 /// How a [`Faulty`] channel misbehaves.
