@@ -13,7 +13,7 @@ use vballoon::machine::{
     migrate_local, BalloonHints, BalloonHintsConfig, GuestRunner, HintMode, HintProvider, HintRun,
     MigrateOptions, MigrateReport, Scenario,
 };
-use vballoon::memory::{Pfn, PAGE_SIZE};
+use vballoon::memory::{PageRange, Pfn, PAGE_SIZE};
 use vballoon::migration::{GuestControl, HintSource, MigrationError};
 use vballoon::pages::PageSet;
 
@@ -226,11 +226,11 @@ impl HintSource for WriteAfterHintSource<'_> {
         self.round = round;
         self.inner.start(round)
     }
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         let mut hinted = Vec::new();
-        let done = self.inner.poll(&mut |f, n| {
-            hinted.push((f, n));
-            out(f, n);
+        let done = self.inner.poll(&mut |r| {
+            hinted.push(r);
+            out(r);
         })?;
         let mut w = self.written.lock().unwrap();
         if self.round == 1 && w.is_none() && !hinted.is_empty() {
@@ -239,7 +239,7 @@ impl HintSource for WriteAfterHintSource<'_> {
             let free = |g: &Guest| {
                 hinted
                     .iter()
-                    .flat_map(|&(f, n)| f..f + n)
+                    .flat_map(|r| r.start..r.end())
                     .find(|&p| g.allocator().is_free(Pfn(p)))
             };
             if free(g).is_none() {

@@ -8,8 +8,11 @@
 //! chooses where guest writes fall relative to hint requests, answers, polls and syncs,
 //! including answers that arrive rounds late, after the host moved on.
 
+mod migration_support;
+
 use std::sync::{Arc, Mutex};
 
+use migration_support::{Call, Hooked};
 use proptest::prelude::*;
 use vballoon::guest::Guest;
 use vballoon::machine::{
@@ -59,14 +62,15 @@ struct ScriptProvider {
     script: Mutex<Option<Script>>,
 }
 
-struct ScriptSource<'a> {
-    inner: Box<dyn HintSource + 'a>,
+/// Plays a script at every engine call into the balloon's hint source (start, every poll
+/// between chunks, stop, and between the stop and the sync: the guest keeps running).
+struct Player<'a> {
     provider: &'a BalloonHints,
     guest: &'a GuestRunner,
     script: Script,
 }
 
-impl ScriptSource<'_> {
+impl Player<'_> {
     /// One engine call passed: plays every step whose gap is over.
     fn play(&mut self) {
         loop {
@@ -135,39 +139,17 @@ impl HintProvider for ScriptProvider {
     ) -> Result<Option<Box<dyn HintSource + 'a>>, MigrationError> {
         let script = self.script.lock().unwrap().take().expect("one migration");
         Ok(self.inner.hint_source(mode, guest)?.map(|inner| {
-            Box::new(ScriptSource {
-                inner,
+            let mut player = Player {
                 provider: &self.inner,
                 guest,
                 script,
-            }) as Box<dyn HintSource + 'a>
+            };
+            let hook = move |_: Call| player.play();
+            Box::new(Hooked { inner, hook }) as Box<dyn HintSource + 'a>
         }))
     }
     fn unused_pages(&self, guest: &Guest, out: &mut PageSet) {
         self.inner.unused_pages(guest, out);
-    }
-}
-
-impl HintSource for ScriptSource<'_> {
-    fn start(&mut self, round: u32) -> Result<(), MigrationError> {
-        self.play();
-        self.inner.start(round)?;
-        self.play();
-        Ok(())
-    }
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
-        self.play();
-        self.inner.poll(out)
-    }
-    fn stop(&mut self) -> Result<(), MigrationError> {
-        self.play();
-        self.inner.stop()?;
-        // Between the stop and the engine's sync: the guest keeps running.
-        self.play();
-        Ok(())
-    }
-    fn done(&mut self) {
-        self.inner.done()
     }
 }
 

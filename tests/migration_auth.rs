@@ -3,18 +3,22 @@
 //! earlier session replayed to a new listener is refused; a listener on a non-loopback address
 //! needs a key or an explicit `insecure`.
 
-use std::io::{self, Read, Write};
+mod migration_support;
+
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vballoon::machine;
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::migration::{
-    in_process_pair, tcp_accept, tcp_connect, tcp_listen, AuthError, Channel, DestConfig,
-    DestReport, Destination, DirtyLog, MigrationConfig, MigrationError, MigrationKey,
-    MigrationResult, NoGuest, RejectReason, Source,
+    in_process_pair, tcp_accept, tcp_connect, tcp_listen, AuthError, DestConfig, DestReport,
+    Destination, DirtyLog, MigrationConfig, MigrationError, MigrationKey, MigrationResult, NoGuest,
+    RejectReason, Source,
 };
 use vballoon::Error;
+
+use migration_support::{Faults, Faulty};
 
 const PAGES: u64 = 256;
 const T: Duration = Duration::from_secs(10);
@@ -35,40 +39,6 @@ fn source_guest() -> GuestMemory {
 fn untouched(m: &GuestMemory) -> bool {
     let res = m.residency(GuestAddress(0), m.size()).unwrap();
     res.iter().all(|r| r & 1 == 0) && m.is_zero(GuestAddress(0), m.size()).unwrap()
-}
-
-/// A channel that records every byte written through it.
-struct Tee<C> {
-    inner: C,
-    log: Arc<Mutex<Vec<u8>>>,
-}
-
-impl<C: Channel> Read for Tee<C> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
-    }
-}
-
-impl<C: Channel> Write for Tee<C> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.log.lock().unwrap().extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<C: Channel> Channel for Tee<C> {
-    fn set_timeouts(&self, r: Option<Duration>, w: Option<Duration>) -> io::Result<()> {
-        self.inner.set_timeouts(r, w)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.inner.shutdown()
-    }
 }
 
 fn migrate(
@@ -96,7 +66,13 @@ fn migrate(
         let d = s.spawn(|| Destination::new(dst, dcfg).receive(b));
         let source = Source::new(src, &log, &NoGuest, cfg);
         let r = match record {
-            Some(log) => source.run(Tee { inner: a, log }),
+            Some(log) => source.run(Faulty::new(
+                a,
+                Faults {
+                    record: Some(log),
+                    ..Faults::default()
+                },
+            )),
             None => source.run(a),
         };
         (r, d.join().unwrap())
@@ -122,77 +98,64 @@ fn test_keyed_migration_arrives_intact() {
     assert!(a == b, "keyed migration differs");
 }
 
-#[test]
-fn test_wrong_key_is_refused_before_any_page() {
+/// A migration with mismatched keys: both sides fail as `dest` and `source` expect, and the
+/// destination holds no page.
+fn refused(
+    src_key: Option<MigrationKey>,
+    dst_key: Option<MigrationKey>,
+    dest: fn(&MigrationError) -> bool,
+    source: fn(&MigrationError) -> bool,
+) {
     let (src, dst) = (
         source_guest(),
         GuestMemory::new(PAGES * PAGE_SIZE, Backing::Anonymous).unwrap(),
     );
-    let (r, d) = migrate(&src, &dst, key(1), key(2), None);
-    let d = d.unwrap_err();
-    assert!(
-        matches!(d, MigrationError::Auth(AuthError::BadMac { seq: 0 })),
-        "{d}"
-    );
-    let r = r.unwrap_err();
-    assert!(
-        matches!(
-            r,
-            MigrationError::Auth(AuthError::Refused {
-                reason: RejectReason::Unauthenticated
-            })
-        ),
-        "{r}"
-    );
+    let (r, d) = migrate(&src, &dst, src_key, dst_key, None);
+    let (r, d) = (r.unwrap_err(), d.unwrap_err());
+    assert!(dest(&d), "destination: {d}");
+    assert!(source(&r), "source: {r}");
     assert!(untouched(&dst));
+}
+
+#[test]
+fn test_wrong_key_is_refused_before_any_page() {
+    refused(
+        key(1),
+        key(2),
+        |d| matches!(d, MigrationError::Auth(AuthError::BadMac { seq: 0 })),
+        |r| {
+            let want = RejectReason::Unauthenticated;
+            matches!(r, MigrationError::Auth(AuthError::Refused { reason }) if *reason == want)
+        },
+    );
 }
 
 #[test]
 fn test_keyless_source_is_refused_by_a_keyed_destination() {
-    let (src, dst) = (
-        source_guest(),
-        GuestMemory::new(PAGES * PAGE_SIZE, Backing::Anonymous).unwrap(),
+    refused(
+        None,
+        key(1),
+        |d| {
+            matches!(
+                d,
+                MigrationError::Auth(AuthError::PeerUnauthenticated { .. })
+            )
+        },
+        |r| {
+            let want = RejectReason::Unauthenticated;
+            matches!(r, MigrationError::Rejected { reason, detail: 0 } if *reason == want)
+        },
     );
-    let (r, d) = migrate(&src, &dst, None, key(1), None);
-    let d = d.unwrap_err();
-    assert!(
-        matches!(
-            d,
-            MigrationError::Auth(AuthError::PeerUnauthenticated { .. })
-        ),
-        "{d}"
-    );
-    let r = r.unwrap_err();
-    assert!(
-        matches!(
-            r,
-            MigrationError::Rejected {
-                reason: RejectReason::Unauthenticated,
-                detail: 0
-            }
-        ),
-        "{r}"
-    );
-    assert!(untouched(&dst));
 }
 
 #[test]
 fn test_keyed_source_to_keyless_destination_says_so() {
-    let (src, dst) = (
-        source_guest(),
-        GuestMemory::new(PAGES * PAGE_SIZE, Backing::Anonymous).unwrap(),
+    refused(
+        key(1),
+        None,
+        |d| matches!(d, MigrationError::Auth(AuthError::PeerHasKey)),
+        |r| matches!(r, MigrationError::Auth(AuthError::Refused { .. })),
     );
-    let (r, d) = migrate(&src, &dst, key(1), None, None);
-    let d = d.unwrap_err();
-    assert!(
-        matches!(d, MigrationError::Auth(AuthError::PeerHasKey)),
-        "{d}"
-    );
-    assert!(matches!(
-        r.unwrap_err(),
-        MigrationError::Auth(AuthError::Refused { .. })
-    ));
-    assert!(untouched(&dst));
 }
 
 /// The bytes of a real keyed session, replayed to a new listener with the same key: refused at

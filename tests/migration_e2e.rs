@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use migration_support::*;
-use vballoon::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
+use vballoon::memory::{Backing, GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use vballoon::migration::*;
 use vballoon::pages::PageSet;
 
@@ -107,19 +107,8 @@ fn test_unpopulated_pages_are_never_read() {
     let log = DirtyLog::for_memory(&src);
     for skip in [true, false] {
         let dst = GuestMemory::new(256 * MIB, Backing::Anonymous).unwrap();
-        let cfg = MigrationConfig {
-            bandwidth_bytes_per_s: 0,
-            skip_unpopulated: skip,
-            dirty_tracking: DirtyTracking::Explicit,
-            ..MigrationConfig::default()
-        };
-        let (a, b) = in_process_pair(TIMEOUT).unwrap();
-        let r = thread::scope(|s| {
-            let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-            let r = Source::new(&src, &log, &NoGuest, cfg).run(a).unwrap();
-            d.join().unwrap().unwrap();
-            r
-        });
+        let cfg = unthrottled(DirtyTracking::Explicit, skip);
+        let r = migrate_ok(Source::new(&src, &log, &NoGuest, cfg), &dst);
         assert!(verify(&src, &dst, &g.used).unwrap().ok());
         if skip {
             assert_eq!(r.pages_read, resident);
@@ -154,13 +143,7 @@ fn test_zero_detection_off_sends_zero_pages_as_data() {
         zero_detection: false,
         ..MigrationConfig::default()
     };
-    let (a, b) = in_process_pair(TIMEOUT).unwrap();
-    let r = thread::scope(|s| {
-        let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-        let r = Source::new(&src, &log, &NoGuest, cfg).run(a).unwrap();
-        d.join().unwrap().unwrap();
-        r
-    });
+    let r = migrate_ok(Source::new(&src, &log, &NoGuest, cfg), &dst);
     assert_eq!(r.data_pages, 512);
     assert_eq!(r.zero_pages, 0);
     let mut used = PageSet::new(src.pages());
@@ -181,10 +164,10 @@ impl HintSource for ReusingHints<'_> {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         if !self.fired {
             self.fired = true;
-            out(self.page, 1);
+            out(PageRange::new(self.page, 1));
             // The guest takes the page back (shrinker) and writes it, marking the log.
             self.mem
                 .fill(Pfn(self.page).addr(), PAGE_SIZE, 0x5a)
@@ -218,16 +201,10 @@ fn test_page_written_after_its_hint_arrives() {
         dirty_tracking: DirtyTracking::Explicit,
         ..MigrationConfig::default()
     };
-    let (a, b) = in_process_pair(TIMEOUT).unwrap();
-    let r = thread::scope(|s| {
-        let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-        let r = Source::new(&src, &log, &NoGuest, cfg)
-            .with_hints(&mut hints)
-            .run(a)
-            .unwrap();
-        d.join().unwrap().unwrap();
-        r
-    });
+    let r = migrate_ok(
+        Source::new(&src, &log, &NoGuest, cfg).with_hints(&mut hints),
+        &dst,
+    );
     assert_eq!(r.per_round[0].hinted_pages, 1, "skipped in round 1");
     assert_eq!(r.per_round[0].dirty_after, 1, "caught by the dirty log");
     assert_eq!(dst.read_u8(Pfn(page).addr()).unwrap(), 0x5a);
@@ -255,10 +232,10 @@ impl HintSource for RecordingHints<'_> {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         self.record("poll".into());
         for (s, n) in self.free.runs() {
-            out(s, n);
+            out(PageRange::new(s, n));
         }
         Ok(false) // keeps "reporting": the engine must still stop polling at stop()
     }
@@ -414,7 +391,7 @@ impl HintSource for LateGuest<'_> {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         self.inner.poll(out)
     }
 
@@ -425,7 +402,8 @@ impl HintSource for LateGuest<'_> {
                 .fill(Pfn(self.page).addr(), PAGE_SIZE, 0x77)
                 .unwrap();
             self.log.mark(Pfn(self.page), 1);
-            self.feed.report(self.first_id, self.page, 1); // in flight, now stale
+            self.feed
+                .report(self.first_id, PageRange::new(self.page, 1)); // in flight, now stale
         }
         Ok(())
     }
@@ -458,16 +436,10 @@ fn test_hints_under_a_stale_command_id_are_ignored() {
         dirty_tracking: DirtyTracking::Explicit,
         ..MigrationConfig::default()
     };
-    let (a, b) = in_process_pair(TIMEOUT).unwrap();
-    let r = thread::scope(|s| {
-        let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-        let r = Source::new(&src, &log, &NoGuest, cfg)
-            .with_hints(&mut hints)
-            .run(a)
-            .unwrap();
-        d.join().unwrap().unwrap();
-        r
-    });
+    let r = migrate_ok(
+        Source::new(&src, &log, &NoGuest, cfg).with_hints(&mut hints),
+        &dst,
+    );
     assert!(r.rounds >= 3, "{:?}", r.per_round);
     assert!(!r.per_round[1].stop_and_copy);
     assert_eq!(feed.stale_pages(), 1, "the late hint was dropped");

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
+use vballoon::memory::{Backing, GuestAddress, GuestMemory, PageRange, PAGE_SIZE};
 use vballoon::migration::hostile::{self, Script};
 use vballoon::migration::stream::{
     Header, StreamReader, StreamWriter, FLAG_HINTED, FRAME_HEADER_LEN, HEADER_LEN,
@@ -47,7 +47,7 @@ fn test_zero_runs_adding_past_u64_are_a_typed_error() {
     w.write_header(&mut out, &h).unwrap();
     // 2^14 runs of 2^50 pages, each the whole (announced) guest: 2^64 pages in one batch.
     for _ in 0..1 << 14 {
-        w.zero_run(&mut out, 0, 1 << 50).unwrap();
+        w.zero_run(&mut out, PageRange::new(0, 1 << 50)).unwrap();
     }
     w.finish(&mut out).unwrap();
     let mut r: &[u8] = &out;

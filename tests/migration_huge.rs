@@ -54,6 +54,15 @@ fn pair(backing: Backing) -> Option<(Option<HugetlbReservation>, GuestMemory, Gu
     }
 }
 
+/// Runs `f` with source and destination RAM on each of `backings` this host can provide.
+fn on_each(backings: &[Backing], mut f: impl FnMut(Backing, &GuestMemory, &GuestMemory)) {
+    for &backing in backings {
+        if let Some((_res, src, dst)) = pair(backing) {
+            f(backing, &src, &dst);
+        }
+    }
+}
+
 /// Source and destination hold the same bytes, compared 1 MiB at a time.
 fn assert_same(src: &GuestMemory, dst: &GuestMemory, backing: Backing) {
     let (mut a, mut b) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
@@ -102,30 +111,24 @@ fn migrate_with_writer(
 
 #[test]
 fn test_migration_with_a_writer_is_byte_identical_on_each_backing() {
-    for backing in BACKINGS {
-        let Some((_res, src, dst)) = pair(backing) else {
-            continue;
-        };
+    on_each(&BACKINGS, |backing, src, dst| {
         // Auto: the kernel tracker where this backing allows it, else the explicit log.
-        let r = migrate_with_writer(&src, &dst, DirtyTracking::Auto, true).unwrap();
+        let r = migrate_with_writer(src, dst, DirtyTracking::Auto, true).unwrap();
         eprintln!(
             "{backing:?}: dirty tracking {}, {} rounds, {} bytes sent",
             r.dirty_backend, r.rounds, r.bytes_sent
         );
-        assert_same(&src, &dst, backing);
+        assert_same(src, dst, backing);
         assert!(r.rounds >= 2, "{backing:?}: {:?}", r.per_round);
-    }
+    });
 }
 
 #[test]
 fn test_kernel_tracking_on_huge_pages_is_exact_or_refused_cleanly() {
-    for backing in [Backing::Thp, Backing::Hugetlb] {
-        let Some((_res, src, dst)) = pair(backing) else {
-            continue;
-        };
+    on_each(&[Backing::Thp, Backing::Hugetlb], |backing, src, dst| {
         // The writer does not mark the log: only the kernel can see its writes. A tracker that
         // reports whole 2 MiB pages dirty sends more, never less, so the copy is still exact.
-        match migrate_with_writer(&src, &dst, DirtyTracking::Kernel, false) {
+        match migrate_with_writer(src, dst, DirtyTracking::Kernel, false) {
             Err(MigrationError::KernelTrackingUnavailable { reason }) => {
                 eprintln!("{backing:?}: kernel tracking refused: {reason}");
                 assert!(!reason.is_empty());
@@ -133,38 +136,24 @@ fn test_kernel_tracking_on_huge_pages_is_exact_or_refused_cleanly() {
             Err(e) => panic!("{backing:?}: {e}"),
             Ok(r) => {
                 assert_eq!(r.dirty_backend, DirtyBackend::Kernel, "{backing:?}");
-                assert_same(&src, &dst, backing);
+                assert_same(src, dst, backing);
             }
         }
-    }
+    });
 }
 
 #[test]
 fn test_zero_and_unpopulated_detection_on_each_backing() {
-    for backing in BACKINGS {
-        let Some((_res, src, dst)) = pair(backing) else {
-            continue;
-        };
+    on_each(&BACKINGS, |backing, src, dst| {
         // One huge page of data, one of written zeros, the rest never touched.
         src.fill(GuestAddress(0), HUGE_PAGE_SIZE, 0x3c).unwrap();
         src.fill(GuestAddress(8 * HUGE_PAGE_SIZE), HUGE_PAGE_SIZE, 0)
             .unwrap();
         let resident = src.resident_pages(GuestAddress(0), src.size()).unwrap();
         assert!(resident >= 2 * HUGE_PAGE_SIZE / 4096, "{backing:?}");
-        let log = DirtyLog::for_memory(&src);
-        let cfg = MigrationConfig {
-            bandwidth_bytes_per_s: 0,
-            skip_unpopulated: true,
-            dirty_tracking: DirtyTracking::Explicit,
-            ..MigrationConfig::default()
-        };
-        let (a, b) = in_process_pair(TIMEOUT).unwrap();
-        let r = thread::scope(|s| {
-            let d = s.spawn(|| Destination::new(&dst, DestConfig::default()).receive(b));
-            let r = Source::new(&src, &log, &NoGuest, cfg).run(a).unwrap();
-            d.join().unwrap().unwrap();
-            r
-        });
+        let log = DirtyLog::for_memory(src);
+        let cfg = unthrottled(DirtyTracking::Explicit, true);
+        let r = migrate_ok(Source::new(src, &log, &NoGuest, cfg), dst);
         let pages = src.pages();
         assert_eq!(r.unpopulated_pages, pages - resident, "{backing:?}");
         assert_eq!(r.pages_read, resident, "{backing:?}");
@@ -176,22 +165,19 @@ fn test_zero_and_unpopulated_detection_on_each_backing() {
             resident,
             "{backing:?}"
         );
-        assert_same(&src, &dst, backing);
-    }
+        assert_same(src, dst, backing);
+    });
 }
 
 #[test]
 fn test_kernel_tracker_granularity_per_backing() {
-    for backing in BACKINGS {
-        let Some((_res, mem, _)) = pair(backing) else {
-            continue;
-        };
+    on_each(&BACKINGS, |backing, mem, _dst| {
         mem.fill(GuestAddress(0), GUEST, 1).unwrap();
-        let mut k = match KernelTracker::new(&mem) {
+        let mut k = match KernelTracker::new(mem) {
             Ok(k) => k,
             Err(reason) => {
                 eprintln!("{backing:?}: no kernel tracker here: {reason}");
-                continue;
+                return;
             }
         };
         let mut dirty = PageSet::new(mem.pages());
@@ -222,5 +208,5 @@ fn test_kernel_tracker_granularity_per_backing() {
                 dirty.count()
             );
         }
-    }
+    });
 }

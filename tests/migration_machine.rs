@@ -122,13 +122,17 @@ fn test_hint_modes_need_a_provider_that_has_them() {
         .all(|m| HintMode::parse(m.name()) == Some(*m)));
 }
 
-#[test]
-fn test_send_and_listen_verify_through_the_trailer() {
-    let (guest, info) = Scenario::m2()
-        .with_guest_bytes(32 * MIB)
+/// A guest of `bytes` of memfd-backed RAM built as `s` says.
+fn memfd_guest(s: Scenario, bytes: u64) -> (GuestRunner, ScenarioInfo) {
+    s.with_guest_bytes(bytes)
         .with_backing(Backing::Memfd)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn test_send_and_listen_verify_through_the_trailer() {
+    let (guest, info) = memfd_guest(Scenario::m2(), 32 * MIB);
     let listener = tcp_listen("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let o = MigrateOptions {
@@ -153,11 +157,7 @@ fn test_send_and_listen_verify_through_the_trailer() {
 
 #[test]
 fn test_no_hints_pass_over_a_memfd_guest_does_not_populate_its_holes() {
-    let (guest, info) = Scenario::m1()
-        .with_guest_bytes(64 * MIB)
-        .with_backing(Backing::Memfd)
-        .build()
-        .unwrap();
+    let (guest, info) = memfd_guest(Scenario::m1(), 64 * MIB);
     let before = guest.resident_pages().unwrap();
     let r = migrate_local(&guest, &opts(HintMode::Off, false)).unwrap();
     // Every page was read (holes through the file), none of the holes got allocated.

@@ -8,13 +8,16 @@
 //! travel through `QueuedHints`/`HintFeed` with command ids, as a balloon's free page queue
 //! would deliver them, and the source is plugged in through the `HintProvider` seam.
 
+mod migration_support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use migration_support::{Call, Hooked};
 use proptest::prelude::*;
 use vballoon::guest::{Guest, Workload};
 use vballoon::machine::{migrate_local, GuestRunner, HintMode, HintProvider, MigrateOptions};
-use vballoon::memory::{Backing, GuestMemory, Pfn, PAGE_SIZE};
+use vballoon::memory::{Backing, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use vballoon::migration::{
     HintFeed, HintSource, MigrationError, QueuedHints, CMD_ID_MIN, CMD_ID_STOP,
 };
@@ -106,14 +109,14 @@ impl Script {
                 Op::Hint(n) => {
                     let id = feed.cmd_id();
                     for (pfn, order) in Self::free_blocks(guest).into_iter().take(n) {
-                        feed.report(id, pfn, 1 << order);
+                        feed.report(id, PageRange::new(pfn, 1 << order));
                     }
                 }
                 Op::HintThenReuse(i) => {
                     let free = Self::free_blocks(guest);
                     if !free.is_empty() {
                         let (pfn, order) = free[i % free.len()];
-                        feed.report(feed.cmd_id(), pfn, 1 << order);
+                        feed.report(feed.cmd_id(), PageRange::new(pfn, 1 << order));
                         let order = order.min(2);
                         guest.allocator_mut().alloc_at(Pfn(pfn), order).unwrap();
                         self.fill(guest, pfn, order);
@@ -122,8 +125,8 @@ impl Script {
                 }
                 Op::StaleHint(i) if !self.held.is_empty() => {
                     let (pfn, order) = self.held[i % self.held.len()];
-                    feed.report(stale_id, pfn, 1 << order);
-                    feed.report(CMD_ID_STOP, pfn, 1 << order);
+                    feed.report(stale_id, PageRange::new(pfn, 1 << order));
+                    feed.report(CMD_ID_STOP, PageRange::new(pfn, 1 << order));
                 }
                 Op::Finish => feed.finish(feed.cmd_id()),
                 Op::Write(_) | Op::Free(_) | Op::StaleHint(_) => {}
@@ -153,18 +156,28 @@ impl HintProvider for Scripted {
     ) -> Result<Option<Box<dyn HintSource + 'a>>, MigrationError> {
         let script = self.script.lock().unwrap().take().expect("one migration");
         let (inner, feed) = QueuedHints::new();
-        Ok(Some(Box::new(ScriptedHints {
-            inner,
+        let mut actor = Actor {
             feed,
             guest,
             script,
             last_id: CMD_ID_MIN - 1,
+        };
+        Ok(Some(Box::new(Hooked {
+            inner: Box::new(inner),
+            hook: move |call| match call {
+                Call::BeforeStart => {}
+                // The id of the request being stopped: stale from now on.
+                Call::BeforeStop => actor.last_id = actor.feed.cmd_id(),
+                // After a start, before a chunk, and between a stop and the sync (late hints
+                // land under a dead id).
+                Call::AfterStart | Call::BeforePoll | Call::AfterStop => actor.act(),
+            },
         })))
     }
 }
 
-struct ScriptedHints<'a> {
-    inner: QueuedHints,
+/// The guest side of a script: acts at the engine's calls, hinting through `feed`.
+struct Actor<'a> {
     feed: HintFeed,
     guest: &'a GuestRunner,
     script: Script,
@@ -172,7 +185,7 @@ struct ScriptedHints<'a> {
     last_id: u32,
 }
 
-impl ScriptedHints<'_> {
+impl Actor<'_> {
     fn act(&mut self) {
         let mut st = self.guest.lock();
         assert!(
@@ -180,31 +193,6 @@ impl ScriptedHints<'_> {
             "no hint callback during stop-and-copy"
         );
         self.script.step(&mut st.guest, &self.feed, self.last_id);
-    }
-}
-
-impl HintSource for ScriptedHints<'_> {
-    fn start(&mut self, round: u32) -> Result<(), MigrationError> {
-        self.inner.start(round)?;
-        self.act();
-        Ok(())
-    }
-
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
-        self.act();
-        self.inner.poll(out)
-    }
-
-    fn stop(&mut self) -> Result<(), MigrationError> {
-        self.last_id = self.feed.cmd_id();
-        self.inner.stop()?;
-        // The guest keeps going between STOP and the sync: late hints land under a dead id.
-        self.act();
-        Ok(())
-    }
-
-    fn done(&mut self) {
-        self.inner.done();
     }
 }
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use migration_support::{Rng, MIB};
+use migration_support::{migrate_ok, unthrottled, Rng, MIB};
 use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::migration::*;
 use vballoon::pages::PageSet;
@@ -158,19 +158,10 @@ fn page_out(mem: &GuestMemory) -> u64 {
 fn migrate(src: &GuestMemory, dst: &GuestMemory, tracking: DirtyTracking) -> MigrationResult {
     let log = DirtyLog::for_memory(src);
     let cfg = MigrationConfig {
-        bandwidth_bytes_per_s: 0,
-        skip_unpopulated: true,
-        dirty_tracking: tracking,
         io_timeout: TIMEOUT,
-        ..MigrationConfig::default()
+        ..unthrottled(tracking, true)
     };
-    let (a, b) = in_process_pair(TIMEOUT).unwrap();
-    thread::scope(|s| {
-        let d = s.spawn(|| Destination::new(dst, DestConfig::default()).receive(b));
-        let r = Source::new(src, &log, &NoGuest, cfg).run(a).unwrap();
-        d.join().unwrap().unwrap();
-        r
-    })
+    migrate_ok(Source::new(src, &log, &NoGuest, cfg), dst)
 }
 
 #[test]

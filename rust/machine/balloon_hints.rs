@@ -46,7 +46,7 @@ use crate::device::{BalloonDevice, DeviceConfig, HintCounters, HintEvent, HintOf
 use crate::error::{Error, Result};
 use crate::guest::Guest;
 use crate::guest::{BalloonDriver, DriverOptions, HintDriverCounters, HintOptions, HintStep};
-use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::memory::{GuestAddress, GuestMemory, PageRange, PAGE_SIZE};
 use crate::migration::{HintFeed, HintSource, MigrationError, QueuedHints};
 use crate::pages::PageSet;
 use crate::virtq::{EventFd, Notifier, NotifyMode};
@@ -551,7 +551,7 @@ fn route_event(s: &Shared, e: HintEvent) {
         .find(|(d, _)| *d == id)
         .map_or(0, |&(_, f)| f);
     match e {
-        HintEvent::Pages { pfn, npages, .. } => feed.report(fid, pfn, npages),
+        HintEvent::Pages { pfn, npages, .. } => feed.report(fid, PageRange::new(pfn, npages)),
         HintEvent::Finished { .. } => feed.finish(fid),
     }
 }

@@ -143,7 +143,10 @@ impl HintSource for BalloonSource {
         self.pump()
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> std::result::Result<bool, MigrationError> {
+    fn poll(
+        &mut self,
+        out: &mut dyn FnMut(PageRange),
+    ) -> std::result::Result<bool, MigrationError> {
         self.pump()?;
         match &mut self.queued {
             Some((q, _)) if self.mode != HintMode::Reporting => q.poll(out),

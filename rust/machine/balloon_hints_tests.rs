@@ -62,7 +62,7 @@ fn test_upstream_round_hints_free_pages_only_and_done_returns_them() {
     let mut finished = false;
     for _ in 0..64 {
         finished = src
-            .poll(&mut |pfn, n| hinted.insert_range(pfn, n))
+            .poll(&mut |r| hinted.insert_range(r.start, r.len))
             .expect("poll");
         if finished {
             break;

@@ -20,7 +20,8 @@ use std::fmt;
 
 use super::migrate_guest::GuestRunner;
 use crate::guest::Guest;
-use crate::migration::{HintSource, MigrationError};
+use crate::memory::PageRange;
+use crate::migration::{report_runs, HintSource, MigrationError};
 use crate::pages::PageSet;
 use crate::util::named_enum;
 
@@ -169,7 +170,7 @@ impl HintSource for FreeListSource<'_> {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         let Some(free) = &self.free else {
             return Ok(true);
         };
@@ -177,16 +178,11 @@ impl HintSource for FreeListSource<'_> {
             0 => usize::MAX,
             n => n,
         };
-        let mut runs = free.runs_in(self.cursor, free.npages());
-        for _ in 0..limit {
-            let Some((first, len)) = runs.next() else {
-                self.free = None;
-                return Ok(true);
-            };
-            out(first, len);
-            self.cursor = first + len;
+        let finished = report_runs(free, &mut self.cursor, limit, out);
+        if finished {
+            self.free = None;
         }
-        Ok(false)
+        Ok(finished)
     }
 
     fn stop(&mut self) -> Result<(), MigrationError> {

@@ -23,14 +23,13 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::error::{MigrationError, RejectReason};
 use super::stream::{read_full, ReplyCode, REPLY_LEN, REPLY_MAGIC};
-use super::transport::Channel;
+use super::transport::{channel_layer, Channel, ChannelLayer};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -231,28 +230,40 @@ impl RecordKeys {
         }
     }
 
-    fn tag(mac: &HmacSha256, seq: u64, payload: &[u8]) -> HmacSha256 {
+    /// The MAC over `seq`, the length field `len` and `payload`.
+    fn tag(mac: &HmacSha256, seq: u64, len: u32, payload: &[u8]) -> HmacSha256 {
         let mut m = mac.clone();
         m.update(&seq.to_le_bytes());
-        m.update(&(payload.len() as u32).to_le_bytes());
+        m.update(&len.to_le_bytes());
         m.update(payload);
         m
     }
 
-    /// Appends one record carrying `payload` (at most [`MAX_RECORD`] bytes) to `out`.
-    pub fn seal(&mut self, payload: &[u8], out: &mut Vec<u8>) {
-        debug_assert!(payload.len() <= MAX_RECORD as usize);
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    /// Appends one record carrying the first [`MAX_RECORD`] bytes of `payload` (all of it if
+    /// shorter) to `out`; returns how many bytes it carries.
+    pub fn seal(&mut self, payload: &[u8], out: &mut Vec<u8>) -> usize {
+        let len = u32::try_from(payload.len()).map_or(MAX_RECORD, |n| n.min(MAX_RECORD));
+        let payload = &payload[..len as usize];
+        out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(payload);
-        let tag = Self::tag(&self.send, self.send_seq, payload).finalize();
+        let tag = Self::tag(&self.send, self.send_seq, len, payload).finalize();
         out.extend_from_slice(&tag.into_bytes());
         self.send_seq += 1;
+        payload.len()
     }
 
     /// Checks the tag of the next received record (constant-time comparison).
     pub fn open(&mut self, payload: &[u8], tag: &[u8]) -> Result<(), AuthError> {
         let seq = self.recv_seq;
-        Self::tag(&self.recv, seq, payload)
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&n| n <= MAX_RECORD)
+            .ok_or(AuthError::RecordTooLong {
+                seq,
+                len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+                max: MAX_RECORD,
+            })?;
+        Self::tag(&self.recv, seq, len, payload)
             .verify_slice(tag)
             .map_err(|_| AuthError::BadMac { seq })?;
         self.recv_seq += 1;
@@ -505,9 +516,8 @@ impl<C: Channel> Write for AuthChannel<C> {
         let State::Ready(keys) = &mut self.state else {
             return self.inner.write(buf);
         };
-        let n = buf.len().min(MAX_RECORD as usize);
         self.wbuf.clear();
-        keys.seal(&buf[..n], &mut self.wbuf);
+        let n = keys.seal(buf, &mut self.wbuf);
         if let Err(e) = self.inner.write_all(&self.wbuf) {
             // Part of a record may be out: nothing after it could be authenticated.
             self.state = State::Failed;
@@ -521,15 +531,7 @@ impl<C: Channel> Write for AuthChannel<C> {
     }
 }
 
-impl<C: Channel> Channel for AuthChannel<C> {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.inner.set_timeouts(read, write)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.inner.shutdown()
-    }
-}
+channel_layer!(AuthChannel);
 
 /// Refuses to listen on a non-loopback `addr` without a key unless `insecure` allows it.
 pub fn check_listen_address(

@@ -19,15 +19,15 @@ static TABLES: [[u32; 256]; 8] = build_tables();
 
 const fn build_tables() -> [[u32; 256]; 8] {
     let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
+    let mut i = 0u32;
     while i < 256 {
-        let mut c = i as u32;
+        let mut c = i;
         let mut k = 0;
         while k < 8 {
             c = if c & 1 != 0 { (c >> 1) ^ POLY } else { c >> 1 };
             k += 1;
         }
-        t[0][i] = c;
+        t[0][i as usize] = c;
         i += 1;
     }
     let mut k = 1;
@@ -52,8 +52,8 @@ fn shift_tables() -> &'static [[u32; 256]; 4] {
     T.get_or_init(|| {
         let mut t = Box::new([[0u32; 256]; 4]);
         for (k, row) in t.iter_mut().enumerate() {
-            for (b, e) in row.iter_mut().enumerate() {
-                let mut c = (b as u32) << (8 * k);
+            for (b, e) in (0u32..).zip(row.iter_mut()) {
+                let mut c = b << (8 * k);
                 for _ in 0..LANE {
                     c = (c >> 8) ^ TABLES[0][(c & 0xff) as usize];
                 }
@@ -128,6 +128,10 @@ mod hw {
     /// # Safety
     /// The CPU must support SSE4.2.
     #[target_feature(enable = "sse4.2")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the crc32 instruction's state is 32 bits wide; the u64 only carries it"
+    )]
     pub unsafe fn update(c: u32, data: &[u8]) -> u32 {
         let mut c64 = u64::from(c);
         let mut data = data;
@@ -160,6 +164,10 @@ mod hw {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test bytes wrap on purpose"
+)]
 mod tests {
     use super::*;
 

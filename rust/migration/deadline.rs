@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use super::transport::Channel;
+use super::transport::{channel_layer, Channel, ChannelLayer};
 
 /// The I/O error a [`Deadline`] channel returns once its deadline has passed.
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +91,4 @@ impl<C: Channel> Write for Deadline<C> {
     }
 }
 
-impl<C: Channel> Channel for Deadline<C> {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.inner.set_timeouts(read, write)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.inner.shutdown()
-    }
-}
+channel_layer!(Deadline);

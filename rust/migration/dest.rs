@@ -16,7 +16,8 @@ use super::stream::{
 };
 use super::transport::{map_io_error, Channel};
 use super::written::WrittenPages;
-use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
+use super::PAGE;
+use crate::memory::{GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use crate::util::hash64;
 
 /// Settings of a destination.
@@ -203,15 +204,15 @@ impl<'a> Destination<'a> {
                                     }
                                     written.insert(pfn);
                                 }
-                                mem.write(GuestAddress(pfn * PAGE_SIZE), bytes)?;
+                                mem.write(Pfn(pfn).addr(), bytes)?;
                                 data_pages += 1;
                             }
-                            Record::Zero { first, count } => {
+                            Record::Zero(zeros) => {
                                 // Only pages this stream wrote can hold anything but zeros (the
-                                // reader checked `first + count` is inside the guest).
-                                written.take_runs(first, first + count, |s, n| {
-                                    discarded += n;
-                                    mem.discard(GuestAddress(s * PAGE_SIZE), n * PAGE_SIZE)
+                                // reader checked `zeros` is inside the guest).
+                                written.take_runs(zeros, |run| {
+                                    discarded += run.len;
+                                    discard(mem, run)
                                 })?;
                             }
                         }
@@ -249,19 +250,19 @@ impl<'a> Destination<'a> {
         reader: &mut StreamReader,
         chan: &mut dyn Channel,
     ) -> Result<RemoteVerify, MigrationError> {
-        let mut page = vec![0u8; PAGE_SIZE as usize];
+        let mut page = vec![0u8; PAGE];
         let mut v = RemoteVerify::default();
         loop {
             match reader.next_frame(chan)? {
                 Frame::Verify(batch) => {
                     for run in batch.runs() {
                         for (pfn, sum) in run.pages() {
-                            self.mem.read(GuestAddress(pfn * PAGE_SIZE), &mut page)?;
+                            self.mem.read(pfn.addr(), &mut page)?;
                             v.pages_checked += 1;
                             if hash64(&page) != sum {
                                 v.mismatched += 1;
                                 if v.first_mismatches.len() < 16 {
-                                    v.first_mismatches.push(pfn);
+                                    v.first_mismatches.push(pfn.0);
                                 }
                             }
                         }
@@ -279,6 +280,18 @@ impl<'a> Destination<'a> {
     }
 }
 
+/// Discards the pages `run` (inside guest RAM: the reader checked every record).
+fn discard(mem: &GuestMemory, run: PageRange) -> Result<(), MigrationError> {
+    let (addr, bytes) =
+        run.byte_span()
+            .ok_or(MigrationError::Stream(StreamError::PfnOutOfRange {
+                pfn: run.start,
+                count: run.len,
+                guest_pages: mem.size() / PAGE_SIZE,
+            }))?;
+    Ok(mem.discard(addr, bytes)?)
+}
+
 /// Runs of new pages shorter than this are left to fault in one by one.
 const MIN_POPULATE_RUN: u64 = 4;
 
@@ -293,11 +306,9 @@ fn populate_new_pages(
     room: u64,
 ) -> Result<(), MigrationError> {
     let mut left = room;
-    let mut run: Option<(u64, u64)> = None;
-    let flush = |r: Option<(u64, u64)>| match r {
-        Some((first, n)) if n >= MIN_POPULATE_RUN => {
-            mem.populate(GuestAddress(first * PAGE_SIZE), n * PAGE_SIZE)
-        }
+    let mut run: Option<PageRange> = None;
+    let flush = |r: Option<PageRange>| match r.and_then(|r| r.byte_span()) {
+        Some((addr, bytes)) if bytes >= MIN_POPULATE_RUN * PAGE_SIZE => mem.populate(addr, bytes),
         _ => Ok(()),
     };
     for rec in batch.records() {
@@ -312,8 +323,8 @@ fn populate_new_pages(
         }
         left -= 1;
         match &mut run {
-            Some((first, n)) if *first + *n == pfn => *n += 1,
-            _ => flush(run.replace((pfn, 1)))?,
+            Some(r) if r.end() == pfn => r.len += 1,
+            _ => flush(run.replace(PageRange::new(pfn, 1)))?,
         }
     }
     flush(run)?;

@@ -46,7 +46,9 @@ pub enum StreamError {
         flags: u64,
     },
     /// A header or frame checksum does not match its contents.
-    #[error("{what} checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    #[error(
+        "{what} checksum mismatch at frame {frame}: stored {stored:#010x}, computed {computed:#010x}"
+    )]
     ChecksumMismatch {
         /// Which checksum (header, batch N, stream).
         what: &'static str,

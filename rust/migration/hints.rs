@@ -14,6 +14,7 @@
 //! log and sent in the next round; the guest keeps hinted pages until `done` in any case.
 
 use super::error::MigrationError;
+use crate::memory::PageRange;
 use crate::pages::PageSet;
 
 /// A supplier of free page hints for one migration (the balloon's free page queue, later).
@@ -21,11 +22,12 @@ pub trait HintSource: Send {
     /// Asks the guest for the pages that are free now (a new command id) for `round`.
     fn start(&mut self, round: u32) -> Result<(), MigrationError>;
 
-    /// Reports the hints that arrived since the last poll as `out(first_pfn, npages)` calls.
+    /// Reports the hints that arrived since the last poll, one `out(run)` call per run of free
+    /// pages.
     ///
     /// Must not block: the engine polls between chunks of the round it is sending.
     /// Returns `true` once the guest has finished reporting for this request.
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError>;
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError>;
 
     /// Stops the current request (the guest may still send; those hints are to be dropped).
     fn stop(&mut self) -> Result<(), MigrationError>;
@@ -127,22 +129,13 @@ impl HintSource for StaticHints {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         if !self.active || !self.pending {
             return Ok(true);
         }
-        let mut n = 0;
-        while n < self.per_poll {
-            let next = self.free.runs_in(self.cursor, self.free.npages()).next();
-            let Some((first, len)) = next else {
-                self.pending = false;
-                return Ok(true);
-            };
-            out(first, len);
-            self.cursor = first + len;
-            n += 1;
-        }
-        Ok(false)
+        let finished = report_runs(&self.free, &mut self.cursor, self.per_poll, out);
+        self.pending = !finished;
+        Ok(finished)
     }
 
     fn stop(&mut self) -> Result<(), MigrationError> {
@@ -156,6 +149,26 @@ impl HintSource for StaticHints {
     }
 }
 
+/// Hands `out` at most `limit` runs of `free` from page `*cursor` on, and moves the cursor past
+/// them; true once no run is left (hints that trickle in over several polls of one set).
+pub(crate) fn report_runs(
+    free: &PageSet,
+    cursor: &mut u64,
+    limit: usize,
+    out: &mut dyn FnMut(PageRange),
+) -> bool {
+    let mut runs = free.runs_in(*cursor, free.npages());
+    for _ in 0..limit {
+        let Some((first, len)) = runs.next() else {
+            return true;
+        };
+        let run = PageRange::new(first, len);
+        out(run);
+        *cursor = run.end();
+    }
+    false
+}
+
 /// `VIRTIO_BALLOON_CMD_ID_STOP`: the command id while no request is active (spec, balloon).
 pub const CMD_ID_STOP: u32 = 0;
 /// `VIRTIO_BALLOON_CMD_ID_DONE`: the command id once the migration no longer needs hints.
@@ -167,7 +180,8 @@ pub const CMD_ID_MIN: u32 = 0x8000_0000;
 struct FeedState {
     cmd_id: u32,
     last_id: u32,
-    queue: Vec<(u32, u64, u64)>,
+    /// Reported runs with the command id they came under.
+    queue: Vec<(u32, PageRange)>,
     finished: bool,
     stale_pages: u64,
 }
@@ -191,10 +205,10 @@ impl HintFeed {
         self.lock().cmd_id
     }
 
-    /// Queues free pages `[first_pfn, first_pfn + npages)` that the guest reported under
-    /// `cmd_id`. Hints under any id but the current one are dropped when polled.
-    pub fn report(&self, cmd_id: u32, first_pfn: u64, npages: u64) {
-        self.lock().queue.push((cmd_id, first_pfn, npages));
+    /// Queues the free pages `run` that the guest reported under `cmd_id`. Hints under any id
+    /// but the current one are dropped when polled.
+    pub fn report(&self, cmd_id: u32, run: PageRange) {
+        self.lock().queue.push((cmd_id, run));
     }
 
     /// The guest has no more free pages to report for `cmd_id` (it sent STOP).
@@ -248,15 +262,15 @@ impl HintSource for QueuedHints {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut dyn FnMut(u64, u64)) -> Result<bool, MigrationError> {
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         let mut s = self.feed.lock();
         let current = s.cmd_id;
         let queue = std::mem::take(&mut s.queue);
-        for (id, first, n) in queue {
+        for (id, run) in queue {
             if id == current && current >= CMD_ID_MIN {
-                out(first, n);
+                out(run);
             } else {
-                s.stale_pages += n;
+                s.stale_pages = s.stale_pages.saturating_add(run.len);
             }
         }
         Ok(s.finished)
@@ -285,20 +299,20 @@ mod tests {
         q.start(1).unwrap();
         let id1 = feed.cmd_id();
         assert_eq!(id1, CMD_ID_MIN);
-        feed.report(id1, 10, 5);
-        feed.report(CMD_ID_STOP, 20, 5); // never valid
+        feed.report(id1, PageRange::new(10, 5));
+        feed.report(CMD_ID_STOP, PageRange::new(20, 5)); // never valid
         let mut got = Vec::new();
-        assert!(!q.poll(&mut |f, n| got.push((f, n))).unwrap());
-        assert_eq!(got, [(10, 5)]);
+        assert!(!q.poll(&mut |r| got.push(r)).unwrap());
+        assert_eq!(got, [PageRange::new(10, 5)]);
         feed.finish(id1);
-        assert!(q.poll(&mut |_, _| {}).unwrap());
+        assert!(q.poll(&mut |_| {}).unwrap());
         q.stop().unwrap();
         assert_eq!(feed.cmd_id(), CMD_ID_STOP);
-        feed.report(id1, 30, 1); // late
+        feed.report(id1, PageRange::new(30, 1)); // late
         q.start(2).unwrap();
         assert_eq!(feed.cmd_id(), id1 + 1);
         got.clear();
-        assert!(!q.poll(&mut |f, n| got.push((f, n))).unwrap());
+        assert!(!q.poll(&mut |r| got.push(r)).unwrap());
         assert!(got.is_empty());
         assert_eq!(feed.stale_pages(), 6);
         q.done();

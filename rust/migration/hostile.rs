@@ -13,16 +13,16 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use super::auth::{hello, MigrationKey, RecordKeys, Role, CLIENT_MAGIC, HELLO_LEN, NONCE_LEN};
-use super::crc::{crc32c, crc32c_append};
+use super::crc::crc32c_append;
 use super::dest::{DestConfig, Destination};
 use super::error::MigrationError;
-use super::stream::{Header, FRAME_HEADER_LEN, HEADER_LEN};
+use super::stream::{frame_header, Header, HEADER_LEN};
 use super::transport::Channel;
+use super::PAGE;
 use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 
 /// The key the keyed scripts use.
 pub const KEY: &[u8] = b"hostile-harness-key-0123456789";
-const PAGE: usize = PAGE_SIZE as usize;
 const PFN_MASK: u64 = (1 << 56) - 1;
 /// Most data records one script holds.
 const MAX_DATA_RECORDS: u64 = 6;
@@ -164,16 +164,16 @@ impl Script {
 
     /// Appends a frame with a correct CRC and keeps the tally as the reader would.
     fn frame(&mut self, t: &mut Tally, kind: u8, count: u32, payload: &[u8]) {
-        let mut f = vec![0u8; FRAME_HEADER_LEN];
-        f[0] = kind;
-        f[4..8].copy_from_slice(&count.to_le_bytes());
-        f[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        let crc = crc32c_append(crc32c(&f[..12]), payload);
-        f[12..16].copy_from_slice(&crc.to_le_bytes());
+        // Payloads here are at most a few MiB: the header always encodes.
+        let Ok(head) = frame_header(kind, count, payload) else {
+            return;
+        };
+        let mut f = head.to_vec();
         f.extend_from_slice(payload);
         t.frames += 1;
         t.bytes += f.len() as u64;
-        t.chain = crc32c_append(t.chain, &crc.to_le_bytes());
+        // The chain CRC runs over each frame's stored CRC field.
+        t.chain = crc32c_append(t.chain, &head[12..16]);
         self.pieces.push(f);
     }
 

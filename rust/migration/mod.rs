@@ -72,6 +72,8 @@
 //! 50-100 ms per 8 GiB (write-protect markers for every page), and falls back to the
 //! explicit log with the reason recorded in [`MigrationResult::dirty_backend`].
 
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 mod auth;
 mod config;
 mod crc;
@@ -95,6 +97,7 @@ pub use deadline::{Deadline, DeadlinePassed};
 pub use dest::{DestConfig, DestReport, Destination, RemoteVerify};
 pub use dirty::{DirtyBackend, DirtyLog, DirtyTracker, DirtyTracking, KernelTracker};
 pub use error::{AuthError, MigrationError, RejectReason, StreamError};
+pub(crate) use hints::report_runs;
 pub use hints::{
     HintFeed, HintGuard, HintSource, QueuedHints, StaticHints, CMD_ID_DONE, CMD_ID_MIN, CMD_ID_STOP,
 };
@@ -103,7 +106,12 @@ pub use source::{
     CHUNK_PAGES,
 };
 pub use transport::{
-    in_process_pair, tcp_accept, tcp_connect, tcp_listen, Channel, RateLimited, TokenBucket,
-    TEN_GBIT,
+    in_process_pair, tcp_accept, tcp_connect, tcp_listen, Channel, ChannelLayer, RateLimited,
+    TokenBucket, TEN_GBIT,
 };
 pub use verify::{verify, VerifyReport};
+
+/// Bytes of a guest page as a buffer length ([`PAGE_SIZE`](crate::memory::PAGE_SIZE) is a u64).
+const PAGE: usize = 1 << crate::memory::PAGE_SHIFT;
+/// Bytes of a guest page as the stream's u32 header field.
+const PAGE_U32: u32 = 1 << crate::memory::PAGE_SHIFT;

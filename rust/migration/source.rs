@@ -34,7 +34,10 @@ use super::stream::{
     FLAG_VERIFY, REPLY_MAGIC,
 };
 use super::transport::{map_io_error, Channel, RateLimited};
-use crate::memory::{is_zero_raw, process_peak_rss_bytes, GuestAddress, GuestMemory, PAGE_SIZE};
+use super::PAGE;
+use crate::memory::{
+    is_zero_raw, process_peak_rss_bytes, GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE,
+};
 use crate::pages::PageSet;
 use crate::util::hash64;
 
@@ -236,44 +239,38 @@ fn unexpected(code: ReplyCode) -> MigrationError {
 }
 
 impl Engine<'_> {
-    /// Reads `n` pages from `pfn` that a memfd-backed guest has not populated, with `pread` on
-    /// the memfd: shmem answers holes with the zero page instead of allocating them, as a read
+    /// Reads the `holes`, pages a memfd-backed guest has not populated, with `pread` on the
+    /// memfd: shmem answers holes with the zero page instead of allocating them, as a read
     /// fault through a shared mapping would (a no-hints pass over a 128 GiB memfd guest would
     /// otherwise populate all of it). Pages populated meanwhile read as their contents.
     fn read_holes(
         &mut self,
-        pfn: u64,
-        n: u64,
-        run: &mut Option<(u64, u64)>,
-        w: &mut StreamWriter,
-        sink: &mut QueueSink,
+        holes: PageRange,
+        out: &mut PageOut<'_>,
         st: &mut RoundStats,
     ) -> Result<(), MigrationError> {
-        let io_timeout = self.cfg.io_timeout;
-        let io = |e| map_io_error("send batch", io_timeout, e);
         let Some(fd) = self.mem.memfd() else {
             return Ok(());
         };
-        let page = PAGE_SIZE as usize;
-        let mut at = pfn;
-        while at < pfn + n {
-            let m = HOLE_READ_PAGES.min(pfn + n - at);
-            let len = m as usize * page;
+        let mut at = holes.start;
+        while at < holes.end() {
+            let m = usize::try_from(holes.end() - at)
+                .map_or(HOLE_READ_PAGES, |left| left.min(HOLE_READ_PAGES));
+            let len = m * PAGE;
             self.scratch.resize(len.max(self.scratch.len()), 0);
             let buf = &mut self.scratch[..len];
             let mut got = 0;
             while got < len {
-                let off = (at * PAGE_SIZE) as usize + got;
+                // Inside guest RAM, which is far below `off_t::MAX` (`MAX_GUEST_SIZE`).
+                let off = libc::off_t::try_from(at * PAGE_SIZE + got as u64).map_err(|_| {
+                    MigrationError::Io {
+                        op: "read a hole of the guest memfd",
+                        source: io::Error::other(format!("page {at:#x} is past off_t")),
+                    }
+                })?;
                 // SAFETY: `buf[got..]` is a live, writable buffer of `len - got` bytes that we
                 // own; `fd` is the guest's memfd, open for the life of `self.mem`.
-                let r = unsafe {
-                    libc::pread(
-                        fd,
-                        buf[got..].as_mut_ptr().cast(),
-                        len - got,
-                        off as libc::off_t,
-                    )
-                };
+                let r = unsafe { libc::pread(fd, buf[got..].as_mut_ptr().cast(), len - got, off) };
                 if r <= 0 {
                     let e = if r == 0 {
                         io::Error::new(io::ErrorKind::UnexpectedEof, "memfd shorter than RAM")
@@ -288,43 +285,81 @@ impl Engine<'_> {
                         source: e,
                     });
                 }
-                got += r as usize;
+                got += r.unsigned_abs();
             }
-            for (i, p) in buf.chunks_exact(page).enumerate() {
-                let this = at + i as u64;
+            for (this, p) in (at..).zip(buf.chunks_exact(PAGE)) {
                 // SAFETY: `p` is a page of our own scratch buffer.
-                if self.cfg.zero_detection && unsafe { is_zero_raw(p.as_ptr(), page) } {
+                if self.cfg.zero_detection && unsafe { is_zero_raw(p.as_ptr(), PAGE) } {
                     st.zero_pages += 1;
-                    extend_zero_run(run, this, 1, w, sink).map_err(io)?;
+                    out.zero(PageRange::new(this, 1))?;
                 } else {
-                    w.data_slot(sink, this).map_err(io)?.copy_from_slice(p);
+                    out.data_slot(Pfn(this))?.copy_from_slice(p);
                     st.data_pages += 1;
                 }
             }
-            at += m;
+            at += m as u64;
         }
         Ok(())
     }
 }
 
-/// Adds pages `[pfn, pfn + n)` to the pending zero run, writing the pending one out first if
-/// the new pages do not continue it.
-fn extend_zero_run(
-    run: &mut Option<(u64, u64)>,
-    pfn: u64,
-    n: u64,
-    w: &mut StreamWriter,
-    sink: &mut QueueSink,
-) -> io::Result<()> {
-    match run {
-        Some((f, c)) if *f + *c == pfn => *c += n,
-        _ => {
-            if let Some((f, c)) = run.replace((pfn, n)) {
-                w.zero_run(sink, f, c)?;
+/// Where one pass over a round's bitmap puts its pages: the stream writer and its frame queue,
+/// with consecutive zero pages gathered into one zero run before they are written.
+struct PageOut<'o> {
+    w: &'o mut StreamWriter,
+    sink: &'o mut QueueSink,
+    /// The zero run being gathered.
+    zeros: Option<PageRange>,
+    io_timeout: Duration,
+}
+
+impl<'o> PageOut<'o> {
+    fn new(w: &'o mut StreamWriter, sink: &'o mut QueueSink, io_timeout: Duration) -> Self {
+        PageOut {
+            w,
+            sink,
+            zeros: None,
+            io_timeout,
+        }
+    }
+
+    /// Adds the zero pages `run` to the pending zero run, writing the pending one out first if
+    /// `run` does not continue it.
+    fn zero(&mut self, run: PageRange) -> Result<(), MigrationError> {
+        match &mut self.zeros {
+            Some(z) if z.end() == run.start => {
+                z.len += run.len;
+                Ok(())
+            }
+            _ => {
+                let pending = self.zeros.replace(run);
+                self.write_zeros(pending)
             }
         }
     }
-    Ok(())
+
+    fn write_zeros(&mut self, zeros: Option<PageRange>) -> Result<(), MigrationError> {
+        let (Some(z), t) = (zeros, self.io_timeout) else {
+            return Ok(());
+        };
+        self.w
+            .zero_run(self.sink, z)
+            .map_err(|e| map_io_error("send batch", t, e))
+    }
+
+    /// The 4096-byte slot of a new data record for `pfn`.
+    fn data_slot(&mut self, pfn: Pfn) -> Result<&mut [u8], MigrationError> {
+        let t = self.io_timeout;
+        self.w
+            .data_slot(self.sink, pfn.0)
+            .map_err(|e| map_io_error("send batch", t, e))
+    }
+
+    /// Writes out the pending zero run.
+    fn finish(mut self) -> Result<(), MigrationError> {
+        let pending = self.zeros.take();
+        self.write_zeros(pending)
+    }
 }
 
 /// After a send failure, the destination may have said why before closing: prefer its reason.
@@ -400,7 +435,7 @@ struct Engine<'e> {
 }
 
 /// Pages read through the file at a time from a hole of a memfd-backed guest.
-const HOLE_READ_PAGES: u64 = 256;
+const HOLE_READ_PAGES: usize = 256;
 
 impl Engine<'_> {
     fn check_cancel(&self) -> Result<(), MigrationError> {
@@ -499,7 +534,7 @@ impl Engine<'_> {
         let sum = |f: fn(&RoundStats) -> u64| stats.iter().map(f).sum::<u64>();
         Ok(MigrationResult {
             total_time,
-            rounds: stats.len() as u32,
+            rounds: stats.last().map_or(0, |r| r.round),
             converged,
             bytes_sent,
             data_pages: sum(|r| r.data_pages),
@@ -524,21 +559,21 @@ impl Engine<'_> {
     ) -> Result<RemoteVerify, MigrationError> {
         let io_timeout = self.cfg.io_timeout;
         let io = |op| move |e| map_io_error(op, io_timeout, e);
-        let mut page = vec![0u8; PAGE_SIZE as usize];
+        let mut page = vec![0u8; PAGE];
         let mut sums = Vec::new();
         for (first, n) in used.runs() {
             sums.clear();
             for pfn in first..first + n {
-                self.mem.read(GuestAddress(pfn * PAGE_SIZE), &mut page)?;
+                self.mem.read(Pfn(pfn).addr(), &mut page)?;
                 sums.push(hash64(&page));
             }
             w.verify_pages(chan, first, &sums)
                 .map_err(io("send verify trailer"))?;
         }
-        let (pages, _) = w.finish_verify(chan).map_err(io("send verify end"))?;
+        let sent = w.finish_verify(chan).map_err(io("send verify end"))?;
         match read_reply(chan, io_timeout)? {
             (ReplyCode::Verified, mismatched) => Ok(RemoteVerify {
-                pages_checked: pages,
+                pages_checked: sent.pages,
                 mismatched,
                 first_mismatches: Vec::new(),
             }),

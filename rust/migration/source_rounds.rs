@@ -91,11 +91,9 @@ impl Engine<'_> {
         sink: &mut QueueSink,
         st: &mut RoundStats,
     ) -> Result<(), MigrationError> {
-        let io_timeout = self.cfg.io_timeout;
-        let io = |e| map_io_error("send batch", io_timeout, e);
         let mem = self.mem;
         let pages = set.npages();
-        let mut run: Option<(u64, u64)> = None; // pending zero run
+        let mut out = PageOut::new(w, sink, self.cfg.io_timeout);
         let mut hints_finished = false;
         let mut chunk = 0;
         while chunk < pages {
@@ -104,10 +102,10 @@ impl Engine<'_> {
             if let Some(h) = hints.as_deref_mut().filter(|_| !hints_finished) {
                 let cursor = chunk;
                 let hinted = &mut st.hinted_pages;
-                hints_finished = h.poll(&mut |first, n| {
+                hints_finished = h.poll(&mut |run| {
                     // Pages before the cursor are already sent; clearing them changes nothing.
-                    let lo = first.max(cursor);
-                    let hi = first.saturating_add(n).min(pages);
+                    let lo = run.start.max(cursor);
+                    let hi = run.end().min(pages);
                     if hi > lo {
                         *hinted += set.count_range(lo, hi - lo);
                         set.remove_range(lo, hi - lo);
@@ -117,7 +115,7 @@ impl Engine<'_> {
             if set.count_range(chunk, end - chunk) == 0 {
                 chunk = end;
                 if let Some(p) = &self.cfg.progress {
-                    p.update(st.round, chunk, pages, sink.sent);
+                    p.update(st.round, chunk, pages, out.sink.sent);
                 }
                 continue;
             }
@@ -133,17 +131,20 @@ impl Engine<'_> {
                 while pfn < first + n {
                     // A stretch of unpopulated pages is one zero run, whatever its length.
                     if let Some(r) = &resident {
-                        let from = (pfn - chunk) as usize;
-                        let to = (first + n - chunk) as usize;
+                        #[allow(
+                            clippy::cast_possible_truncation,
+                            reason = "offsets into `r`, which holds a byte per page of the chunk"
+                        )]
+                        let (from, to) = ((pfn - chunk) as usize, (first + n - chunk) as usize);
                         let k = r[from..to].iter().take_while(|&&b| b & 1 == 0).count() as u64;
                         if k > 0 && self.cfg.skip_unpopulated {
                             st.unpopulated_pages += k;
-                            extend_zero_run(&mut run, pfn, k, w, sink).map_err(io)?;
+                            out.zero(PageRange::new(pfn, k))?;
                             pfn += k;
                             continue;
                         }
                         if k > 0 {
-                            self.read_holes(pfn, k, &mut run, w, sink, st)?;
+                            self.read_holes(PageRange::new(pfn, k), &mut out, st)?;
                             pfn += k;
                             continue;
                         }
@@ -151,10 +152,9 @@ impl Engine<'_> {
                     let addr = GuestAddress(pfn * PAGE_SIZE);
                     if self.cfg.zero_detection && mem.is_zero(addr, PAGE_SIZE)? {
                         st.zero_pages += 1;
-                        extend_zero_run(&mut run, pfn, 1, w, sink).map_err(io)?;
+                        out.zero(PageRange::new(pfn, 1))?;
                     } else {
-                        let slot = w.data_slot(sink, pfn).map_err(io)?;
-                        mem.read(addr, slot)?;
+                        mem.read(addr, out.data_slot(Pfn(pfn))?)?;
                         st.data_pages += 1;
                     }
                     pfn += 1;
@@ -162,12 +162,9 @@ impl Engine<'_> {
             }
             chunk = end;
             if let Some(p) = &self.cfg.progress {
-                p.update(st.round, chunk, pages, sink.sent);
+                p.update(st.round, chunk, pages, out.sink.sent);
             }
         }
-        if let Some((f, c)) = run {
-            w.zero_run(sink, f, c).map_err(io)?;
-        }
-        Ok(())
+        out.finish()
     }
 }

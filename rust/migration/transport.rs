@@ -28,35 +28,63 @@ pub trait Channel: Read + Write + Send {
     fn shutdown(&self) -> io::Result<()>;
 }
 
-impl Channel for UnixStream {
+/// A socket as a channel: std's `UnixStream` and `TcpStream` have the same inherent methods.
+macro_rules! socket_channel {
+    ($($socket:ty),*) => {$(
+        impl Channel for $socket {
+            fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
+                self.set_read_timeout(read)?;
+                self.set_write_timeout(write)
+            }
+
+            fn shutdown(&self) -> io::Result<()> {
+                <$socket>::shutdown(self, Shutdown::Both)
+            }
+        }
+    )*};
+}
+
+socket_channel!(UnixStream, TcpStream);
+
+/// A channel wrapped around another that changes only the bytes (rate limit, deadline,
+/// authentication, test faults): timeouts and shutdown go to the inner channel, through the
+/// blanket `Channel` impl.
+pub trait ChannelLayer: Read + Write + Send {
+    /// The wrapped channel.
+    type Inner: Channel + ?Sized;
+    /// The wrapped channel.
+    fn inner(&self) -> &Self::Inner;
+}
+
+impl<L: ChannelLayer> Channel for L {
     fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(read)?;
-        self.set_write_timeout(write)
+        self.inner().set_timeouts(read, write)
     }
 
     fn shutdown(&self) -> io::Result<()> {
-        UnixStream::shutdown(self, Shutdown::Both)
+        self.inner().shutdown()
     }
 }
 
-impl Channel for TcpStream {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(read)?;
-        self.set_write_timeout(write)
-    }
+/// `ChannelLayer` for a wrapper `$layer<C>` whose field `inner` is the wrapped channel.
+macro_rules! channel_layer {
+    ($layer:ident) => {
+        impl<C: Channel> ChannelLayer for $layer<C> {
+            type Inner = C;
 
-    fn shutdown(&self) -> io::Result<()> {
-        TcpStream::shutdown(self, Shutdown::Both)
-    }
+            fn inner(&self) -> &C {
+                &self.inner
+            }
+        }
+    };
 }
+pub(crate) use channel_layer;
 
-impl<C: Channel + ?Sized> Channel for Box<C> {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        (**self).set_timeouts(read, write)
-    }
+impl<C: Channel + ?Sized> ChannelLayer for Box<C> {
+    type Inner = C;
 
-    fn shutdown(&self) -> io::Result<()> {
-        (**self).shutdown()
+    fn inner(&self) -> &C {
+        self
     }
 }
 
@@ -186,7 +214,9 @@ impl<C: Channel> Write for RateLimited<C> {
             self.sent += n as u64;
             return Ok(n);
         };
-        let piece = buf.len().min(bucket.burst() as usize);
+        let piece = buf
+            .len()
+            .min(usize::try_from(bucket.burst()).unwrap_or(usize::MAX));
         bucket.take(piece as u64);
         let n = self.inner.write(&buf[..piece])?;
         // Give back tokens for a short write so the average rate stays exact.
@@ -202,15 +232,14 @@ impl<C: Channel> Write for RateLimited<C> {
     }
 }
 
-impl<C: Channel> Channel for RateLimited<C> {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.inner.set_timeouts(read, write)
-    }
+channel_layer!(RateLimited);
 
-    fn shutdown(&self) -> io::Result<()> {
-        self.inner.shutdown()
-    }
-}
+/// `size_of::<c_int>()` as a `socklen_t` (4: the conversion is checked at compile time).
+const SOCKLEN_C_INT: libc::socklen_t = {
+    let n = size_of::<libc::c_int>();
+    assert!(n == 4);
+    4
+};
 
 fn set_buffers(fd: &impl std::os::fd::AsRawFd, bytes: libc::c_int) {
     for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
@@ -222,7 +251,7 @@ fn set_buffers(fd: &impl std::os::fd::AsRawFd, bytes: libc::c_int) {
                 libc::SOL_SOCKET,
                 opt,
                 (&bytes as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
+                SOCKLEN_C_INT,
             )
         };
     }

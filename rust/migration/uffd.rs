@@ -141,8 +141,9 @@ fn open_uffd() -> Result<OwnedFd, String> {
         // SAFETY: plain syscall with integer flags; returns a new descriptor or -1.
         let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | extra) };
         if fd >= 0 {
+            let fd = libc::c_int::try_from(fd).map_err(|_| format!("userfaultfd returned {fd}"))?;
             // SAFETY: `fd` is a fresh descriptor nothing else owns.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
         }
         errors.push(format!(
             "userfaultfd(flags={:#x}): {}",
@@ -283,7 +284,8 @@ impl<'a> KernelTracker<'a> {
                 return_mask: PAGE_IS_WRITTEN,
                 ..Default::default()
             };
-            let n = ioctl(&self.pagemap, PAGEMAP_SCAN, &mut arg)? as usize;
+            // Not negative: `ioctl` turned a negative return into the error.
+            let n = ioctl(&self.pagemap, PAGEMAP_SCAN, &mut arg)?.unsigned_abs() as usize;
             for r in &self.regions[..n.min(self.regions.len())] {
                 if r.categories & PAGE_IS_WRITTEN == 0 {
                     continue;

@@ -7,6 +7,7 @@
 //! that made the source skip data shows up here as a mismatch instead of hiding.
 
 use super::error::MigrationError;
+use super::PAGE;
 use crate::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::PageSet;
 
@@ -67,8 +68,8 @@ pub fn verify(
     let pages = src.pages();
     let common = pages.min(dst.pages());
     let mut r = VerifyReport::default();
-    let mut a = vec![0u8; PAGE_SIZE as usize];
-    let mut b = vec![0u8; PAGE_SIZE as usize];
+    let mut a = vec![0u8; PAGE];
+    let mut b = vec![0u8; PAGE];
     let mut scratch = Vec::new();
     let mut chunk = 0;
     while chunk < common {
@@ -77,6 +78,10 @@ pub fn verify(
         let (pa, pb) = (src.populated(at, len)?, dst.populated(at, len)?);
         let mut p = chunk;
         while p < end {
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "an offset into `pa`, a byte per page of the chunk"
+            )]
             let i = (p - chunk) as usize;
             let addr = GuestAddress(p * PAGE_SIZE);
             if pa[i] == 0 && pb[i] == 0 {

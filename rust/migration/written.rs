@@ -2,14 +2,23 @@
 //! the written pages under a zero run costs O(log₆₄ n) per page found plus one search, never a
 //! walk over the run: a 16-byte zero run may name the whole guest, and a batch holds 65536.
 
+use crate::memory::PageRange;
+
 /// A page set with summary levels: bit `i` of level `k + 1` is set when word `i` of level `k`
 /// is not zero. The top level is one word.
+///
+/// Sized for this host's own guest RAM (the header's size was checked against it), so every
+/// word index fits a usize.
 #[derive(Debug)]
 pub(crate) struct WrittenPages {
     levels: Vec<Vec<u64>>,
     count: u64,
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "word indices of bitmaps held in memory fit a usize"
+)]
 impl WrittenPages {
     /// An empty set over `npages` pages.
     pub(crate) fn new(npages: u64) -> WrittenPages {
@@ -90,15 +99,14 @@ impl WrittenPages {
         Some(at)
     }
 
-    /// Removes every page of `[first, end)`, handing each run of consecutive pages removed to
-    /// `f` (first, length) in order.
+    /// Removes every page of `range` (inside the set's range), handing each run of consecutive
+    /// pages removed to `f` in order.
     pub(crate) fn take_runs<E>(
         &mut self,
-        first: u64,
-        end: u64,
-        mut f: impl FnMut(u64, u64) -> Result<(), E>,
+        range: PageRange,
+        mut f: impl FnMut(PageRange) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut at = first;
+        let (mut at, end) = (range.start, range.end());
         while let Some(p) = self.next(at).filter(|&p| p < end) {
             let mut n = 0;
             while p + n < end && self.contains(p + n) {
@@ -106,7 +114,7 @@ impl WrittenPages {
                 n += 1;
             }
             self.count -= n;
-            f(p, n)?;
+            f(PageRange::new(p, n))?;
             at = p + n;
         }
         Ok(())
@@ -134,8 +142,8 @@ mod tests {
                 } else {
                     let end = a.saturating_add(len).min(npages);
                     let mut got = Vec::new();
-                    w.take_runs(a, end, |p, n| { got.push((p, n)); Ok::<_, ()>(()) }).unwrap();
-                    let want: Vec<_> = s.runs_in(a, end).collect();
+                    w.take_runs(PageRange::from_bounds(a, end), |r| { got.push(r); Ok::<_, ()>(()) }).unwrap();
+                    let want: Vec<_> = s.runs_in(a, end).map(|(p, n)| PageRange::new(p, n)).collect();
                     prop_assert_eq!(got, want);
                     s.remove_range(a, end - a);
                 }

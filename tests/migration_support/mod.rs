@@ -7,9 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
+use vballoon::memory::{GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use vballoon::migration::crc32c_append;
-use vballoon::migration::{Channel, DirtyLog, GuestControl};
+use vballoon::migration::{
+    in_process_pair, Channel, ChannelLayer, DestConfig, DestReport, Destination, DirtyLog,
+    DirtyTracking, GuestControl, HintSource, MigrationConfig, MigrationError, MigrationResult,
+    Source,
+};
 use vballoon::pages::PageSet;
 
 pub const MIB: u64 = 1 << 20;
@@ -166,6 +170,83 @@ impl GuestControl for Workload {
     }
 }
 
+/// Runs `source` into `dst` (default destination settings) over an in-process socket pair;
+/// returns both sides' results.
+pub fn migrate(
+    source: Source<'_>,
+    dst: &GuestMemory,
+) -> (
+    Result<MigrationResult, MigrationError>,
+    Result<DestReport, MigrationError>,
+) {
+    let (a, b) = in_process_pair(Duration::from_secs(20)).unwrap();
+    std::thread::scope(|s| {
+        let d = s.spawn(|| Destination::new(dst, DestConfig::default()).receive(b));
+        (source.run(a), d.join().unwrap())
+    })
+}
+
+/// Settings of a test migration over an unlimited link with `tracking`; never-populated pages
+/// are sent unread if `skip_unpopulated`.
+pub fn unthrottled(tracking: DirtyTracking, skip_unpopulated: bool) -> MigrationConfig {
+    MigrationConfig {
+        bandwidth_bytes_per_s: 0,
+        skip_unpopulated,
+        dirty_tracking: tracking,
+        ..MigrationConfig::default()
+    }
+}
+
+/// [`migrate`], where both sides must succeed.
+pub fn migrate_ok(source: Source<'_>, dst: &GuestMemory) -> MigrationResult {
+    let (r, d) = migrate(source, dst);
+    d.unwrap();
+    r.unwrap()
+}
+
+/// Where a [`Hooked`] hint source calls its hook: around the engine's calls into the inner one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    BeforeStart,
+    AfterStart,
+    BeforePoll,
+    BeforeStop,
+    AfterStop,
+}
+
+/// A hint source that lets a test act (the guest allocating, writing, hinting) at each point
+/// where the engine calls into the inner source: a script becomes one exact interleaving of
+/// guest activity with hint requests, chunk sends and dirty-log syncs.
+pub struct Hooked<'a, H> {
+    pub inner: Box<dyn HintSource + 'a>,
+    pub hook: H,
+}
+
+impl<H: FnMut(Call) + Send> HintSource for Hooked<'_, H> {
+    fn start(&mut self, round: u32) -> Result<(), MigrationError> {
+        (self.hook)(Call::BeforeStart);
+        self.inner.start(round)?;
+        (self.hook)(Call::AfterStart);
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
+        (self.hook)(Call::BeforePoll);
+        self.inner.poll(out)
+    }
+
+    fn stop(&mut self) -> Result<(), MigrationError> {
+        (self.hook)(Call::BeforeStop);
+        self.inner.stop()?;
+        (self.hook)(Call::AfterStop);
+        Ok(())
+    }
+
+    fn done(&mut self) {
+        self.inner.done();
+    }
+}
+
 /// How a [`Faulty`] channel misbehaves.
 #[derive(Clone, Default)]
 pub struct Faults {
@@ -175,6 +256,8 @@ pub struct Faults {
     pub corrupt_at: Option<u64>,
     /// Drop the connection at the first write after this flag is set.
     pub drop_when: Option<Arc<AtomicBool>>,
+    /// Not a fault: append every byte written through the channel here.
+    pub record: Option<Arc<Mutex<Vec<u8>>>>,
 }
 
 /// A channel that injects [`Faults`] into what is written through it.
@@ -227,6 +310,9 @@ impl<C: Channel> Write for Faulty<C> {
             }
             _ => self.inner.write(&buf[..n])?,
         };
+        if let Some(log) = &self.faults.record {
+            log.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
         self.written += n as u64;
         Ok(n)
     }
@@ -236,12 +322,10 @@ impl<C: Channel> Write for Faulty<C> {
     }
 }
 
-impl<C: Channel> Channel for Faulty<C> {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.inner.set_timeouts(read, write)
-    }
+impl<C: Channel> ChannelLayer for Faulty<C> {
+    type Inner = C;
 
-    fn shutdown(&self) -> io::Result<()> {
-        self.inner.shutdown()
+    fn inner(&self) -> &C {
+        &self.inner
     }
 }

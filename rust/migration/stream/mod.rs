@@ -68,7 +68,8 @@ use std::time::Duration;
 use super::crc::{crc32c, crc32c_append};
 use super::error::{MigrationError, RejectReason, StreamError};
 use super::transport::map_io_error;
-use crate::memory::PAGE_SIZE;
+use super::{PAGE, PAGE_U32};
+use crate::memory::{PageRange, Pfn, PAGE_SIZE};
 
 /// Stream magic, the ASCII bytes `VBMIGRAT`.
 pub const MAGIC: [u8; 8] = *b"VBMIGRAT";
@@ -92,26 +93,62 @@ pub const MAX_BATCH_RECORDS: u32 = 1 << 16;
 /// Payload the writer aims for before it closes a batch (256 data pages).
 pub const TARGET_BATCH_PAYLOAD: usize = 256 * DATA_RECORD_LEN;
 
-const FRAME_BATCH: u8 = 1;
-const FRAME_ROUND: u8 = 2;
-const FRAME_END: u8 = 3;
-const FRAME_VERIFY: u8 = 4;
-const FRAME_VERIFY_END: u8 = 5;
-const VERIFY_END_LEN: u32 = 16;
 /// Bytes of a verify record's head (first pfn, page count).
 const VERIFY_HEAD_LEN: usize = 16;
 /// Most checksums one verify record carries.
 const VERIFY_MAX_RUN: usize = (TARGET_BATCH_PAYLOAD - VERIFY_HEAD_LEN) / 8;
-const ROUND_LEN: u32 = 8;
-const END_LEN: u32 = 40;
+/// Record kinds, the top byte of a record's first u64: a page's contents, a zero run.
 const KIND_DATA: u8 = 1;
 const KIND_ZERO: u8 = 2;
+/// The low 56 bits of a record's first u64: its page frame number.
 const PFN_MASK: u64 = (1 << 56) - 1;
-const PAGE: usize = PAGE_SIZE as usize;
 /// Bytes of one data record.
 pub const DATA_RECORD_LEN: usize = 8 + PAGE;
 /// Bytes of one zero-run record.
 pub const ZERO_RECORD_LEN: usize = 16;
+
+/// The type byte of a frame (offset 0 of its header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum FrameType {
+    /// Page records.
+    Batch = 1,
+    /// The start of a round.
+    Round = 2,
+    /// The end of the pages, with the stream's totals.
+    End = 3,
+    /// Checksums of used pages (verify trailer).
+    Verify = 4,
+    /// The end of the verify trailer, with its totals.
+    VerifyEnd = 5,
+}
+
+impl FrameType {
+    fn from_u8(kind: u8) -> Option<FrameType> {
+        [
+            Self::Batch,
+            Self::Round,
+            Self::End,
+            Self::Verify,
+            Self::VerifyEnd,
+        ]
+        .into_iter()
+        .find(|t| *t as u8 == kind)
+    }
+
+    /// The smallest and largest payload a frame of this type may have.
+    fn payload_bounds(self) -> (u32, u32) {
+        match self {
+            // One zero-run record at least.
+            Self::Batch => (16, MAX_BATCH_PAYLOAD),
+            Self::Round => (8, 8),
+            Self::End => (40, 40),
+            // One record of one checksum at least.
+            Self::Verify => (24, MAX_BATCH_PAYLOAD),
+            Self::VerifyEnd => (16, 16),
+        }
+    }
+}
 
 /// Reply magic, the ASCII bytes `VBRP` read as a little-endian u32.
 pub const REPLY_MAGIC: u32 = u32::from_le_bytes(*b"VBRP");
@@ -150,7 +187,7 @@ impl Header {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        b[12..16].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        b[12..16].copy_from_slice(&PAGE_U32.to_le_bytes());
         b[16..24].copy_from_slice(&self.guest_size.to_le_bytes());
         b[24..32].copy_from_slice(&self.flags.to_le_bytes());
         let crc = crc32c(&b[..36]);
@@ -194,7 +231,7 @@ impl Header {
         if u64::from(page_size) != PAGE_SIZE {
             return Err(StreamError::BadPageSize {
                 found: page_size,
-                expected: PAGE_SIZE as u32,
+                expected: PAGE_U32,
             });
         }
         let guest_size = le64(b, 16);
@@ -226,6 +263,15 @@ pub struct Totals {
     pub rounds: u32,
     /// CRC-32C over every earlier frame's CRC field.
     pub chain_crc: u32,
+}
+
+/// Totals carried by the verify end frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifyTotals {
+    /// Pages checksummed.
+    pub pages: u64,
+    /// Verify frames before the verify end frame.
+    pub frames: u64,
 }
 
 /// A reply code from destination to source.
@@ -273,6 +319,24 @@ impl ReplyCode {
             c => ReplyCode::Reject(RejectReason::Unknown(c)),
         }
     }
+}
+
+/// The 16-byte header of a frame of type `kind` carrying `payload` (`count` records), CRC
+/// included; an error if the payload does not fit the u32 length field.
+pub(crate) fn frame_header(
+    kind: u8,
+    count: u32,
+    payload: &[u8],
+) -> io::Result<[u8; FRAME_HEADER_LEN]> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| io::Error::other(format!("frame payload of {} bytes", payload.len())))?;
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    h[0] = kind;
+    h[4..8].copy_from_slice(&count.to_le_bytes());
+    h[8..12].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c_append(crc32c(&h[..12]), payload);
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    Ok(h)
 }
 
 /// Encodes a 16-byte reply.

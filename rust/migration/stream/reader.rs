@@ -13,8 +13,10 @@ pub struct StreamReader {
     received: Totals,
     timeout: Duration,
     ended: bool,
-    /// Verify trailer: pages and frames received, and whether its end frame came.
-    verify: (u64, u64, bool),
+    /// Verify trailer received so far.
+    verify: VerifyTotals,
+    /// Whether the verify end frame came.
+    verify_ended: bool,
 }
 
 impl StreamReader {
@@ -32,7 +34,8 @@ impl StreamReader {
             },
             timeout,
             ended: false,
-            verify: (0, 0, false),
+            verify: VerifyTotals::default(),
+            verify_ended: false,
         })
     }
 
@@ -77,15 +80,15 @@ impl StreamReader {
         let count = le32(&self.buf, 4);
         let len = le32(&self.buf, 8);
         let stored = le32(&self.buf, 12);
-        let trailer = self.ended && self.header.flags & FLAG_VERIFY != 0 && !self.verify.2;
-        let (min, max) = match kind {
-            FRAME_BATCH if !self.ended => (ZERO_RECORD_LEN as u32, MAX_BATCH_PAYLOAD),
-            FRAME_ROUND if !self.ended => (ROUND_LEN, ROUND_LEN),
-            FRAME_END if !self.ended => (END_LEN, END_LEN),
-            FRAME_VERIFY if trailer => (VERIFY_HEAD_LEN as u32 + 8, MAX_BATCH_PAYLOAD),
-            FRAME_VERIFY_END if trailer => (VERIFY_END_LEN, VERIFY_END_LEN),
-            _ => return Err(StreamError::UnknownFrame { kind, frame }.into()),
+        let trailer = self.ended && self.header.flags & FLAG_VERIFY != 0 && !self.verify_ended;
+        // Pages before the end frame, checksums after it (with the flag), nothing else.
+        let Some(ty) = FrameType::from_u8(kind).filter(|t| match t {
+            FrameType::Batch | FrameType::Round | FrameType::End => !self.ended,
+            FrameType::Verify | FrameType::VerifyEnd => trailer,
+        }) else {
+            return Err(StreamError::UnknownFrame { kind, frame }.into());
         };
+        let (min, max) = ty.payload_bounds();
         if self.buf[1..4] != [0, 0, 0] {
             return Err(StreamError::ReservedNotZero { frame }.into());
         }
@@ -116,8 +119,8 @@ impl StreamReader {
         self.received.bytes += (FRAME_HEADER_LEN + len as usize) as u64;
         self.received.frames += 1;
         self.received.chain_crc = crc32c_append(self.received.chain_crc, &stored.to_le_bytes());
-        match kind {
-            FRAME_BATCH => {
+        match ty {
+            FrameType::Batch => {
                 let (data, zero) = validate_batch(payload, count, frame, self.header.pages())?;
                 let over = |field| StreamError::CountOverflow { field, frame };
                 self.received.data_pages = before
@@ -130,7 +133,7 @@ impl StreamReader {
                     .ok_or(over("zero pages"))?;
                 Ok(Frame::Batch(Batch { payload }))
             }
-            FRAME_ROUND => {
+            FrameType::Round => {
                 let round = le32(payload, 0);
                 let expected = before
                     .rounds
@@ -149,7 +152,7 @@ impl StreamReader {
                 self.received.rounds = round;
                 Ok(Frame::Round(round))
             }
-            FRAME_END => {
+            FrameType::End => {
                 let b = payload;
                 let stored = Totals {
                     data_pages: le64(b, 0),
@@ -163,18 +166,18 @@ impl StreamReader {
                 self.ended = true;
                 Ok(Frame::End(stored))
             }
-            FRAME_VERIFY => {
+            FrameType::Verify => {
                 let pages = validate_verify(payload, count, frame, self.header.pages())?;
                 // At most a frame's bytes / 8 pages per frame, counted as frames arrive.
-                self.verify.0 = self.verify.0.saturating_add(pages);
-                self.verify.1 += 1;
+                self.verify.pages = self.verify.pages.saturating_add(pages);
+                self.verify.frames += 1;
                 Ok(Frame::Verify(VerifyBatch { payload }))
             }
-            _ => {
+            FrameType::VerifyEnd => {
                 let (pages, frames) = (le64(payload, 0), le64(payload, 8));
                 for (field, stored, received) in [
-                    ("verified pages", pages, self.verify.0),
-                    ("verify frames", frames, self.verify.1),
+                    ("verified pages", pages, self.verify.pages),
+                    ("verify frames", frames, self.verify.frames),
                 ] {
                     if stored != received {
                         return Err(StreamError::TotalsMismatch {
@@ -185,7 +188,7 @@ impl StreamReader {
                         .into());
                     }
                 }
-                self.verify.2 = true;
+                self.verify_ended = true;
                 Ok(Frame::VerifyEnd(pages))
             }
         }
@@ -223,14 +226,19 @@ fn validate_verify(
         if n == 0 {
             return Err(StreamError::EmptyVerifyRun { pfn: first });
         }
-        // `n` is at most `left / 8` here, so the multiplication cannot overflow.
-        if n > ((left - VERIFY_HEAD_LEN) / 8) as u64 {
+        // A count the payload cannot hold is a truncated record (and `8 * n` cannot overflow).
+        let Some(sums) = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= (left - VERIFY_HEAD_LEN) / 8)
+        else {
             return Err(StreamError::Truncated {
                 what: "verify record",
-                needed: VERIFY_HEAD_LEN.saturating_add((n as usize).saturating_mul(8)),
+                needed: usize::try_from(n).map_or(usize::MAX, |n| {
+                    VERIFY_HEAD_LEN.saturating_add(n.saturating_mul(8))
+                }),
                 got: left,
             });
-        }
+        };
         if first.checked_add(n).is_none_or(|end| end > guest_pages) {
             return Err(StreamError::PfnOutOfRange {
                 pfn: first,
@@ -238,17 +246,11 @@ fn validate_verify(
                 guest_pages,
             });
         }
-        at += VERIFY_HEAD_LEN + 8 * n as usize;
+        at += VERIFY_HEAD_LEN + 8 * sums;
         pages += n;
         found += 1;
     }
-    if found != declared {
-        return Err(StreamError::RecordCountMismatch {
-            frame,
-            declared,
-            found,
-        });
-    }
+    check_count(frame, declared, found)?;
     Ok(pages)
 }
 
@@ -351,6 +353,12 @@ fn validate_batch(
         }
         found += 1;
     }
+    check_count(frame, declared, found)?;
+    Ok((data, zero))
+}
+
+/// The records a frame's header declares must be the records its payload holds.
+fn check_count(frame: u64, declared: u32, found: u32) -> Result<(), StreamError> {
     if found != declared {
         return Err(StreamError::RecordCountMismatch {
             frame,
@@ -358,5 +366,5 @@ fn validate_batch(
             found,
         });
     }
-    Ok((data, zero))
+    Ok(())
 }

@@ -12,13 +12,8 @@ pub enum Record<'a> {
         /// Its 4096 bytes.
         bytes: &'a [u8],
     },
-    /// Pages `[first, first + count)` are zero.
-    Zero {
-        /// First page.
-        first: u64,
-        /// Number of pages (≥ 1).
-        count: u64,
-    },
+    /// These pages (at least one) are zero.
+    Zero(PageRange),
 }
 
 /// The records of one batch, already validated.
@@ -27,26 +22,36 @@ pub struct Batch<'a> {
     pub(super) payload: &'a [u8],
 }
 
+/// The records of a validated payload, one after the other: `split` reads the record at the
+/// start of what is left and returns it with its length in bytes.
+fn walk<'a, T: 'a>(
+    payload: &'a [u8],
+    mut split: impl FnMut(&'a [u8]) -> (T, usize) + 'a,
+) -> impl Iterator<Item = T> + 'a {
+    let mut rest = payload;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (item, len) = split(rest);
+        rest = &rest[len..];
+        Some(item)
+    })
+}
+
 impl<'a> Batch<'a> {
     /// The records in stream order.
     pub fn records(&self) -> impl Iterator<Item = Record<'a>> + 'a {
-        let p = self.payload;
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            if at >= p.len() {
-                return None;
-            }
-            let head = le64(p, at);
+        // The reader checked every record before handing the batch out.
+        walk(self.payload, |r| {
+            let head = le64(r, 0);
             let pfn = head & PFN_MASK;
-            // The reader checked every record before handing the batch out.
             if (head >> 56) as u8 == KIND_DATA {
-                let bytes = &p[at + 8..at + DATA_RECORD_LEN];
-                at += DATA_RECORD_LEN;
-                Some(Record::Data { pfn, bytes })
+                let bytes = &r[8..DATA_RECORD_LEN];
+                (Record::Data { pfn, bytes }, DATA_RECORD_LEN)
             } else {
-                let count = le64(p, at + 8);
-                at += ZERO_RECORD_LEN;
-                Some(Record::Zero { first: pfn, count })
+                let zeros = PageRange::new(pfn, le64(r, 8));
+                (Record::Zero(zeros), ZERO_RECORD_LEN)
             }
         })
     }
@@ -71,13 +76,17 @@ impl VerifyRun<'_> {
         self.sums.is_empty()
     }
 
+    /// The pages the run checksums.
+    pub fn range(&self) -> PageRange {
+        PageRange::new(self.first, self.len())
+    }
+
     /// (page, checksum) for each page of the run.
-    pub fn pages(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    pub fn pages(&self) -> impl Iterator<Item = (Pfn, u64)> + '_ {
         let first = self.first;
-        self.sums
-            .chunks_exact(8)
-            .enumerate()
-            .map(move |(i, c)| (first + i as u64, le64(c, 0)))
+        (first..)
+            .zip(self.sums.chunks_exact(8))
+            .map(|(pfn, c)| (Pfn(pfn), le64(c, 0)))
     }
 }
 
@@ -90,17 +99,18 @@ pub struct VerifyBatch<'a> {
 impl<'a> VerifyBatch<'a> {
     /// The runs in stream order.
     pub fn runs(&self) -> impl Iterator<Item = VerifyRun<'a>> + 'a {
-        let p = self.payload;
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            if at >= p.len() {
-                return None;
-            }
-            let first = le64(p, at);
-            let n = le64(p, at + 8) as usize;
-            let sums = &p[at + VERIFY_HEAD_LEN..at + VERIFY_HEAD_LEN + 8 * n];
-            at += VERIFY_HEAD_LEN + 8 * n;
-            Some(VerifyRun { first, sums })
+        walk(self.payload, |r| {
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "the reader checked that the payload holds all `n` checksums"
+            )]
+            let n = le64(r, 8) as usize;
+            let len = VERIFY_HEAD_LEN + 8 * n;
+            let run = VerifyRun {
+                first: le64(r, 0),
+                sums: &r[VERIFY_HEAD_LEN..len],
+            };
+            (run, len)
         })
     }
 }

@@ -1,4 +1,7 @@
-//! Round trips and rejections of the stream codec.
+//! Round trips and rejections of the stream codec: fixed streams, then property tests
+//! (decode(encode(records)) == records; any corruption or truncation is a typed error).
+
+use proptest::prelude::*;
 
 use super::*;
 
@@ -6,17 +9,23 @@ fn page(b: u8) -> [u8; PAGE] {
     [b; PAGE]
 }
 
-fn sample() -> Vec<u8> {
+/// A writer for a 64-page guest with `flags`, and its output up to the first round marker.
+fn start(flags: u64) -> (StreamWriter, Vec<u8>) {
     let h = Header {
         guest_size: 64 * PAGE_SIZE,
-        flags: FLAG_HINTED,
+        flags,
     };
     let mut out = Vec::new();
     let mut w = StreamWriter::new(&h);
     w.write_header(&mut out, &h).unwrap();
     w.round(&mut out, 1).unwrap();
+    (w, out)
+}
+
+fn sample() -> Vec<u8> {
+    let (mut w, mut out) = start(FLAG_HINTED);
     w.data(&mut out, 3, &page(0xaa)).unwrap();
-    w.zero_run(&mut out, 4, 60).unwrap();
+    w.zero_run(&mut out, PageRange::new(4, 60)).unwrap();
     w.round(&mut out, 2).unwrap();
     w.data(&mut out, 63, &page(1)).unwrap();
     let t = w.finish(&mut out).unwrap();
@@ -33,8 +42,11 @@ fn decode(mut bytes: &[u8]) -> Result<Vec<String>, MigrationError> {
             Frame::Batch(b) => {
                 for rec in b.records() {
                     log.push(match rec {
-                        Record::Data { pfn, bytes } => format!("d{pfn}:{}", bytes[0]),
-                        Record::Zero { first, count } => format!("z{first}+{count}"),
+                        Record::Data { pfn, bytes } => {
+                            assert!(bytes.iter().all(|&x| x == bytes[0]), "one byte per page");
+                            format!("d{pfn}:{}", bytes[0])
+                        }
+                        Record::Zero(r) => format!("z{}+{}", r.start, r.len),
                     })
                 }
             }
@@ -49,7 +61,7 @@ fn decode(mut bytes: &[u8]) -> Result<Vec<String>, MigrationError> {
             Frame::Verify(b) => {
                 for run in b.runs() {
                     for (pfn, sum) in run.pages() {
-                        log.push(format!("v{pfn}:{sum}"));
+                        log.push(format!("v{}:{sum}", pfn.0));
                     }
                 }
             }
@@ -131,15 +143,8 @@ fn test_decoder_rejects_bad_input() {
 
 #[test]
 fn test_decoder_rejects_pfn_outside_guest() {
-    let h = Header {
-        guest_size: 64 * PAGE_SIZE,
-        flags: 0,
-    };
-    let mut out = Vec::new();
-    let mut w = StreamWriter::new(&h);
-    w.write_header(&mut out, &h).unwrap();
-    w.round(&mut out, 1).unwrap();
-    w.zero_run(&mut out, 60, 5).unwrap();
+    let (mut w, mut out) = start(0);
+    w.zero_run(&mut out, PageRange::new(60, 5)).unwrap();
     w.finish(&mut out).unwrap();
     assert_eq!(
         stream_err(&out),
@@ -151,16 +156,9 @@ fn test_decoder_rejects_pfn_outside_guest() {
     );
 }
 
-fn with_trailer(flags: u64, sums: &[(u64, Vec<u64>)], forge: Option<(u64, u64)>) -> Vec<u8> {
-    let h = Header {
-        guest_size: 64 * PAGE_SIZE,
-        flags,
-    };
-    let mut out = Vec::new();
-    let mut w = StreamWriter::new(&h);
-    w.write_header(&mut out, &h).unwrap();
-    w.round(&mut out, 1).unwrap();
-    w.zero_run(&mut out, 0, 64).unwrap();
+fn with_trailer(flags: u64, sums: &[(u64, Vec<u64>)], forge: Option<VerifyTotals>) -> Vec<u8> {
+    let (mut w, mut out) = start(flags);
+    w.zero_run(&mut out, PageRange::new(0, 64)).unwrap();
     w.finish(&mut out).unwrap();
     for (first, s) in sums {
         w.verify_pages(&mut out, *first, s).unwrap();
@@ -196,7 +194,14 @@ fn test_verify_trailer_round_trip_and_rejections() {
         ),
         "{e:?}"
     );
-    let e = stream_err(&with_trailer(FLAG_VERIFY, &sums, Some((5, 1))));
+    let e = stream_err(&with_trailer(
+        FLAG_VERIFY,
+        &sums,
+        Some(VerifyTotals {
+            pages: 5,
+            frames: 1,
+        }),
+    ));
     assert!(matches!(e, StreamError::TotalsMismatch { .. }), "{e:?}");
     // Long runs are cut into records that fit a batch.
     let long = vec![(0, (0..64).collect::<Vec<u64>>())];
@@ -217,4 +222,95 @@ fn test_dropped_frame_is_caught_by_the_totals() {
     b.extend_from_slice(&good[start + 24..]);
     let e = stream_err(&b);
     assert!(matches!(e, StreamError::TotalsMismatch { .. }), "{e:?}");
+}
+
+const PROP_PAGES: u64 = 1 << 20;
+
+/// A record of a property test: a page filled with one byte, a zero run, a round marker.
+#[derive(Clone, Debug)]
+enum Rec {
+    Data(u64, u8),
+    Zero(u64, u64),
+    Round,
+}
+
+fn rec() -> impl Strategy<Value = Rec> {
+    prop_oneof![
+        4 => (0..PROP_PAGES, any::<u8>()).prop_map(|(p, b)| Rec::Data(p, b)),
+        4 => (0..PROP_PAGES - 1).prop_flat_map(|p| (Just(p), 1..=PROP_PAGES - p))
+            .prop_map(|(p, n)| Rec::Zero(p, n)),
+        1 => Just(Rec::Round),
+    ]
+}
+
+/// The stream of `recs`, and what [`decode`] must log for it.
+fn encode(recs: &[Rec]) -> (Vec<u8>, Vec<String>) {
+    let h = Header {
+        guest_size: PROP_PAGES * PAGE_SIZE,
+        flags: 0,
+    };
+    let (mut out, mut log) = (Vec::new(), Vec::new());
+    let mut w = StreamWriter::new(&h);
+    w.write_header(&mut out, &h).unwrap();
+    let (mut round, mut data) = (0, 0);
+    for r in recs {
+        match *r {
+            Rec::Data(p, b) => {
+                w.data(&mut out, p, &page(b)).unwrap();
+                log.push(format!("d{p}:{b}"));
+                data += 1;
+            }
+            Rec::Zero(p, n) => {
+                w.zero_run(&mut out, PageRange::new(p, n)).unwrap();
+                log.push(format!("z{p}+{n}"));
+            }
+            Rec::Round => {
+                round += 1;
+                w.round(&mut out, round).unwrap();
+                log.push(format!("r{round}"));
+            }
+        }
+    }
+    w.finish(&mut out).unwrap();
+    log.push(format!("end{data}"));
+    (out, log)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn prop_round_trip(recs in proptest::collection::vec(rec(), 0..400)) {
+        let (bytes, log) = encode(&recs);
+        prop_assert_eq!(decode(&bytes).unwrap(), log);
+    }
+
+    #[test]
+    fn prop_any_single_bit_flip_is_detected(
+        recs in proptest::collection::vec(rec(), 1..50),
+        pos in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let mut b = encode(&recs).0;
+        let at = pos.index(b.len());
+        b[at] ^= 1 << bit;
+        // CRC-32C catches every single-bit error: decoding must fail, with a typed error.
+        prop_assert!(decode(&b).is_err());
+    }
+
+    #[test]
+    fn prop_truncation_is_an_error(
+        recs in proptest::collection::vec(rec(), 1..50),
+        pos in any::<prop::sample::Index>(),
+    ) {
+        let b = encode(&recs).0;
+        let cut = pos.index(b.len());
+        let e = decode(&b[..cut]).unwrap_err();
+        prop_assert!(matches!(e, MigrationError::Stream(_)), "{}", e);
+    }
+
+    #[test]
+    fn prop_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let _ = decode(&bytes);
+    }
 }

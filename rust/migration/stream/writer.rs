@@ -13,8 +13,8 @@ pub struct StreamWriter {
     count: u32,
     totals: Totals,
     guest_pages: u64,
-    /// Verify trailer: pages checksummed, frames written.
-    pub(super) verify: (u64, u64),
+    /// Verify trailer written so far.
+    pub(super) verify: VerifyTotals,
 }
 
 impl StreamWriter {
@@ -27,7 +27,7 @@ impl StreamWriter {
             count: 0,
             totals: Totals::default(),
             guest_pages: header.pages(),
-            verify: (0, 0),
+            verify: VerifyTotals::default(),
         }
     }
 
@@ -78,33 +78,28 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Appends a zero run `[first, first + count)` (`count` ≥ 1).
-    pub fn zero_run(&mut self, w: &mut dyn Sink, first: u64, count: u64) -> io::Result<()> {
-        if count == 0 {
+    /// Appends a zero run for the pages `run` (nothing if it is empty).
+    pub fn zero_run(&mut self, w: &mut dyn Sink, run: PageRange) -> io::Result<()> {
+        if run.is_empty() {
             return Ok(());
         }
         self.make_room(w, ZERO_RECORD_LEN)?;
-        let head = (u64::from(KIND_ZERO) << 56) | (first & PFN_MASK);
+        let head = (u64::from(KIND_ZERO) << 56) | (run.start & PFN_MASK);
         self.buf.extend_from_slice(&head.to_le_bytes());
-        self.buf.extend_from_slice(&count.to_le_bytes());
+        self.buf.extend_from_slice(&run.len.to_le_bytes());
         self.count += 1;
-        self.totals.zero_pages = self.totals.zero_pages.wrapping_add(count);
+        self.totals.zero_pages = self.totals.zero_pages.wrapping_add(run.len);
         Ok(())
     }
 
-    fn write_frame(&mut self, w: &mut dyn Sink, kind: u8, count: u32) -> io::Result<()> {
-        let len = (self.buf.len() - FRAME_HEADER_LEN) as u32;
-        self.buf[0] = kind;
-        self.buf[1..4].fill(0);
-        self.buf[4..8].copy_from_slice(&count.to_le_bytes());
-        self.buf[8..12].copy_from_slice(&len.to_le_bytes());
-        let crc = crc32c_append(crc32c(&self.buf[..12]), &self.buf[FRAME_HEADER_LEN..]);
-        self.buf[12..16].copy_from_slice(&crc.to_le_bytes());
+    fn write_frame(&mut self, w: &mut dyn Sink, ty: FrameType, count: u32) -> io::Result<()> {
+        let head = frame_header(ty as u8, count, &self.buf[FRAME_HEADER_LEN..])?;
+        self.buf[..FRAME_HEADER_LEN].copy_from_slice(&head);
         let len = self.buf.len() as u64;
         w.send_frame(&mut self.buf)?;
         self.totals.bytes += len;
         self.totals.frames += 1;
-        self.totals.chain_crc = crc32c_append(self.totals.chain_crc, &crc.to_le_bytes());
+        self.totals.chain_crc = crc32c_append(self.totals.chain_crc, &head[12..16]);
         self.buf.clear();
         self.buf.resize(FRAME_HEADER_LEN, 0);
         self.count = 0;
@@ -117,7 +112,7 @@ impl StreamWriter {
             return Ok(());
         }
         let count = self.count;
-        self.write_frame(w, FRAME_BATCH, count)
+        self.write_frame(w, FrameType::Batch, count)
     }
 
     /// Writes the pending batch, then a round marker for `round`.
@@ -126,7 +121,7 @@ impl StreamWriter {
         self.buf.extend_from_slice(&round.to_le_bytes());
         self.buf.extend_from_slice(&0u32.to_le_bytes());
         self.totals.rounds = round;
-        self.write_frame(w, FRAME_ROUND, 0)
+        self.write_frame(w, FrameType::Round, 0)
     }
 
     /// Writes the pending batch and the end frame, flushes `w`, and returns the totals sent.
@@ -138,7 +133,7 @@ impl StreamWriter {
         }
         self.buf.extend_from_slice(&t.rounds.to_le_bytes());
         self.buf.extend_from_slice(&t.chain_crc.to_le_bytes());
-        self.write_frame(w, FRAME_END, 0)?;
+        self.write_frame(w, FrameType::End, 0)?;
         w.flush_frames()?;
         Ok(t)
     }
@@ -160,7 +155,7 @@ impl StreamWriter {
                 self.buf.extend_from_slice(&s.to_le_bytes());
             }
             self.count += 1;
-            self.verify.0 += part.len() as u64;
+            self.verify.pages += part.len() as u64;
             at += part.len() as u64;
         }
         Ok(())
@@ -171,20 +166,20 @@ impl StreamWriter {
             return Ok(());
         }
         let count = self.count;
-        self.write_frame(w, FRAME_VERIFY, count)?;
-        self.verify.1 += 1;
+        self.write_frame(w, FrameType::Verify, count)?;
+        self.verify.frames += 1;
         Ok(())
     }
 
     /// Writes the pending verify records and the verify end frame, flushes `w`, and returns
-    /// (pages checksummed, verify frames before the end).
-    pub fn finish_verify(&mut self, w: &mut dyn Sink) -> io::Result<(u64, u64)> {
+    /// the totals the end frame carries.
+    pub fn finish_verify(&mut self, w: &mut dyn Sink) -> io::Result<VerifyTotals> {
         self.flush_verify(w)?;
-        let (pages, frames) = self.verify;
-        self.buf.extend_from_slice(&pages.to_le_bytes());
-        self.buf.extend_from_slice(&frames.to_le_bytes());
-        self.write_frame(w, FRAME_VERIFY_END, 0)?;
+        let t = self.verify;
+        self.buf.extend_from_slice(&t.pages.to_le_bytes());
+        self.buf.extend_from_slice(&t.frames.to_le_bytes());
+        self.write_frame(w, FrameType::VerifyEnd, 0)?;
         w.flush_frames()?;
-        Ok((pages, frames))
+        Ok(t)
     }
 }
