@@ -82,7 +82,6 @@ def test_schema_rejects_what_it_does_not_describe():
 def test_migration_result_to_dict_carries_its_rounds_in_the_schema_row_shape():
     g = vballoon.Guest("64MiB", used="8MiB")
     r = g.migrate(dirty_rate="64MiB", downtime="2ms", bandwidth="1Gbit")
-    g.resume()
     d = r.to_dict()
     assert len(d["per_round"]) == len(r.per_round) == r.rounds >= 2
     assert [x.to_dict() for x in r.per_round] == d["per_round"]
@@ -108,11 +107,11 @@ def test_bench_progress_counts_every_migration_and_shows_the_running_one():
     )
     s = probe.snapshot()
     # Two scenario builds, then 2 variants x 2 repetitions on each.
-    assert s["steps_total"] == s["steps_done"] == 2 + 2 * 2 * 2
+    assert s.steps_total == s.steps_done == 2 + 2 * 2 * 2
     assert len(rows) == 4
-    assert s["round"] >= 1 and s["pages_total"] == 32 * MiB // 4096
-    assert s["label"] == "M2 2/2: bitmap"
-    assert all(x["steps_done"] <= x["steps_total"] for x in seen)
+    assert s.round >= 1 and s.pages_total == 32 * MiB // 4096
+    assert s.label == "M2 2/2: bitmap"
+    assert all(x.steps_done <= x.steps_total for x in seen)
 
 
 def test_progress_bars_follow_the_counters():
@@ -122,7 +121,7 @@ def test_progress_bars_follow_the_counters():
         steps, inner = bars.add("x"), bars.add("y")
         progress._bench_poll(bars, steps, inner, probe)
         task = bars._progress.tasks[0]
-        assert task.completed == task.total == probe.snapshot()["steps_total"] > 0
+        assert task.completed == task.total == probe.snapshot().steps_total > 0
         assert task.description.startswith("round 1/1: ")
     with progress.Bars(False) as off:
         assert off.add("nothing") is None

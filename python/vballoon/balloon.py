@@ -13,13 +13,14 @@ import time
 from typing import Any
 
 from vballoon import _native
+from vballoon.types import Feature
 
 MIB_PAGES = 256  # 4 KiB pages per MiB: virtio-balloon counts 4 KiB pages (virtio 1.2, 5.5.6)
 MAX_AMOUNT_MIB = 0xFFFF_FFFF // MIB_PAGES  # num_pages is a le32 in config space
 MAX_STATS_INTERVAL_S = 0xFFFF  # Firecracker's field is a u16
 # Offered whatever the configuration: the guest must tell before reusing deflated pages, and
 # page poisoning lets the device know freed pages are not all zero.
-ALWAYS_OFFERED = ("must_tell_host", "page_poison")
+ALWAYS_OFFERED: tuple[Feature, ...] = ("must_tell_host", "page_poison")
 # Tag names (Linux's, or QEMU's hyphenated ones) that Firecracker's API spells differently.
 FIRECRACKER_STAT_NAMES = {
     "htlb_pgalloc": "hugetlb_allocations",
@@ -144,6 +145,7 @@ class VhostUserBalloon:
         self.close()
 
     def close(self) -> None:
+        """Stops the API, the watcher thread and the backend; idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -158,9 +160,9 @@ class VhostUserBalloon:
         self.backend.close()
 
     # -- state ------------------------------------------------------------------------------
-    def features(self) -> list[str]:
+    def features(self) -> list[Feature]:
         """The feature names offered to the next guest that negotiates."""
-        names = list(ALWAYS_OFFERED)
+        names: list[Feature] = list(ALWAYS_OFFERED)
         if self._stats_interval:
             names.append("stats_vq")
         if self._deflate_on_oom:
@@ -172,6 +174,7 @@ class VhostUserBalloon:
         return names
 
     def status(self) -> _native.VhostStatus:
+        """A snapshot of the backend."""
         return self.backend.status()
 
     def negotiated(self) -> bool:
@@ -268,7 +271,7 @@ class VhostUserBalloon:
             "target_mib": s.target_pages // MIB_PAGES,
             "actual_mib": s.actual_pages // MIB_PAGES,
         }
-        for name, value in self.backend.stats().items():
+        for name, value in self.backend.stats().to_dict().items():
             name = name.replace("-", "_")
             out[FIRECRACKER_STAT_NAMES.get(name, name)] = value
         out.update(

@@ -122,7 +122,8 @@ def bench_r1(
     model = _native.bench_inflate_table(
         f"{guest_mib}MiB", f"{inflate_mib}MiB", rounds=rounds, backing="memfd"
     )
-    rows = {r["name"]: r for r in model["rows"]}
+    model_rows = [r.to_dict() for r in model.rows]
+    rows = {r["name"]: r for r in model_rows}
     real = statistics.median(s["inflate"]["secs"] for s in samples)
     out = {
         "guest_mib": guest_mib,
@@ -136,7 +137,7 @@ def bench_r1(
         "model_pfn_coalesce_secs": rows["pfn+coalesce"]["inflate_secs"],
         "floor_one_discard_secs": rows["floor: one discard"]["inflate_secs"],
         "floor_per_page_secs": rows["floor: per-page discard"]["inflate_secs"],
-        "model_rows": model["rows"],
+        "model_rows": model_rows,
     }
     out["ratio_to_model_pfn"] = real / out["model_pfn_secs"]
     out["ratio_to_model_pfn_coalesce"] = real / out["model_pfn_coalesce_secs"]

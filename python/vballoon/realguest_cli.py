@@ -65,6 +65,7 @@ def demo_section(console: Console, result: dict[str, Any]) -> None:
 
 
 def add_bench_parser(bsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The `bench real-guest` subcommand."""
     p = bsub.add_parser(
         "real-guest", help="R1/R2: a UML guest's own driver against the vhost-user backend"
     )
@@ -77,6 +78,7 @@ def add_bench_parser(bsub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def cmd_bench_real_guest(args: argparse.Namespace) -> int:
+    """`vballoon bench real-guest`: R1 and R2 on a User-Mode Linux guest."""
     from vballoon.realguest import bench_r1, bench_r2
     from vballoon.uml import fetch
 
