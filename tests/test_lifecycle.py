@@ -4,10 +4,10 @@ runs again after a migration unless asked not to; errors carry what went wrong a
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
+from migrate_support import free_port
 
 import vballoon
 
@@ -73,12 +73,6 @@ def test_a_guest_runs_again_after_a_migration_unless_asked_not_to():
         assert not g.paused
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_errors_carry_what_went_wrong():
     mem = vballoon.GuestMemory("1MiB")
     with pytest.raises(vballoon.GuestAddressError) as e:
@@ -90,13 +84,13 @@ def test_errors_carry_what_went_wrong():
     assert (e.value.address, e.value.length, e.value.size) == (4097, 4096, None)
 
     with pytest.raises(vballoon.MigrationTimeout) as t:
-        vballoon.listen_migration(f"127.0.0.1:{_free_port()}", "1MiB", timeout=0.05)
+        vballoon.listen_migration(f"127.0.0.1:{free_port()}", "1MiB", timeout=0.05)
     assert isinstance(t.value, TimeoutError) and isinstance(t.value, vballoon.MigrationError)
     assert (t.value.phase, t.value.timeout) == ("accept", 0.05)
 
     with vballoon.Guest("8MiB", used="1MiB") as g:
         with pytest.raises(vballoon.MigrationError) as m:
-            g.migrate(to=f"127.0.0.1:{_free_port()}", timeout=2)
+            g.migrate(to=f"127.0.0.1:{free_port()}", timeout=2)
         assert m.value.round == 0  # refused before the first round
         assert not g.paused  # a failed migration leaves the guest running
 

@@ -1,23 +1,12 @@
 """Live migration from Python: in one process, over TCP, and between two processes."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from migrate_support import free_port, migrate_to_cli
 
 from vballoon import ConfigError, Guest, MigrationError, listen_migration
 
 MiB = 1 << 20
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("link", ["socketpair", "tcp"])
@@ -59,21 +48,8 @@ def test_writes_through_the_guest_are_logged():
 
 
 def test_two_processes_over_tcp_with_the_cli():
-    port = _free_port()
-    listener = subprocess.Popen(
-        [sys.executable, "-m", "vballoon.cli", "migrate", "listen", "--address",
-         f"127.0.0.1:{port}", "--size", "256MiB", "--timeout", "60"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    try:
-        assert "listening" in listener.stdout.readline()
-        g = Guest("256MiB", used="32MiB", backing="memfd")
-        r = g.migrate(to=f"127.0.0.1:{port}", dirty_rate="16MiB")
-        out, _ = listener.communicate(timeout=60)
-    finally:
-        listener.kill()
-    dest = json.loads(out.strip().splitlines()[-1])
-    assert listener.returncode == 0
+    g = Guest("256MiB", used="32MiB", backing="memfd")
+    r, dest = migrate_to_cli(g, "256MiB", dirty_rate="16MiB")
     assert dest["mismatched_pages"] == 0 == r.mismatched_pages
     assert dest["verified_pages"] == r.verified_pages >= 32 * MiB // 4096
     assert dest["bytes_received"] == r.bytes_sent
@@ -82,12 +58,12 @@ def test_two_processes_over_tcp_with_the_cli():
 def test_nobody_listening_is_a_typed_error():
     g = Guest("16MiB", used="1MiB")
     with pytest.raises(MigrationError):
-        g.migrate(to=f"127.0.0.1:{_free_port()}", timeout=2)
+        g.migrate(to=f"127.0.0.1:{free_port()}", timeout=2)
 
 
 def test_listen_times_out_cleanly():
     with pytest.raises(MigrationError, match=r"(?i)time"):
-        listen_migration(f"127.0.0.1:{_free_port()}", "16MiB", timeout=0.5)
+        listen_migration(f"127.0.0.1:{free_port()}", "16MiB", timeout=0.5)
 
 
 def test_bad_arguments():

@@ -3,24 +3,10 @@ backend: inflate, deflate, statistics, and the HTTP API driving it."""
 
 from __future__ import annotations
 
-import pytest
-from real_guest_support import (
-    MIB,
-    PAGE,
-    boot,
-    inflate_to,
-    populate_free_memory,
-    uml_or_skip,
-    wait_until,
-)
+from real_guest_support import MIB, PAGE, boot, inflate_to, populate_free_memory, wait_until
 
 from vballoon.api import request
 from vballoon.balloon import MIB_PAGES, VhostUserBalloon
-
-
-@pytest.fixture(scope="module")
-def uml():
-    return uml_or_skip()
 
 
 def test_inflate_shrinks_memtotal_and_returns_ram_file_blocks_deflate_restores(uml, tmp_path):

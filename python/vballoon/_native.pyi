@@ -2,7 +2,7 @@
 
 from typing import final
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Self
 
 # The result classes (attributes only), kept in their own stub file to keep this one short.
 from vballoon._native_results import (
@@ -54,6 +54,7 @@ __all__ = [
     "BenchProgress",
     "BenchSnapshot",
     "Chain",
+    "Closeable",
     "ConfigError",
     "DestReport",
     "DeviceCounters",
@@ -149,6 +150,12 @@ class BalloonTimeout(BalloonError, TimeoutError):
     timeout: float | None
     target_pages: int | None
     actual_pages: int | None
+
+class Closeable:
+    """An object that owns threads or a socket: `with obj:` calls `obj.close()` on exit."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *_exc: object) -> bool: ...
 
 @final
 class GuestMemory:
@@ -288,7 +295,7 @@ def encode_pages(encoding_name: Encoding, pages: PageSet) -> list[list[bytes]]: 
 def decode_pages(encoding_name: Encoding, segments: list[bytes], npages: int) -> PageSet: ...
 
 @final
-class Session:
+class Session(Closeable):
     """A guest with a balloon: RAM, allocator, driver, device and the queues between them."""
 
     def __new__(
@@ -330,8 +337,6 @@ class Session:
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
-    def __enter__(self) -> Session: ...
-    def __exit__(self, *exc: object) -> bool: ...
 
 def bench_inflate_table(
     guest: Size | None = None,
@@ -361,7 +366,7 @@ class BenchProgress:
     def snapshot(self) -> BenchSnapshot: ...
 
 @final
-class Guest:
+class Guest(Closeable):
     """A running guest to migrate: RAM, page allocator and a workload that can keep writing."""
 
     def __new__(
@@ -390,8 +395,6 @@ class Guest:
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
-    def __enter__(self) -> Guest: ...
-    def __exit__(self, *exc: object) -> bool: ...
     def migrate(
         self,
         *,
@@ -433,7 +436,7 @@ def bench_migrate_rows(
 ) -> list[MigrateRow]: ...
 
 @final
-class VhostUserBackend:
+class VhostUserBackend(Closeable):
     """A vhost-user balloon backend (virtio device 5) serving frontends on a Unix socket."""
 
     def __new__(
@@ -450,5 +453,3 @@ class VhostUserBackend:
         self, *, actual_pages: int | None = None, connected: bool | None = None, timeout: float
     ) -> bool: ...
     def close(self) -> None: ...
-    def __enter__(self) -> VhostUserBackend: ...
-    def __exit__(self, *exc: object) -> bool: ...

@@ -252,6 +252,13 @@ def cmd_migrate_send(args: argparse.Namespace) -> int:
     return 0 if result.mismatched_pages in (0, None) else 1
 
 
+def _add_inflate_sizes(p: argparse.ArgumentParser, guest: str, inflate: str, why: str) -> None:
+    """`--guest`, `--inflate` and `--rounds` of an inflate measurement."""
+    p.add_argument("--guest", default=guest, help=f"guest size {why}")
+    p.add_argument("--inflate", default=inflate, help=f"how much of it to inflate {why}")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `vballoon` command line."""
     p = argparse.ArgumentParser(
@@ -264,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main demo: rings, inflate comparison, migration")
     demo.add_argument("--ring-guest", default="1GiB", help="guest size for the ring demo")
     demo.add_argument("--buffers", type=int, default=1_000_000, help="buffers through the ring")
-    demo.add_argument("--guest", default="2GiB", help="guest size for the inflate comparison")
-    demo.add_argument("--inflate", default="1792MiB", help="how much of it to inflate")
-    demo.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    _add_inflate_sizes(demo, "2GiB", "1792MiB", "for the inflate comparison")
     demo.add_argument("--migrate-guest", default="1GiB", help="guest size for the migrations")
     demo.add_argument("--ring-only", action="store_true", help="only the ring demo")
     output.add_options(demo)
@@ -280,18 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_options(bv)
     bv.set_defaults(func=cmd_bench_virtq)
     bi = bsub.add_parser("inflate", help="inflate/deflate: pfn vs bitmap vs extents vs auto")
-    bi.add_argument("--guest", default="8GiB", help="guest size (8GiB as in the seed)")
-    bi.add_argument("--inflate", default="7GiB", help="how much to inflate (7GiB in the seed)")
-    bi.add_argument("--rounds", type=int, default=3)
+    _add_inflate_sizes(bi, "8GiB", "7GiB", "(the seed's sizes)")
     bi.add_argument("--fragmentation", type=float, default=None, help="0 (none) to 1 (pages)")
     bi.add_argument("--mode", default="sync", choices=CHOICES["mode"])
     bi.add_argument("--backing", default="anonymous", choices=CHOICES["backing"])
     output.add_options(bi)
     bi.set_defaults(func=cmd_bench_inflate)
     bh = bsub.add_parser("huge", help="I4: inflate on THP and hugetlbfs RAM, memory back verified")
-    bh.add_argument("--guest", default="8GiB", help="guest size (8GiB for I4)")
-    bh.add_argument("--inflate", default="7GiB", help="how much to inflate (7GiB for I4)")
-    bh.add_argument("--rounds", type=int, default=3)
+    _add_inflate_sizes(bh, "8GiB", "7GiB", "(I4's sizes)")
     bh.add_argument("--backings", default="thp,hugetlb", help="comma list of thp, hugetlb")
     bh.add_argument("--no-fragmented", action="store_true", help="skip the fragmented guest")
     bh.add_argument(

@@ -8,20 +8,10 @@ import json
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from vballoon import _native, output, progress, schema
 
 MIB = 1 << 20
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    t = Table(title=title, title_justify="left")
-    for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right")
-    for r in rows:
-        t.add_row(*(str(c) for c in r))
-    return t
 
 
 def demo_section(console: Console, result: dict[str, Any]) -> None:
@@ -39,7 +29,7 @@ def demo_section(console: Console, result: dict[str, Any]) -> None:
 
     rows = demo(uml)
     console.print(
-        _table(
+        output.table(
             f"A real Linux guest (User-Mode Linux {uml.version}, its own virtio_balloon driver) "
             "on the vhost-user backend",
             ["step", "ms", "MemTotal MiB", "RAM file MiB", "buffers", "discards", "stats"],
@@ -125,7 +115,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
                     ]
                 )
         console.print(
-            _table(
+            output.table(
                 f"R1: inflate {args.inflate_mib} MiB of a {args.guest_mib} MiB guest "
                 f"(median real {r1['real_inflate_secs'] * 1e3:,.1f} ms = "
                 f"{r1['ratio_to_model_pfn']:.2f}x model pfn, "
@@ -167,7 +157,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
             for i, r in enumerate(r2["reports"])
         ]
         console.print(
-            _table(
+            output.table(
                 f"R2: a {args.guest_mib} MiB guest: hint runs (new cmd id -> STOP; median "
                 f"{r2['hint_ms_per_gib_guest']:,.1f} ms per GiB of guest) and reporting "
                 "(free -> 90% discarded on the host)",

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::PyString;
+use pyo3::PyClassInitializer;
 
+use super::closeable::{closeable, PyCloseable};
 use super::convert::{backing_arg, rate_arg, size_arg, timeout_arg};
 use super::errors::{config_err, with_attrs, Attr, MigrationError};
 use super::memory::PyGuestMemory;
@@ -146,7 +148,7 @@ impl PyMigrationResult {
 /// otherwise the guest is `size` with `used` bytes allocated and filled, of which `free_share`
 /// is freed again (those free pages keep stale data); the workload allocates in blocks of
 /// `2**order` pages, so `order=10` frees whole 4 MiB blocks and `order=0` scatters free pages.
-#[pyclass(name = "Guest", module = "vballoon", frozen)]
+#[pyclass(name = "Guest", module = "vballoon", frozen, extends = PyCloseable)]
 pub struct PyGuest {
     runner: Arc<GuestRunner>,
     /// Set by `close()`: the workload thread is stopped, migrations are refused.
@@ -172,7 +174,7 @@ impl PyGuest {
         order: u8,
         backing: &str,
         seed: u64,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let mut sc = match scenario {
             Some(name) => Scenario::by_name(name).ok_or_else(|| {
                 config_err(format!("scenario must be m1, m2 or m3, not {name:?}"))
@@ -201,14 +203,14 @@ impl PyGuest {
                 inner: Arc::clone(runner.memory()),
             },
         )?;
-        Ok(PyGuest {
+        Ok(closeable(PyGuest {
             runner: Arc::new(runner),
             closed: AtomicBool::new(false),
             hints: Arc::default(),
             progress: Arc::default(),
             info,
             memory,
-        })
+        }))
     }
 
     /// The guest's RAM.
@@ -291,19 +293,6 @@ impl PyGuest {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Returns the guest itself, for `with`.
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    /// Closes the guest (stops its thread), also when the block raised.
-    #[pyo3(signature = (*exc))]
-    fn __exit__(&self, py: Python<'_>, exc: &Bound<'_, PyTuple>) -> bool {
-        let _ = exc;
-        self.close(py);
-        false
-    }
-
     /// Migrates the guest, its workload running at `dirty_rate` meanwhile. With `to`
     /// (`"host:port"`, a destination started by `listen_migration` or `vballoon migrate
     /// listen`), over TCP to that process; otherwise to a fresh destination in this process
@@ -339,17 +328,35 @@ impl PyGuest {
         if self.closed.load(Ordering::SeqCst) {
             return Err(config_err("the guest is closed"));
         }
-        let mut opts = options(
-            hints,
-            bandwidth,
-            downtime,
-            dirty_rate,
+        let mut opts = MigrateOptions {
+            hints: choice_arg(
+                "hints",
+                hints,
+                HintMode::parse,
+                "off, bitmap, upstream or reporting",
+            )?,
             skip_unpopulated,
-            dirty_tracking,
             verify,
             max_rounds,
-            timeout,
+            ..MigrateOptions::default()
+        };
+        if let Some(b) = bandwidth {
+            opts.bandwidth_bytes_per_s = rate_arg(b, "bandwidth")?;
+        }
+        if let Some(d) = downtime {
+            opts.downtime_target = duration_arg(d, "downtime")?;
+        }
+        if let Some(r) = dirty_rate {
+            opts.dirty_rate_bytes_per_s = rate_arg(r, "dirty_rate")?;
+        }
+        let tracking = "explicit, kernel or auto";
+        opts.dirty_tracking = choice_arg(
+            "dirty_tracking",
+            dirty_tracking,
+            DirtyTracking::parse,
+            tracking,
         )?;
+        opts.io_timeout = timeout_arg(timeout, "timeout")?;
         opts.key = key_arg(key)?;
         opts.progress = Some(self.fresh_progress());
         if opts.hints != HintMode::Off {
@@ -413,50 +420,6 @@ impl Drop for PyGuest {
     fn drop(&mut self) {
         self.runner.shutdown();
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn options(
-    hints: &str,
-    bandwidth: Option<&Bound<'_, PyAny>>,
-    downtime: Option<&Bound<'_, PyAny>>,
-    dirty_rate: Option<&Bound<'_, PyAny>>,
-    skip_unpopulated: bool,
-    dirty_tracking: &str,
-    verify: bool,
-    max_rounds: u32,
-    timeout: f64,
-) -> PyResult<MigrateOptions> {
-    let mut o = MigrateOptions {
-        hints: choice_arg(
-            "hints",
-            hints,
-            HintMode::parse,
-            "off, bitmap, upstream or reporting",
-        )?,
-        skip_unpopulated,
-        verify,
-        max_rounds,
-        ..MigrateOptions::default()
-    };
-    o.bandwidth_bytes_per_s = match bandwidth {
-        Some(b) => rate_arg(b, "bandwidth")?,
-        None => MigrateOptions::default().bandwidth_bytes_per_s,
-    };
-    if let Some(d) = downtime {
-        o.downtime_target = duration_arg(d, "downtime")?;
-    }
-    if let Some(r) = dirty_rate {
-        o.dirty_rate_bytes_per_s = rate_arg(r, "dirty_rate")?;
-    }
-    o.dirty_tracking = choice_arg(
-        "dirty_tracking",
-        dirty_tracking,
-        DirtyTracking::parse,
-        "explicit, kernel or auto",
-    )?;
-    o.io_timeout = timeout_arg(timeout, "timeout")?;
-    Ok(o)
 }
 
 /// The local link a name asks for (`"inprocess"` is the socketpair's old name).

@@ -6,6 +6,7 @@
 
 mod bench;
 mod buffer;
+mod closeable;
 mod convert;
 mod errors;
 mod memory;
@@ -21,6 +22,14 @@ mod virtq;
 
 use pyo3::prelude::*;
 
+/// Adds each class and function to the module (pyo3 also lists them in `__all__`).
+macro_rules! export {
+    ($m:ident: classes [$($class:ty),* $(,)?] functions [$($function:path),* $(,)?]) => {
+        $($m.add_class::<$class>()?;)*
+        $($m.add_function(wrap_pyfunction!($function, $m)?)?;)*
+    };
+}
+
 /// The native extension module.
 #[pymodule]
 #[pyo3(name = "_native")]
@@ -28,45 +37,21 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_QUEUE_SIZE", crate::abi::DEFAULT_QUEUE_SIZE)?;
     errors::register(m)?;
-    m.add_class::<memory::PyGuestMemory>()?;
-    m.add_class::<memory::GuestView>()?;
-    m.add_function(wrap_pyfunction!(memory::rss_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::peak_rss_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::parse_size, m)?)?;
-    m.add_class::<vhost::PyVhostUserBackend>()?;
-    m.add_class::<vhost::PyVhostStatus>()?;
-    m.add_class::<virtq::PyQueueLayout>()?;
-    m.add_class::<virtq::PyVirtqDriver>()?;
-    m.add_class::<virtq::PyVirtqDevice>()?;
-    m.add_class::<virtq::PyChain>()?;
-    m.add_function(wrap_pyfunction!(virtq::virtqueue_pair, m)?)?;
-    m.add_function(wrap_pyfunction!(virtq::pump_queue, m)?)?;
-    m.add_class::<pages::PyPageSet>()?;
-    m.add_function(wrap_pyfunction!(pages::encode_pages, m)?)?;
-    m.add_function(wrap_pyfunction!(pages::decode_pages, m)?)?;
-    m.add_class::<session::PySession>()?;
-    m.add_class::<session::PyInflateReport>()?;
-    m.add_class::<migrate::PyGuest>()?;
-    m.add_class::<migrate::PyMigrationResult>()?;
-    m.add_function(wrap_pyfunction!(migrate::listen_migration, m)?)?;
-    m.add_function(wrap_pyfunction!(bench::bench_inflate_table, m)?)?;
-    m.add_function(wrap_pyfunction!(bench::bench_huge_table, m)?)?;
-    m.add_function(wrap_pyfunction!(bench::bench_migrate_rows, m)?)?;
-    m.add_class::<progress::PyBenchProgress>()?;
-    m.add_class::<progress::PyRoundStats>()?;
-    m.add_class::<stats::PyGuestStats>()?;
-    m.add_class::<results::PyPumpResult>()?;
-    m.add_class::<results::PyInflateRow>()?;
-    m.add_class::<results::PyInflateTable>()?;
-    m.add_class::<results::PyHugeRow>()?;
-    m.add_class::<results::PyHugeTable>()?;
-    m.add_class::<results::PyMigrateRow>()?;
-    m.add_class::<results::PyDestReport>()?;
-    m.add_class::<results::PyMigrationProgress>()?;
-    m.add_class::<results::PyBenchSnapshot>()?;
-    m.add_class::<results::PyGuestInfo>()?;
-    m.add_class::<results::PyHugetlbPool>()?;
-    m.add_class::<results::PyHugePageStats>()?;
-    m.add_class::<results::PyDeviceCounters>()?;
+    export!(m: classes [
+        closeable::PyCloseable, memory::PyGuestMemory, memory::GuestView,
+        vhost::PyVhostUserBackend, vhost::PyVhostStatus, virtq::PyQueueLayout,
+        virtq::PyVirtqDriver, virtq::PyVirtqDevice, virtq::PyChain, pages::PyPageSet,
+        session::PySession, session::PyInflateReport, migrate::PyGuest,
+        migrate::PyMigrationResult, progress::PyBenchProgress, progress::PyRoundStats,
+        stats::PyGuestStats, results::PyPumpResult, results::PyInflateRow,
+        results::PyInflateTable, results::PyHugeRow, results::PyHugeTable,
+        results::PyMigrateRow, results::PyDestReport, results::PyMigrationProgress,
+        results::PyBenchSnapshot, results::PyGuestInfo, results::PyHugetlbPool,
+        results::PyHugePageStats, results::PyDeviceCounters,
+    ] functions [
+        memory::rss_bytes, memory::peak_rss_bytes, memory::parse_size, virtq::virtqueue_pair,
+        virtq::pump_queue, pages::encode_pages, pages::decode_pages, migrate::listen_migration,
+        bench::bench_inflate_table, bench::bench_huge_table, bench::bench_migrate_rows,
+    ]);
     Ok(())
 }

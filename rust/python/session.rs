@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::PyClassInitializer;
 
+use super::closeable::{closeable, PyCloseable};
 use super::convert::{backing_arg, name_arg, size_arg, timeout_arg};
 use super::errors::{config_err, BalloonTimeout};
 use super::memory::PyGuestMemory;
@@ -93,7 +94,7 @@ struct State {
 
 /// A guest with a balloon: guest RAM, the guest's page allocator and balloon driver, the host's
 /// balloon device, and the virtqueues between them.
-#[pyclass(name = "Session", module = "vballoon", frozen)]
+#[pyclass(name = "Session", module = "vballoon", frozen, extends = PyCloseable)]
 pub struct PySession {
     state: Mutex<Option<State>>,
     memory: Py<PyGuestMemory>,
@@ -157,7 +158,7 @@ impl PySession {
         stats: bool,
         alloc_order: u8,
         seed: u64,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let mut cfg = MachineConfig::default();
         if let Some(size) = guest_size {
             cfg.guest_bytes = size_arg(size, "guest_size")?;
@@ -180,10 +181,10 @@ impl PySession {
             },
         )?;
         let workload = Workload::new(seed).with_fill(Fill::Random);
-        Ok(PySession {
+        Ok(closeable(PySession {
             state: Mutex::new(Some(State { session, workload })),
             memory,
-        })
+        }))
     }
 
     /// The guest's RAM (shared with the session).
@@ -310,19 +311,6 @@ impl PySession {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_none()
-    }
-
-    /// Returns the session itself, for `with`.
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    /// Closes the session (stops its device thread), also when the block raised.
-    #[pyo3(signature = (*exc))]
-    fn __exit__(&self, py: Python<'_>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        let _ = exc;
-        self.close(py)?;
-        Ok(false)
     }
 
     fn __repr__(&self) -> String {

@@ -5,8 +5,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::PyClassInitializer;
 
+use super::closeable::{closeable, PyCloseable};
 use super::convert::timeout_arg;
 use super::errors::{config_err, BalloonError};
 use super::records::record;
@@ -25,7 +26,7 @@ fn to_py(e: VhostUserError) -> PyErr {
 }
 
 /// A vhost-user balloon backend serving frontends on a Unix socket.
-#[pyclass(name = "VhostUserBackend", module = "vballoon")]
+#[pyclass(name = "VhostUserBackend", module = "vballoon", frozen, extends = PyCloseable)]
 pub struct PyVhostUserBackend {
     inner: Mutex<Option<VhostUserBackend>>,
     queue_size: u16,
@@ -61,7 +62,7 @@ impl PyVhostUserBackend {
         socket: std::path::PathBuf,
         features: Option<Vec<String>>,
         queue_size: u32,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let qs = u16::try_from(queue_size)
             .map_err(|_| config_err(format!("queue_size {queue_size} is too large")))?;
         let names: Vec<String> =
@@ -72,10 +73,10 @@ impl PyVhostUserBackend {
                 VhostUserBackend::new(&socket, &refs, qs)
             })
             .map_err(to_py)?;
-        Ok(PyVhostUserBackend {
+        Ok(closeable(PyVhostUserBackend {
             inner: Mutex::new(Some(b)),
             queue_size: qs,
-        })
+        }))
     }
 
     /// Changes the offered features (before the connected frontend negotiated).
@@ -150,19 +151,6 @@ impl PyVhostUserBackend {
     fn close(&self, py: Python<'_>) {
         let b = self.lock().take();
         py.detach(move || drop(b));
-    }
-
-    /// Returns the backend itself, for `with`.
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    /// Closes the backend (stops its threads), also when the block raised.
-    #[pyo3(signature = (*exc))]
-    fn __exit__(&self, py: Python<'_>, exc: &Bound<'_, PyTuple>) -> bool {
-        let _ = exc;
-        self.close(py);
-        false
     }
 }
 
