@@ -25,6 +25,7 @@ from typing import Any, Callable
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import vballoon
+from vballoon.types import CHOICES
 
 # What a caller may see: typed exceptions only (never PanicException, never a signal).
 ALLOWED = (ValueError, TypeError, TimeoutError, OverflowError, vballoon.VBalloonError)
@@ -102,38 +103,39 @@ ADDRESS = st.one_of(
     st.sampled_from(["", "x", "127.0.0.1", "127.0.0.1:99999", "[::1", ":", "\x00", "a" * 300]),
 )
 
-# Per (callable, parameter) strategies where the default HOSTILE could ask for real work.
-OVERRIDES: dict[tuple[str, str], Any] = {
-    ("pump_queue", "buffers"): WORK,
-    ("bench_inflate_table", "guest"): SMALL_SIZE,
-    ("bench_inflate_table", "rounds"): WORK,
-    ("bench_migrate_rows", "guest"): SMALL_SIZE,
-    ("bench_migrate_rows", "repetitions"): WORK,
-    ("bench_migrate_rows", "bandwidth"): RATE,
-    ("bench_migrate_rows", "dirty_rate"): RATE,
-    ("bench_migrate_rows", "scenarios"): st.one_of(st.just(["m1"]), HOSTILE),
-    ("listen_migration", "address"): ADDRESS,
-    ("Guest.migrate", "bandwidth"): RATE,
-    ("Guest.migrate", "dirty_rate"): RATE,
-    ("Guest.migrate", "max_rounds"): WORK,
-    ("Guest.migrate", "to"): st.one_of(st.none(), ADDRESS),
-    ("Guest.__new__", "size"): SMALL_SIZE,
-    ("Guest.__new__", "used"): SMALL_SIZE,
-    ("Session.__new__", "guest_size"): SMALL_SIZE,
-    ("bench_huge_table", "guest"): SMALL_SIZE,
-    ("bench_huge_table", "inflate"): SMALL_SIZE,
-    ("bench_huge_table", "rounds"): WORK,
-    ("bench_huge_table", "backings"): BACKINGS,
-    ("bench_huge_table", "reserve"): NO_RESERVE,
-    ("GuestMemory.__new__", "backing"): st.one_of(
-        st.sampled_from(["anonymous", "memfd", "thp", "hugetlb"]), HOSTILE
-    ),
-    ("VhostUserBackend.__new__", "socket"): SOCKET,
-    ("VhostUserBackend.__new__", "features"): st.one_of(st.none(), FEATURES),
-    ("VhostUserBackend.set_features", "features"): FEATURES,
-    ("VhostUserBalloon.__new__", "socket"): SOCKET,
-    ("VhostUserBalloon.__new__", "api_socket"): st.one_of(st.none(), SOCKET),
+# Per callable, per parameter: strategies where the default HOSTILE could ask for real work.
+OVERRIDES_BY_CALL: dict[str, dict[str, Any]] = {
+    "pump_queue": {"buffers": WORK},
+    "bench_inflate_table": {"guest": SMALL_SIZE, "rounds": WORK},
+    "bench_migrate_rows": {
+        "guest": SMALL_SIZE,
+        "repetitions": WORK,
+        "bandwidth": RATE,
+        "dirty_rate": RATE,
+        "scenarios": st.one_of(st.just(["m1"]), HOSTILE),
+    },
+    "bench_huge_table": {
+        "guest": SMALL_SIZE,
+        "inflate": SMALL_SIZE,
+        "rounds": WORK,
+        "backings": BACKINGS,
+        "reserve": NO_RESERVE,
+    },
+    "listen_migration": {"address": ADDRESS},
+    "Guest.migrate": {
+        "bandwidth": RATE,
+        "dirty_rate": RATE,
+        "max_rounds": WORK,
+        "to": st.one_of(st.none(), ADDRESS),
+    },
+    "Guest.__new__": {"size": SMALL_SIZE, "used": SMALL_SIZE},
+    "Session.__new__": {"guest_size": SMALL_SIZE},
+    "GuestMemory.__new__": {"backing": st.one_of(st.sampled_from(CHOICES["backing"]), HOSTILE)},
+    "VhostUserBackend.__new__": {"socket": SOCKET, "features": st.one_of(st.none(), FEATURES)},
+    "VhostUserBackend.set_features": {"features": FEATURES},
+    "VhostUserBalloon.__new__": {"socket": SOCKET, "api_socket": st.one_of(st.none(), SOCKET)},
 }
+OVERRIDES = {(c, p): s for c, params in OVERRIDES_BY_CALL.items() for p, s in params.items()}
 TIMEOUT_NAMES = {"timeout", "downtime"}
 # Waits whose default (None) means "forever": always given a timeout, never None.
 FINITE_TIMEOUT = TIMEOUT.filter(lambda t: t is not None)

@@ -179,3 +179,36 @@ def test_defaults_agree_with_the_rust_core():
     assert inspect.signature(vballoon.Session).parameters["queue_size"].default == 128
     with vballoon.Session("4MiB") as s:
         assert s.device_counters().queue_errors == 0
+
+
+def test_bench_defaults_are_the_cores():
+    # None: the core's own default (every scenario, every variant; thp and hugetlb).
+    sig = inspect.signature(vballoon.bench_migrate_rows).parameters
+    assert sig["scenarios"].default is None and sig["variants"].default is None
+    assert inspect.signature(vballoon.bench_huge_table).parameters["backings"].default is None
+
+
+def test_real_guest_results_are_frozen_dataclasses_with_to_dict():
+    from vballoon.realguest_results import BalloonMove, R1Round
+
+    move = BalloonMove(1.5, 0.1, 0.2, 256, 4, 0, 1, 256, 1 << 20)
+    r = R1Round(inflate=move, deflate=move)
+    d = r.to_dict()
+    assert (
+        d["inflate"]
+        == d["deflate"]
+        == {
+            "secs": 1.5,
+            "guest_cpu_secs": 0.1,
+            "backend_cpu_secs": 0.2,
+            "pages": 256,
+            "inflate_buffers": 4,
+            "deflate_buffers": 0,
+            "discard_calls": 1,
+            "pages_discarded": 256,
+            "blocks_returned_bytes": 1 << 20,
+        }
+    )  # fmt: skip (an unset optional field is left out)
+    assert BalloonMove(*[1] * 9, memtotal_drop_bytes=5).to_dict()["memtotal_drop_bytes"] == 5
+    with pytest.raises(AttributeError):
+        r.inflate = move  # type: ignore[misc]

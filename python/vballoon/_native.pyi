@@ -425,7 +425,7 @@ def listen_migration(
     deadline: float = 3600.0,
 ) -> DestReport: ...
 def bench_migrate_rows(
-    scenarios: list[Scenario] = ...,
+    scenarios: list[Scenario] | None = None,
     variants: list[MigrateVariant] | None = None,
     *,
     guest: Size | None = None,

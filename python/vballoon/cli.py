@@ -213,7 +213,8 @@ def cmd_migrate_listen(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             deadline=args.deadline,
         )
-    row = dest.to_dict()
+    # Without the source's verify trailer there is nothing to say about verified pages.
+    row = {k: v for k, v in dest.to_dict().items() if v is not None}
     if args.json:
         sc = {"address": args.address, "guest_bytes": _native.parse_size(args.size)}
         sc["backing"] = args.backing

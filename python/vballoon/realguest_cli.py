@@ -27,7 +27,7 @@ def demo_section(console: Console, result: dict[str, Any]) -> None:
         return
     from vballoon.realguest import demo
 
-    rows = demo(uml)
+    rows = [r.to_dict() for r in demo(uml)]
     console.print(
         output.table(
             f"A real Linux guest (User-Mode Linux {uml.version}, its own virtio_balloon driver) "
@@ -78,7 +78,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
     if args.only in (None, "r1"):
         what = f"R1: booting a {args.guest_mib} MiB guest, inflating {args.inflate_mib} MiB"
         with progress.status(what, output.quiet(args)):
-            r1 = bench_r1(uml, args.guest_mib, args.inflate_mib, args.rounds)
+            r1 = bench_r1(uml, args.guest_mib, args.inflate_mib, args.rounds).to_dict()
         out["r1"] = r1
         rows = []
         for i, s in enumerate(r1["real"]):
@@ -136,7 +136,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
         )
     if args.only in (None, "r2"):
         with progress.status("R2: hint runs and free page reporting", output.quiet(args)):
-            r2 = bench_r2(uml, args.guest_mib, args.rounds)
+            r2 = bench_r2(uml, args.guest_mib, args.rounds).to_dict()
         out["r2"] = r2
         rows = [
             [

@@ -45,6 +45,14 @@ class UmlGuestError(RuntimeError):
     """The guest did not boot, died, or a command did not finish in time."""
 
 
+class UmlGuestTimeout(UmlGuestError, TimeoutError):
+    """The guest did not answer in time; `timeout` is the seconds waited."""
+
+    def __init__(self, message: str, timeout: float) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
 @dataclass(frozen=True)
 class Command:
     rc: int
@@ -288,7 +296,8 @@ class UmlGuest:
             if not self.alive():
                 raise UmlGuestError(f"the guest died during {what}; console tail:\n{self._tail()}")
             if time.monotonic() > deadline:
-                raise UmlGuestError(f"{what}: no answer in {timeout} s; console:\n{self._tail()}")
+                msg = f"{what}: no answer in {timeout} s; console:\n{self._tail()}"
+                raise UmlGuestTimeout(msg, timeout)
             time.sleep(0.005)
 
     def _tail(self, n: int = 40) -> str:

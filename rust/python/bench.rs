@@ -84,15 +84,15 @@ pub fn bench_huge_table(
     Ok(PyHugeTable::from(&table))
 }
 
-/// The migration benchmark: each scenario (`"m1"`, `"m2"`, `"m3"`, optionally scaled to
-/// `guest`) × each variant (`"off"`, `"skip"`, `"bitmap"`, `"upstream"`, `"reporting"`, or
+/// The migration benchmark: each scenario (`"m1"`, `"m2"`, `"m3"`: all three by default,
+/// optionally scaled to `guest`) × each variant (`"off"`, `"skip"`, `"bitmap"`, `"upstream"`, `"reporting"`, or
 /// `"<mode>+skip"`), interleaved, at `bandwidth`. Returns one row per pair.
 #[pyfunction]
-#[pyo3(signature = (scenarios = vec!["m1".to_string()], variants = None, *, guest = None, repetitions = 3, bandwidth = None, dirty_rate = None, progress = None))]
+#[pyo3(signature = (scenarios = None, variants = None, *, guest = None, repetitions = 3, bandwidth = None, dirty_rate = None, progress = None))]
 #[allow(clippy::too_many_arguments)] // the keyword arguments of a Python function
 pub fn bench_migrate_rows(
     py: Python<'_>,
-    scenarios: Vec<String>,
+    scenarios: Option<Vec<String>>,
     variants: Option<Vec<String>>,
     guest: Option<&Bound<'_, PyAny>>,
     repetitions: usize,
@@ -105,17 +105,21 @@ pub fn bench_migrate_rows(
         ..BenchMigrateConfig::default()
     };
     let guest_bytes = guest.map(|g| size_arg(g, "guest")).transpose()?;
-    cfg.scenarios = scenarios
-        .iter()
-        .map(|n| {
-            let s = Scenario::by_name(n)
-                .ok_or_else(|| config_err(format!("unknown scenario {n:?}")))?;
-            Ok(match guest_bytes {
-                Some(b) => s.with_guest_bytes(b),
-                None => s,
+    if let Some(names) = scenarios {
+        cfg.scenarios = names
+            .iter()
+            .map(|n| {
+                Scenario::by_name(n).ok_or_else(|| config_err(format!("unknown scenario {n:?}")))
             })
-        })
-        .collect::<PyResult<_>>()?;
+            .collect::<PyResult<_>>()?;
+    }
+    if let Some(b) = guest_bytes {
+        cfg.scenarios = cfg
+            .scenarios
+            .into_iter()
+            .map(|s| s.with_guest_bytes(b))
+            .collect();
+    }
     if let Some(v) = variants {
         cfg.variants = v
             .iter()
