@@ -14,6 +14,14 @@ use crate::machine::{
     InflateBenchConfig, MigrateVariant, RunMode, Scenario,
 };
 
+/// Each of `names` parsed by `parse`; a `ConfigError` names the first unknown one.
+fn each<T>(what: &str, names: &[String], parse: fn(&str) -> Option<T>) -> PyResult<Vec<T>> {
+    names
+        .iter()
+        .map(|n| parse(n).ok_or_else(|| config_err(format!("unknown {what} {n:?}"))))
+        .collect()
+}
+
 /// `(guest, inflate)` in bytes: the default guest, and 7/8 of the guest unless given.
 fn guest_and_inflate(
     guest: Option<&Bound<'_, PyAny>>,
@@ -106,12 +114,7 @@ pub fn bench_migrate_rows(
     };
     let guest_bytes = guest.map(|g| size_arg(g, "guest")).transpose()?;
     if let Some(names) = scenarios {
-        cfg.scenarios = names
-            .iter()
-            .map(|n| {
-                Scenario::by_name(n).ok_or_else(|| config_err(format!("unknown scenario {n:?}")))
-            })
-            .collect::<PyResult<_>>()?;
+        cfg.scenarios = each("scenario", &names, Scenario::by_name)?;
     }
     if let Some(b) = guest_bytes {
         cfg.scenarios = cfg
@@ -120,13 +123,8 @@ pub fn bench_migrate_rows(
             .map(|s| s.with_guest_bytes(b))
             .collect();
     }
-    if let Some(v) = variants {
-        cfg.variants = v
-            .iter()
-            .map(|n| {
-                MigrateVariant::parse(n).ok_or_else(|| config_err(format!("unknown variant {n:?}")))
-            })
-            .collect::<PyResult<_>>()?;
+    if let Some(names) = variants {
+        cfg.variants = each("variant", &names, MigrateVariant::parse)?;
     }
     cfg.repetitions = repetitions.max(1);
     cfg.repetitions_large = cfg.repetitions_large.min(cfg.repetitions);

@@ -43,7 +43,8 @@ impl<T: DictValue> DictValue for Vec<T> {
     }
 }
 
-/// Declares a result class: `struct Rust as "PyName" { /// doc field: Type, ... }`.
+/// Declares a result class: `struct Rust as "PyName" { /// doc field: Type, ... }` (invoked
+/// from the sibling binding modules: the expansion names `super::records`).
 macro_rules! record {
     (
         $(#[$meta:meta])*
@@ -63,7 +64,7 @@ macro_rules! record {
             /// Every attribute as a plain dict (for JSON), keyed by the attribute names.
             pub fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, ::pyo3::types::PyDict>> {
                 let d = ::pyo3::types::PyDict::new(py);
-                $(d.set_item(stringify!($field), $crate::python::records::DictValue::dict_value(&self.$field, py)?)?;)*
+                $(d.set_item(stringify!($field), super::records::DictValue::dict_value(&self.$field, py)?)?;)*
                 Ok(d)
             }
 
@@ -71,13 +72,13 @@ macro_rules! record {
                 let fields: Vec<String> = vec![$(format!(
                     "{}={}",
                     stringify!($field),
-                    $crate::python::records::DictValue::dict_value(&self.$field, py)?.repr()?
+                    super::records::DictValue::dict_value(&self.$field, py)?.repr()?
                 ),)*];
                 Ok(format!("{}({})", $pyname, fields.join(", ")))
             }
         }
 
-        impl $crate::python::records::DictValue for $name {
+        impl super::records::DictValue for $name {
             fn dict_value<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
                 Ok(self.to_dict(py)?.into_any())
             }
