@@ -185,7 +185,7 @@ def _no_body(raw: bytes) -> None:
 
 def _get_balloon(b: VhostUserBalloon, raw: bytes) -> dict:
     _no_body(raw)
-    return b.config()
+    return b.config().to_dict()
 
 
 def _patch_balloon(b: VhostUserBalloon, raw: bytes) -> None:
@@ -194,7 +194,7 @@ def _patch_balloon(b: VhostUserBalloon, raw: bytes) -> None:
 
 def _get_stats(b: VhostUserBalloon, raw: bytes) -> dict:
     _no_body(raw)
-    return b.statistics()
+    return b.statistics().to_dict()
 
 
 def _patch_stats(b: VhostUserBalloon, raw: bytes) -> None:
@@ -208,7 +208,7 @@ def _hint_start(b: VhostUserBalloon, raw: bytes) -> None:
 
 def _hint_status(b: VhostUserBalloon, raw: bytes) -> dict:
     _no_body(raw)
-    return b.hinting_status()
+    return b.hinting_status().to_dict()
 
 
 def _hint_stop(b: VhostUserBalloon, raw: bytes) -> None:

@@ -263,11 +263,11 @@ def demo(uml: Uml, mem_mib: int = 1024, inflate_mib: int = 768) -> list[DemoStep
         t0 = time.monotonic()
         b.backend.request_stats()
         _wait(lambda: b.status().stats_updates > n, 10)
-        st = b.statistics()
+        st = b.statistics().guest
         row(
             "statistics poll",
             time.monotonic() - t0,
-            free_mib=st.get("free_memory", 0) / MIB,
-            available_mib=st.get("available_memory", 0) / MIB,
+            free_mib=(st.free_memory or 0) / MIB,
+            available_mib=(st.available_memory or 0) / MIB,
         )
     return rows
