@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from vballoon import _native
 from vballoon.types import Feature
@@ -70,42 +70,39 @@ class HintingStatus(_AsDict):
 
 @dataclass(frozen=True)
 class BalloonStatistics:
-    """GET /balloon/statistics: the balloon's size, the guest's last sample, the host's counters."""
+    """GET /balloon/statistics: the backend's status (the balloon's size, the host's counters)
+    and the guest's last statistics sample."""
 
-    target_pages: int
-    actual_pages: int
+    status: _native.VhostStatus
     guest: _native.GuestStats
-    stats_updates: int
-    ram_bytes: int
-    ram_backed_bytes: int
-    pages_discarded: int
-    discard_calls: int
-    pages_reported: int
-    pages_hinted: int
+
+    # The host's counters the answer carries after Firecracker's fields.
+    OURS: ClassVar[tuple[str, ...]] = (
+        "stats_updates", "ram_bytes", "ram_backed_bytes", "pages_discarded", "discard_calls",
+        "pages_reported", "pages_hinted",
+    )  # fmt: skip
 
     @property
     def target_mib(self) -> int:
         """The target in MiB."""
-        return self.target_pages // MIB_PAGES
+        return self.status.target_pages // MIB_PAGES
 
     @property
     def actual_mib(self) -> int:
         """The balloon's size in MiB."""
-        return self.actual_pages // MIB_PAGES
+        return self.status.actual_pages // MIB_PAGES
 
     def to_dict(self) -> dict[str, Any]:
         """Firecracker's fields (the guest's tags it names differently renamed), then ours."""
         out: dict[str, Any] = {
-            "target_pages": self.target_pages,
-            "actual_pages": self.actual_pages,
+            "target_pages": self.status.target_pages,
+            "actual_pages": self.status.actual_pages,
             "target_mib": self.target_mib,
             "actual_mib": self.actual_mib,
         }
         for name, value in self.guest.to_dict().items():
             out[FIRECRACKER_STAT_NAMES.get(name, name)] = value
-        skip = ("target_pages", "actual_pages", "guest")
-        ours = [f.name for f in dataclasses.fields(self) if f.name not in skip]
-        return {**out, **{name: getattr(self, name) for name in ours}}
+        return {**out, **{name: getattr(self.status, name) for name in self.OURS}}
 
 
 class BalloonApiError(ValueError):
@@ -336,19 +333,7 @@ class VhostUserBalloon:
         """GET /balloon/statistics: the balloon's size, the guest's last sample, our counters."""
         if not self._stats_interval:
             raise BalloonApiError("statistics are not enabled (stats_polling_interval_s is 0)")
-        s = self.backend.status()
-        return BalloonStatistics(
-            target_pages=s.target_pages,
-            actual_pages=s.actual_pages,
-            guest=self.backend.stats(),
-            stats_updates=s.stats_updates,
-            ram_bytes=s.ram_bytes,
-            ram_backed_bytes=s.ram_backed_bytes,
-            pages_discarded=s.pages_discarded,
-            discard_calls=s.discard_calls,
-            pages_reported=s.pages_reported,
-            pages_hinted=s.pages_hinted,
-        )
+        return BalloonStatistics(self.backend.status(), self.backend.stats())
 
     def start_hinting(self, acknowledge_on_stop: bool = True) -> int:
         """PATCH /balloon/hinting/start: a new command id for the guest; returns it."""
