@@ -88,8 +88,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // The bindings wrap everything; nothing imports them.
     ("python", &["*"]),
-    // Test scaffolding shared by the fuzz targets and integration tests.
-    ("testing", &["*"]),
+    // Test rigs (the `test-utils` feature): start a driver against a device, as the harnesses do.
+    ("rig", &["*"]),
 ];
 
 fn src_root() -> PathBuf {

@@ -45,10 +45,11 @@ def test_thp_memory_is_on_huge_pages_and_gives_them_back():
     assert mem.backing == "thp" and mem.host_page_size == HUGE
     mem.fill(0, "64MiB", 0x42)
     st = mem.huge_page_stats()
-    assert st["huge_bytes"] >= 4 * HUGE and st["pool"] is None
+    assert st.huge_bytes >= 4 * HUGE and st.pool is None
     mem.discard(0, "32MiB")
     after = mem.huge_page_stats()
-    assert after["rss_bytes"] <= st["rss_bytes"] - 32 * MiB
+    assert after.rss_bytes <= st.rss_bytes - 32 * MiB
+    assert after.to_dict()["backing"] == "thp"
     assert mem.is_zero(0, 32 * MiB)
 
 
@@ -57,12 +58,14 @@ def test_hugetlb_memory_counts_pool_pages(hugetlb_pages):
     assert mem.memfd is not None and mem.host_page_size == HUGE
     mem.fill(0, "32MiB", 1)
     st = mem.huge_page_stats()
-    assert st["huge_bytes"] == 32 * MiB == st["file_allocated_bytes"]
-    free = st["pool"]["free"]
+    assert st.huge_bytes == 32 * MiB == st.file_allocated_bytes
+    assert st.pool is not None
+    free = st.pool.free
     mem.discard(HUGE, 3 * HUGE)
     st = mem.huge_page_stats()
-    assert st["pool"]["free"] == free + 3
-    assert st["file_allocated_bytes"] == 26 * MiB
+    assert st.pool is not None and st.pool.free == free + 3
+    assert st.to_dict()["pool"]["free"] == free + 3
+    assert st.file_allocated_bytes == 26 * MiB
 
 
 def test_huge_backings_fail_with_typed_errors():
@@ -83,17 +86,18 @@ def test_balloon_in_2mib_blocks_returns_host_memory(backing, request):
         before = s.memory.huge_page_stats()
         s.set_target("48MiB")
         assert s.run_until_settled().outcome == "settled"
-        assert s.device_counters()["host_pages_filled"] == 24
+        assert s.device_counters().host_pages_filled == 24
         after = s.memory.huge_page_stats()
         if backing == "hugetlb":
-            assert after["pool"]["free"] - before["pool"]["free"] == 24
+            assert after.pool is not None and before.pool is not None
+            assert after.pool.free - before.pool.free == 24
         else:
-            assert before["rss_bytes"] - after["rss_bytes"] >= 48 * MiB
+            assert before.rss_bytes - after.rss_bytes >= 48 * MiB
 
 
 def test_bench_huge_table_small_thp():
     t = bench_huge_table("64MiB", "48MiB", rounds=1, backings=["thp"])
-    rows = {r["variant"]: r for r in t["rows"]}
-    assert rows["2 MiB blocks"]["verified"] and rows["2 MiB blocks"]["returned_bytes"] >= 46 * MiB
-    assert rows["fragmented (wait): every other page"]["returned_bytes"] < HUGE
-    assert "| thp | 2 MiB blocks |" in t["text"]
+    rows = {r.variant: r for r in t.rows}
+    assert rows["2 MiB blocks"].verified and rows["2 MiB blocks"].returned_bytes >= 46 * MiB
+    assert rows["fragmented (wait): every other page"].returned_bytes < HUGE
+    assert t.to_dict()["rows"][0] == t.rows[0].to_dict()

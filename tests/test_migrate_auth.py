@@ -1,53 +1,22 @@
 """Keyed migration from Python and the CLI: `key=` / `--key-file`, refusal of a wrong key,
 and the listener's refusal of a non-loopback address without a key."""
 
-import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
+from migrate_support import cli_listener, free_port, migrate_to_cli
 
 from vballoon import ConfigError, Guest, MigrationError, listen_migration
 
 MiB = 1 << 20
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listen(port, key_file, size="64MiB"):
-    cmd = [sys.executable, "-m", "vballoon.cli", "migrate", "listen",
-           "--address", f"127.0.0.1:{port}", "--size", size, "--timeout", "60",
-           "--key-file", str(key_file)]  # fmt: skip
-    return subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
 def test_keyed_cli_listener_and_python_source(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_bytes(os.urandom(32).hex().encode() + b"\n")
-    port = _free_port()
-    listener = _listen(port, key_file)
-    try:
-        assert "listening" in listener.stdout.readline()
-        g = Guest("64MiB", used="8MiB", backing="memfd")
-        key = key_file.read_bytes().strip()
-        r = g.migrate(to=f"127.0.0.1:{port}", key=key)
-        out, _ = listener.communicate(timeout=60)
-    finally:
-        listener.kill()
-    dest = json.loads(out.strip().splitlines()[-1])
-    assert listener.returncode == 0
+    g = Guest("64MiB", used="8MiB", backing="memfd")
+    key = key_file.read_bytes().strip()
+    r, dest = migrate_to_cli(g, "64MiB", "--key-file", str(key_file), key=key)
     assert dest["mismatched_pages"] == 0 == r.mismatched_pages
     assert dest["verified_pages"] == r.verified_pages >= 8 * MiB // 4096
 
@@ -55,8 +24,8 @@ def test_keyed_cli_listener_and_python_source(tmp_path):
 def test_wrong_key_is_refused(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_bytes(b"k" * 32)
-    port = _free_port()
-    listener = _listen(port, key_file)
+    port = free_port()
+    listener = cli_listener(port, "64MiB", "--key-file", str(key_file))
     try:
         assert "listening" in listener.stdout.readline()
         g = Guest("64MiB", used="8MiB")

@@ -80,16 +80,12 @@ def test_plot_option_writes_the_figure(capsys, tmp_path):
 
 
 def test_migrate_send_plots_its_rounds(tmp_path, capsys):
-    from test_migrate import _free_port
+    from migrate_support import cli_listener, free_port, wait_listening
 
-    port = _free_port()
-    listener = subprocess.Popen(
-        [sys.executable, "-m", "vballoon.cli", "migrate", "listen", "--address",
-         f"127.0.0.1:{port}", "--size", "64MiB", "--timeout", "60"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    port = free_port()
+    listener = cli_listener(port, "64MiB")
     try:
-        assert "listening" in listener.stdout.readline()
+        wait_listening(port)
         path = tmp_path / "send.svg"
         argv = ["migrate", "send", "--to", f"127.0.0.1:{port}", "--size", "64MiB",
                 "--used", "16MiB", "--dirty-rate", "64MiB", "--downtime", "2ms",

@@ -3,24 +3,10 @@ backend: inflate, deflate, statistics, and the HTTP API driving it."""
 
 from __future__ import annotations
 
-import pytest
-from real_guest_support import (
-    MIB,
-    PAGE,
-    boot,
-    inflate_to,
-    populate_free_memory,
-    uml_or_skip,
-    wait_until,
-)
+from real_guest_support import MIB, PAGE, boot, inflate_to, populate_free_memory, wait_until
 
 from vballoon.api import request
 from vballoon.balloon import MIB_PAGES, VhostUserBalloon
-
-
-@pytest.fixture(scope="module")
-def uml():
-    return uml_or_skip()
 
 
 def test_inflate_shrinks_memtotal_and_returns_ram_file_blocks_deflate_restores(uml, tmp_path):
@@ -71,7 +57,7 @@ def test_statistics_agree_with_proc_meminfo(uml, tmp_path):
                 assert balloon.backend.request_stats()
                 wait_until(lambda n=n: balloon.status().stats_updates > n, 30, "a stats update")
                 after = guest.meminfo()
-                stats = balloon.statistics()
+                stats = balloon.statistics().to_dict()
                 assert stats["total_memory"] == before["MemTotal"] == after["MemTotal"]
                 # Sampled between the two reads, while neither `cat` ran: within what changed
                 # between the reads, plus the reading commands' own pages (a few hundred KiB).
@@ -114,8 +100,8 @@ def test_the_api_drives_a_real_guest(uml, tmp_path):
             assert guest.meminfo()["MemTotal"] == total0 - 64 * MIB
             wait_until(
                 lambda: (
-                    balloon.statistics().get("actual_mib") == 64
-                    and balloon.statistics().get("total_memory") == total0 - 64 * MIB
+                    balloon.statistics().actual_mib == 64
+                    and balloon.statistics().guest.total_memory == total0 - 64 * MIB
                 ),
                 30,
                 "statistics polled after the inflate",

@@ -7,7 +7,6 @@ import os
 import signal
 import time
 
-import pytest
 from real_guest_support import (
     MIB,
     PAGE,
@@ -15,17 +14,11 @@ from real_guest_support import (
     inflate_to,
     oom_kills_in,
     populate_free_memory,
-    uml_or_skip,
     wait_until,
 )
 
 from vballoon.api import request
 from vballoon.balloon import MIB_PAGES, VhostUserBalloon
-
-
-@pytest.fixture(scope="module")
-def uml():
-    return uml_or_skip()
 
 
 def test_deflate_on_oom_gives_pages_back_instead_of_an_oom_kill(uml, tmp_path):

@@ -47,10 +47,12 @@ def test_stats_are_consistent():
         s.set_target("16MiB")
         s.run_until_settled()
         st = s.stats()
-        assert st["free-memory"] == s.guest_free_bytes
+        assert st.free_memory == s.guest_free_bytes
         # Without DEFLATE_ON_OOM the guest's total shrinks by the balloon, as Linux's does.
-        assert st["total-memory"] == 48 * MiB
-        assert st["free-memory"] + 8 * MiB <= st["total-memory"]
+        assert st.total_memory == 48 * MiB
+        assert st.free_memory + 8 * MiB <= st.total_memory
+        assert st.to_dict()["free_memory"] == st.free_memory
+        assert st.oom_kills is None  # a tag the guest did not send
 
 
 def test_stats_off_without_stats_vq():
@@ -99,11 +101,13 @@ def test_bad_configuration_is_a_config_error():
 
 def test_bench_inflate_table_small():
     t = bench_inflate_table("64MiB", "48MiB", rounds=1)
-    names = [r["name"] for r in t["rows"]]
+    names = [r.name for r in t.rows]
     assert {"pfn", "bitmap", "extents", "auto"} <= set(names)
-    for row in t["rows"]:
-        assert row["inflate_secs"] > 0
-    assert "pfn" in t["text"]
+    for row in t.rows:
+        assert row.inflate_secs > 0
+    d = t.to_dict()
+    assert d["rows"] == [r.to_dict() for r in t.rows] and "text" not in d
+    assert (d["guest_bytes"], d["inflate_bytes"]) == (64 * MiB, 48 * MiB)
 
 
 @pytest.mark.parametrize("discard", ["coalesced", "per-page", "vectored", "parallel"])
@@ -115,4 +119,4 @@ def test_every_discard_policy_returns_the_memory(discard):
         r = s.run_until_settled()
         assert r.outcome == "settled"
         assert abs(before - s.resident_bytes() - 128 * MiB) <= 0.05 * 128 * MiB
-        assert s.device_counters()["discard_errors"] == 0
+        assert s.device_counters().discard_errors == 0

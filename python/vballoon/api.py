@@ -17,6 +17,7 @@ import socket
 import socketserver
 import stat
 import threading
+from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable
@@ -42,7 +43,7 @@ PATCH_STATS = {"stats_polling_interval_s": (INT, True)}
 HINT_START = {"acknowledge_on_stop": (BOOL, False)}
 
 
-def parse_body(raw: bytes, fields: dict[str, tuple[type, bool]], *, empty_ok: bool) -> dict:
+def parse_body(raw: bytes, fields: Mapping[str, tuple[type, bool]], *, empty_ok: bool) -> dict:
     """A JSON object with exactly the known `fields`, each of its type; BalloonApiError else."""
     if not raw.strip():
         if empty_ok:
@@ -184,7 +185,7 @@ def _no_body(raw: bytes) -> None:
 
 def _get_balloon(b: VhostUserBalloon, raw: bytes) -> dict:
     _no_body(raw)
-    return b.config()
+    return b.config().to_dict()
 
 
 def _patch_balloon(b: VhostUserBalloon, raw: bytes) -> None:
@@ -193,7 +194,7 @@ def _patch_balloon(b: VhostUserBalloon, raw: bytes) -> None:
 
 def _get_stats(b: VhostUserBalloon, raw: bytes) -> dict:
     _no_body(raw)
-    return b.statistics()
+    return b.statistics().to_dict()
 
 
 def _patch_stats(b: VhostUserBalloon, raw: bytes) -> None:
@@ -207,7 +208,7 @@ def _hint_start(b: VhostUserBalloon, raw: bytes) -> None:
 
 def _hint_status(b: VhostUserBalloon, raw: bytes) -> dict:
     _no_body(raw)
-    return b.hinting_status()
+    return b.hinting_status().to_dict()
 
 
 def _hint_stop(b: VhostUserBalloon, raw: bytes) -> None:
@@ -254,9 +255,11 @@ class ApiServer:
         )
 
     def start(self) -> None:
+        """Starts serving on a daemon thread."""
         self._thread.start()
 
     def close(self) -> None:
+        """Stops serving, joins the thread and removes the socket file."""
         if self._thread.is_alive():
             self._server.shutdown()
             self._thread.join(5)
@@ -285,6 +288,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.unix_path = path
 
     def connect(self) -> None:
+        """Connects to the Unix socket (http.client calls this)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         sock.connect(self.unix_path)

@@ -7,19 +7,22 @@ given `api_socket`, the HTTP control API (`vballoon.api`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from vballoon import _native
+from vballoon.types import Feature
 
 MIB_PAGES = 256  # 4 KiB pages per MiB: virtio-balloon counts 4 KiB pages (virtio 1.2, 5.5.6)
 MAX_AMOUNT_MIB = 0xFFFF_FFFF // MIB_PAGES  # num_pages is a le32 in config space
 MAX_STATS_INTERVAL_S = 0xFFFF  # Firecracker's field is a u16
 # Offered whatever the configuration: the guest must tell before reusing deflated pages, and
 # page poisoning lets the device know freed pages are not all zero.
-ALWAYS_OFFERED = ("must_tell_host", "page_poison")
+ALWAYS_OFFERED: tuple[Feature, ...] = ("must_tell_host", "page_poison")
 # Tag names (Linux's, or QEMU's hyphenated ones) that Firecracker's API spells differently.
 FIRECRACKER_STAT_NAMES = {
     "htlb_pgalloc": "hugetlb_allocations",
@@ -33,6 +36,73 @@ FIRECRACKER_STAT_NAMES = {
 }
 VIRTIO_BALLOON_CMD_ID_STOP = 0
 VIRTIO_BALLOON_CMD_ID_DONE = 1
+
+
+class _AsDict:
+    """`to_dict()` of the dataclasses below: the JSON body Firecracker's API answers with."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, keyed by its name (Firecracker's)."""
+        assert dataclasses.is_dataclass(self)
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BalloonConfig(_AsDict):
+    """The balloon's configuration (GET /balloon)."""
+
+    amount_mib: int
+    deflate_on_oom: bool
+    stats_polling_interval_s: int
+    free_page_hinting: bool
+    free_page_reporting: bool
+
+
+@dataclass(frozen=True)
+class HintingStatus(_AsDict):
+    """Free page hinting (GET /balloon/hinting/status): the host's and the guest's last
+    command ids, and the pages hinted so far."""
+
+    host_cmd: int
+    guest_cmd: int
+    pages_hinted: int
+
+
+@dataclass(frozen=True)
+class BalloonStatistics:
+    """GET /balloon/statistics: the backend's status (the balloon's size, the host's counters)
+    and the guest's last statistics sample."""
+
+    status: _native.VhostStatus
+    guest: _native.GuestStats
+
+    # The host's counters the answer carries after Firecracker's fields.
+    OURS: ClassVar[tuple[str, ...]] = (
+        "stats_updates", "ram_bytes", "ram_backed_bytes", "pages_discarded", "discard_calls",
+        "pages_reported", "pages_hinted",
+    )  # fmt: skip
+
+    @property
+    def target_mib(self) -> int:
+        """The target in MiB."""
+        return self.status.target_pages // MIB_PAGES
+
+    @property
+    def actual_mib(self) -> int:
+        """The balloon's size in MiB."""
+        return self.status.actual_pages // MIB_PAGES
+
+    def to_dict(self) -> dict[str, Any]:
+        """Firecracker's fields (the guest's tags it names differently renamed), then ours."""
+        out: dict[str, Any] = {
+            "target_pages": self.status.target_pages,
+            "actual_pages": self.status.actual_pages,
+            "target_mib": self.target_mib,
+            "actual_mib": self.actual_mib,
+        }
+        for name, value in self.guest.to_dict().items():
+            out[FIRECRACKER_STAT_NAMES.get(name, name)] = value
+        return {**out, **{name: getattr(self.status, name) for name in self.OURS}}
 
 
 class BalloonApiError(ValueError):
@@ -144,6 +214,7 @@ class VhostUserBalloon:
         self.close()
 
     def close(self) -> None:
+        """Stops the API, the watcher thread and the backend; idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -158,9 +229,9 @@ class VhostUserBalloon:
         self.backend.close()
 
     # -- state ------------------------------------------------------------------------------
-    def features(self) -> list[str]:
+    def features(self) -> list[Feature]:
         """The feature names offered to the next guest that negotiates."""
-        names = list(ALWAYS_OFFERED)
+        names: list[Feature] = list(ALWAYS_OFFERED)
         if self._stats_interval:
             names.append("stats_vq")
         if self._deflate_on_oom:
@@ -172,6 +243,7 @@ class VhostUserBalloon:
         return names
 
     def status(self) -> _native.VhostStatus:
+        """A snapshot of the backend."""
         return self.backend.status()
 
     def negotiated(self) -> bool:
@@ -228,16 +300,16 @@ class VhostUserBalloon:
             self._amount_mib = amount_mib
             self.backend.set_target(amount_mib * MIB_PAGES)
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> BalloonConfig:
         """GET /balloon."""
         with self._lock:
-            return {
-                "amount_mib": self._amount_mib,
-                "deflate_on_oom": self._deflate_on_oom,
-                "stats_polling_interval_s": self._stats_interval,
-                "free_page_hinting": self._hinting,
-                "free_page_reporting": self._reporting,
-            }
+            return BalloonConfig(
+                amount_mib=self._amount_mib,
+                deflate_on_oom=self._deflate_on_oom,
+                stats_polling_interval_s=self._stats_interval,
+                free_page_hinting=self._hinting,
+                free_page_reporting=self._reporting,
+            )
 
     def set_stats_interval(self, seconds: int) -> None:
         """PATCH /balloon/statistics: 0 disables; on/off only before a guest negotiates."""
@@ -257,32 +329,11 @@ class VhostUserBalloon:
         self.backend.request_stats()
         self._wake.set()
 
-    def statistics(self) -> dict[str, Any]:
-        """GET /balloon/statistics: Firecracker's fields, then the host's own counters."""
+    def statistics(self) -> BalloonStatistics:
+        """GET /balloon/statistics: the balloon's size, the guest's last sample, our counters."""
         if not self._stats_interval:
             raise BalloonApiError("statistics are not enabled (stats_polling_interval_s is 0)")
-        s = self.backend.status()
-        out: dict[str, Any] = {
-            "target_pages": s.target_pages,
-            "actual_pages": s.actual_pages,
-            "target_mib": s.target_pages // MIB_PAGES,
-            "actual_mib": s.actual_pages // MIB_PAGES,
-        }
-        for name, value in self.backend.stats().items():
-            name = name.replace("-", "_")
-            out[FIRECRACKER_STAT_NAMES.get(name, name)] = value
-        out.update(
-            {
-                "stats_updates": s.stats_updates,
-                "ram_bytes": s.ram_bytes,
-                "ram_backed_bytes": s.ram_backed_bytes,
-                "pages_discarded": s.pages_discarded,
-                "discard_calls": s.discard_calls,
-                "pages_reported": s.pages_reported,
-                "pages_hinted": s.pages_hinted,
-            }
-        )
-        return out
+        return BalloonStatistics(self.backend.status(), self.backend.stats())
 
     def start_hinting(self, acknowledge_on_stop: bool = True) -> int:
         """PATCH /balloon/hinting/start: a new command id for the guest; returns it."""
@@ -298,16 +349,14 @@ class VhostUserBalloon:
         self._wake.set()
         return cmd
 
-    def hinting_status(self) -> dict[str, Any]:
+    def hinting_status(self) -> HintingStatus:
         """GET /balloon/hinting/status: the host's and the guest's last command ids."""
         s = self.backend.status()
         if not (s.connected and "free_page_hint" in s.negotiated_features):
             raise BalloonApiError("free page hinting is not negotiated by a connected guest")
-        return {
-            "host_cmd": s.hint_cmd_id,
-            "guest_cmd": s.hint_guest_cmd_id,
-            "pages_hinted": s.pages_hinted,
-        }
+        return HintingStatus(
+            host_cmd=s.hint_cmd_id, guest_cmd=s.hint_guest_cmd_id, pages_hinted=s.pages_hinted
+        )
 
     def stop_hinting(self) -> None:
         """PATCH /balloon/hinting/stop: DONE (cmd id 1): the guest frees the hinted pages."""

@@ -5,25 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from vballoon import _native, output, progress, report, schema
+from vballoon.types import CHOICES
+
+if TYPE_CHECKING:
+    from vballoon import InflateTable
 
 # Errors and messages go to stderr; tables go where output.console_for says.
 console = Console(stderr=True)
-
-
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*(str(c) for c in row))
-    return table
 
 
 def ring_demo(
@@ -36,29 +31,41 @@ def ring_demo(
         for threaded in (False, True):
             for segments in (1, 4):
                 r = _native.pump_queue(mem, buffers, segments=segments, threaded=threaded)
-                rows.append({"threads": 2 if threaded else 1, "segments": segments, **r})
-                advance(f"{rows[-1]['threads']} threads, {segments} segments")
+                threads = 2 if threaded else 1
+                rows.append({"threads": threads, "segments": segments, **r.to_dict()})
+                advance(f"{threads} threads, {segments} segments")
     return rows
 
 
-def inflate_table(table: dict[str, Any]) -> Table:
+def inflate_table(table: InflateTable) -> Table:
     """The inflate comparison as a table: time, stages, ratios to pfn and to the floor."""
     gib = 1 << 30
     title = (
-        f"Inflate {table['inflate_bytes'] / gib:.2f} GiB of a {table['guest_bytes'] / gib:.2f} GiB "
-        f"guest, every page touched (median of {table['rounds']})"
+        f"Inflate {table.inflate_bytes / gib:.2f} GiB of a {table.guest_bytes / gib:.2f} GiB "
+        f"guest, every page touched (median of {table.rounds})"
     )
-    if table.get("fragmentation") is not None:
-        title += f", fragmentation {table['fragmentation']}"
-    rows = [report.inflate_cells(r) for r in table["rows"]]
-    return _table(title, report.INFLATE_COLUMNS, rows)
+    if table.fragmentation is not None:
+        title += f", fragmentation {table.fragmentation}"
+    rows = [report.inflate_cells(r.to_dict()) for r in table.rows]
+    return output.table(title, report.INFLATE_COLUMNS, rows)
+
+
+def migrate_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
+    """Migration bench rows (dicts) as a table."""
+    return output.table(title, report.MIGRATE_COLUMNS, [report.migrate_cells(r) for r in rows])
+
+
+def _bench(args: argparse.Namespace, bench: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+    """Runs a native bench with its progress drawn (unless `--quiet`)."""
+    return progress.run_bench(lambda p: bench(*a, **kw, progress=p), output.quiet(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """`vballoon demo` (and `bench virtq`): rings, then inflate, migration, a real guest."""
     out = output.console_for(args)
     rows = ring_demo(args.ring_guest, args.buffers, output.quiet(args))
     out.print(
-        _table(
+        output.table(
             f"Virtqueue round trips: {args.buffers:,} buffers in a {args.ring_guest} guest",
             report.VIRTQ_COLUMNS,
             [report.virtq_cells(r) for r in rows],
@@ -66,22 +73,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     parts = [schema.part("virtq", output.ring_scenario(args.ring_guest, args.buffers), rows)]
     if not args.ring_only:
-        table = progress.run_bench(
-            lambda p: _native.bench_inflate_table(
-                args.guest, args.inflate, rounds=args.rounds, progress=p
-            ),
-            output.quiet(args),
+        table = _bench(
+            args, _native.bench_inflate_table, args.guest, args.inflate, rounds=args.rounds
         )
         out.print(inflate_table(table))
         sc = output.inflate_scenario(table, "sync", "anonymous")
-        parts.append(schema.part("inflate", sc, table["rows"]))
+        parts.append(schema.part("inflate", sc, output.table_parts(table)[1]))
         scenarios, variants = ["m1", "m2"], ["off", "skip", "bitmap", "upstream", "reporting"]
-        rows = progress.run_bench(
-            lambda p: _native.bench_migrate_rows(
-                scenarios, variants, guest=args.migrate_guest, repetitions=1, progress=p
-            ),
-            output.quiet(args),
-        )
+        rows = [
+            r.to_dict()
+            for r in _bench(
+                args,
+                _native.bench_migrate_rows,
+                scenarios,
+                variants,
+                guest=args.migrate_guest,
+                repetitions=1,
+            )
+        ]
         out.print(
             migrate_table(
                 rows,
@@ -112,11 +121,13 @@ def vars_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bench_virtq(args: argparse.Namespace) -> int:
+    """`vballoon bench virtq`: ring round trips per second."""
     args.ring_only = True
     return cmd_demo(args)
 
 
 def cmd_bench_huge(args: argparse.Namespace) -> int:
+    """`vballoon bench huge`: bench I4 on THP and hugetlbfs RAM."""
     what = f"I4: populating and inflating {args.inflate} of {args.guest} on {args.backings}"
     with progress.status(what, output.quiet(args)):
         table = _native.bench_huge_table(
@@ -127,93 +138,46 @@ def cmd_bench_huge(args: argparse.Namespace) -> int:
             fragmented=not args.no_fragmented,
             reserve=not args.no_reserve,
         )
-    output.console_for(args).print(table["text"], markup=False)
-    sc = {k: v for k, v in table.items() if k not in ("rows", "text")}
-    output.emit(args, schema.document("bench huge", "huge", sc, table["rows"]))
+    sc, rows = output.table_parts(table)
+    cells = [report.huge_cells(r) for r in rows]
+    output.console_for(args).print(output.table(report.huge_title(sc), report.HUGE_COLUMNS, cells))
+    output.emit(args, schema.document("bench huge", "huge", sc, rows))
     return 0
 
 
 def cmd_bench_inflate(args: argparse.Namespace) -> int:
-    table = progress.run_bench(
-        lambda p: _native.bench_inflate_table(
-            args.guest,
-            args.inflate,
-            rounds=args.rounds,
-            fragmentation=args.fragmentation,
-            mode=args.mode,
-            backing=args.backing,
-            progress=p,
-        ),
-        output.quiet(args),
+    """`vballoon bench inflate`: every encoding and discard policy against the floors."""
+    table = _bench(
+        args,
+        _native.bench_inflate_table,
+        args.guest,
+        args.inflate,
+        rounds=args.rounds,
+        fragmentation=args.fragmentation,
+        mode=args.mode,
+        backing=args.backing,
     )
     output.console_for(args).print(inflate_table(table))
     sc = output.inflate_scenario(table, args.mode, args.backing)
-    output.emit(args, schema.document("bench inflate", "inflate", sc, table["rows"]))
+    output.emit(args, schema.document("bench inflate", "inflate", sc, output.table_parts(table)[1]))
     return 0
 
 
-BACKINGS = ["anonymous", "memfd", "thp", "hugetlb"]
-
-MIGRATE_COLUMNS = [
-    "scenario",
-    "variant",
-    "time ms",
-    "sent MB",
-    "pages read",
-    "hinted",
-    "unpopulated",
-    "downtime ms",
-    "peak RSS MB",
-    "floor ms",
-    "/ floor",
-    "speed-up",
-    "verified",
-]
-
-
-def migrate_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
-    """Migration bench rows as a table."""
-    out = []
-    for r in rows:
-        if r.get("skipped"):
-            out.append([r["scenario"], r["variant"], f"skipped: {r['skipped']}"] + [""] * 10)
-            continue
-        speedup = r.get("speedup_vs_no_hints")
-        out.append(
-            [
-                r["scenario"],
-                r["variant"],
-                f"{r['total_ms']:,.0f}",
-                f"{r['bytes_sent'] / 1e6:,.1f}",
-                f"{r['pages_read']:,}",
-                f"{r['hinted_pages']:,}",
-                f"{r['unpopulated_pages']:,}",
-                f"{r['downtime_ms']:.1f}",
-                f"{r['peak_rss_bytes'] / 1e6:,.0f}",
-                f"{r['floor_ms']:,.0f}",
-                f"{r['ratio_to_floor']:.2f}",
-                f"{speedup:.2f}x" if speedup else "-",
-                {True: "yes", False: "NO", None: "-"}[r.get("verified")],
-            ]
-        )
-    return _table(title, MIGRATE_COLUMNS, out)
-
-
 def cmd_bench_migrate(args: argparse.Namespace) -> int:
+    """`vballoon bench migrate`: scenarios M1-M3 with and without hints."""
     scenarios = args.scenarios.split(",")
     variants = args.variants.split(",") if args.variants else None
-    rows = progress.run_bench(
-        lambda p: _native.bench_migrate_rows(
-            scenarios,
-            variants,
-            guest=args.guest,
-            repetitions=args.repetitions,
-            bandwidth=args.bandwidth,
-            dirty_rate=args.dirty_rate,
-            progress=p,
-        ),
-        output.quiet(args),
+    rows = _bench(
+        args,
+        _native.bench_migrate_rows,
+        scenarios,
+        variants,
+        guest=args.guest,
+        repetitions=args.repetitions,
+        bandwidth=args.bandwidth,
+        dirty_rate=args.dirty_rate,
     )
+    rows = [r.to_dict() for r in rows]
     output.console_for(args).print(migrate_table(rows, f"Live migration at {args.bandwidth}"))
     sc = output.migrate_scenario(
         scenarios, variants, args.guest, args.repetitions, args.bandwidth, args.dirty_rate
@@ -231,6 +195,7 @@ def read_key(path: str | None) -> bytes | None:
 
 
 def cmd_migrate_listen(args: argparse.Namespace) -> int:
+    """`vballoon migrate listen`: receive one guest; exit 1 if a used page differs."""
     # On stdout without --json (scripts wait for this line), else on stderr.
     where = sys.stderr if args.json else sys.stdout
     print(
@@ -248,17 +213,20 @@ def cmd_migrate_listen(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             deadline=args.deadline,
         )
+    # Without the source's verify trailer there is nothing to say about verified pages.
+    row = {k: v for k, v in dest.to_dict().items() if v is not None}
     if args.json:
         sc = {"address": args.address, "guest_bytes": _native.parse_size(args.size)}
         sc["backing"] = args.backing
-        output.emit(args, schema.document("migrate listen", "migrate_listen", sc, [dest]))
+        output.emit(args, schema.document("migrate listen", "migrate_listen", sc, [row]))
     else:
         # One bare JSON line: scripts wait on it (the schema document needs --json).
-        print(json.dumps(dest))
-    return 0 if dest.get("mismatched_pages", 0) == 0 else 1
+        print(json.dumps(row))
+    return 0 if dest.mismatched_pages in (0, None) else 1
 
 
 def cmd_migrate_send(args: argparse.Namespace) -> int:
+    """`vballoon migrate send`: build a guest and migrate it; the document on stdout."""
     key = read_key(args.key_file)
     with progress.status("building the guest", output.quiet(args)):
         guest = _native.Guest(
@@ -285,7 +253,15 @@ def cmd_migrate_send(args: argparse.Namespace) -> int:
     return 0 if result.mismatched_pages in (0, None) else 1
 
 
+def _add_inflate_sizes(p: argparse.ArgumentParser, guest: str, inflate: str, why: str) -> None:
+    """`--guest`, `--inflate` and `--rounds` of an inflate measurement."""
+    p.add_argument("--guest", default=guest, help=f"guest size {why}")
+    p.add_argument("--inflate", default=inflate, help=f"how much of it to inflate {why}")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `vballoon` command line."""
     p = argparse.ArgumentParser(
         prog="vballoon",
         description="virtio-balloon fast (de)inflation and free-page-hinted live migration",
@@ -296,9 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main demo: rings, inflate comparison, migration")
     demo.add_argument("--ring-guest", default="1GiB", help="guest size for the ring demo")
     demo.add_argument("--buffers", type=int, default=1_000_000, help="buffers through the ring")
-    demo.add_argument("--guest", default="2GiB", help="guest size for the inflate comparison")
-    demo.add_argument("--inflate", default="1792MiB", help="how much of it to inflate")
-    demo.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    _add_inflate_sizes(demo, "2GiB", "1792MiB", "for the inflate comparison")
     demo.add_argument("--migrate-guest", default="1GiB", help="guest size for the migrations")
     demo.add_argument("--ring-only", action="store_true", help="only the ring demo")
     output.add_options(demo)
@@ -312,18 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_options(bv)
     bv.set_defaults(func=cmd_bench_virtq)
     bi = bsub.add_parser("inflate", help="inflate/deflate: pfn vs bitmap vs extents vs auto")
-    bi.add_argument("--guest", default="8GiB", help="guest size (8GiB as in the seed)")
-    bi.add_argument("--inflate", default="7GiB", help="how much to inflate (7GiB in the seed)")
-    bi.add_argument("--rounds", type=int, default=3)
+    _add_inflate_sizes(bi, "8GiB", "7GiB", "(the seed's sizes)")
     bi.add_argument("--fragmentation", type=float, default=None, help="0 (none) to 1 (pages)")
-    bi.add_argument("--mode", default="sync", choices=["sync", "threaded"])
-    bi.add_argument("--backing", default="anonymous", choices=BACKINGS)
+    bi.add_argument("--mode", default="sync", choices=CHOICES["mode"])
+    bi.add_argument("--backing", default="anonymous", choices=CHOICES["backing"])
     output.add_options(bi)
     bi.set_defaults(func=cmd_bench_inflate)
     bh = bsub.add_parser("huge", help="I4: inflate on THP and hugetlbfs RAM, memory back verified")
-    bh.add_argument("--guest", default="8GiB", help="guest size (8GiB for I4)")
-    bh.add_argument("--inflate", default="7GiB", help="how much to inflate (7GiB for I4)")
-    bh.add_argument("--rounds", type=int, default=3)
+    _add_inflate_sizes(bh, "8GiB", "7GiB", "(I4's sizes)")
     bh.add_argument("--backings", default="thp,hugetlb", help="comma list of thp, hugetlb")
     bh.add_argument("--no-fragmented", action="store_true", help="skip the fragmented guest")
     bh.add_argument(
@@ -351,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     ml = msub.add_parser("listen", help="the destination: receive one guest")
     ml.add_argument("--address", default="127.0.0.1:4444")
     ml.add_argument("--size", required=True, help="guest RAM size, as the source's")
-    ml.add_argument("--backing", default="memfd", choices=BACKINGS)
+    ml.add_argument("--backing", default="memfd", choices=CHOICES["backing"])
     ml.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
     output.add_options(ml, plot=False)
     ml.add_argument("--key-file", default=None, help="pre-shared key the source must hold")
@@ -363,15 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     ms = msub.add_parser("send", help="the source: build a guest and migrate it")
     ms.add_argument("--to", default="127.0.0.1:4444", help="the destination's host:port")
     ms.add_argument("--size", default=None, help="guest RAM size (default: the scenario's)")
-    ms.add_argument("--scenario", default=None, choices=["m1", "m2", "m3"])
+    ms.add_argument("--scenario", default=None, choices=CHOICES["scenario"])
     ms.add_argument("--used", default="400MiB", help="bytes the guest uses (no scenario)")
-    ms.add_argument("--backing", default="memfd", choices=BACKINGS)
-    ms.add_argument("--hints", default="off", choices=["off", "bitmap", "upstream", "reporting"])
+    ms.add_argument("--backing", default="memfd", choices=CHOICES["backing"])
+    ms.add_argument("--hints", default="off", choices=CHOICES["hints"])
     ms.add_argument("--bandwidth", default="10Gbit")
     ms.add_argument("--downtime", default="300ms")
     ms.add_argument("--dirty-rate", default=None, help="workload writes per second")
     ms.add_argument("--skip-unpopulated", action="store_true")
-    ms.add_argument("--dirty-tracking", default="explicit", choices=["explicit", "kernel", "auto"])
+    ms.add_argument("--dirty-tracking", default="explicit", choices=CHOICES["dirty_tracking"])
     ms.add_argument("--timeout", type=float, default=30.0)
     ms.add_argument("--quiet", action="store_true", help="no progress bar")
     ms.add_argument("--plot", metavar="FILE", type=output.plot_path, help="save the timeline")
@@ -386,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; typed errors become a message on stderr and exit status 1."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.table import Table
 
 from vballoon import _native, schema
+
+if TYPE_CHECKING:
+    from vballoon import Guest, InflateTable, MigrationResult
 
 # Tables are wider than 80 columns: keep them whole when the output is a pipe or a file.
 _WIDTH = 160
@@ -23,6 +27,16 @@ def console_for(args: argparse.Namespace) -> Console:
     if getattr(args, "json", False):
         return Console(stderr=True, width=None if sys.stderr.isatty() else _WIDTH)
     return Console(width=None if sys.stdout.isatty() else _WIDTH)
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    """A rich table: the first column left-aligned, the figures right-aligned."""
+    t = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*(str(c) for c in row))
+    return t
 
 
 def quiet(args: argparse.Namespace) -> bool:
@@ -69,10 +83,15 @@ def ring_scenario(guest: str, buffers: int) -> dict[str, Any]:
     return {"guest_bytes": _native.parse_size(guest), "buffers": buffers}
 
 
-def inflate_scenario(table: Mapping[str, Any], mode: str, backing: str) -> dict[str, Any]:
+def table_parts(table: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A bench table's run-wide figures (a document's scenario) and its rows, as dicts."""
+    sc = table.to_dict()
+    return sc, sc.pop("rows")
+
+
+def inflate_scenario(table: InflateTable, mode: str, backing: str) -> dict[str, Any]:
     """The inflate bench's parameters and run-wide figures (everything but its rows)."""
-    sc = {k: v for k, v in table.items() if k not in ("rows", "text")}
-    return {**sc, "mode": mode, "backing": backing}
+    return {**table_parts(table)[0], "mode": mode, "backing": backing}
 
 
 def migrate_scenario(
@@ -94,7 +113,9 @@ def migrate_scenario(
     }
 
 
-def send_document(args: argparse.Namespace, guest: Any, result: Any) -> dict[str, Any]:
+def send_document(
+    args: argparse.Namespace, guest: Guest, result: MigrationResult
+) -> dict[str, Any]:
     """`migrate send`: the result as the summary, its rounds as the rows."""
     summary = result.to_dict()
     rows = summary.pop("per_round")
@@ -102,9 +123,9 @@ def send_document(args: argparse.Namespace, guest: Any, result: Any) -> dict[str
     scenario = {
         "to": args.to,
         "scenario": args.scenario,
-        "guest_bytes": info["guest_bytes"],
-        "used_bytes": info["used_bytes"],
-        "stale_free_bytes": info["stale_free_bytes"],
+        "guest_bytes": info.guest_bytes,
+        "used_bytes": info.used_bytes,
+        "stale_free_bytes": info.stale_free_bytes,
         "hints": args.hints,
         "bandwidth": args.bandwidth,
         "downtime": args.downtime,

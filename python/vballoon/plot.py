@@ -128,7 +128,7 @@ def _grouped(
             i + 0.4,
             colors="black",
             linestyles="--",
-            label=floor_label if i == 0 else None,
+            label=floor_label if i == 0 else "_nolegend_",  # one legend entry for the floors
         )
     ax.set_xticks(range(len(scenarios)), labels=[s.upper() for s in scenarios])
     ax.set_yscale("log")

@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -20,6 +20,9 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+
+if TYPE_CHECKING:
+    from vballoon import BenchProgress, Guest
 
 T = TypeVar("T")
 
@@ -95,17 +98,19 @@ class Bars:
             self._progress.update(task, **fields)
 
 
-def _bench_poll(bars: Bars, steps: TaskID | None, inner: TaskID | None, probe: Any) -> None:
+def _bench_poll(
+    bars: Bars, steps: TaskID | None, inner: TaskID | None, probe: BenchProgress
+) -> None:
     s = probe.snapshot()
     bars.update(
         steps,
-        description=str(s["label"])[:36],
-        completed=s["steps_done"],
-        total=max(int(s["steps_total"]), 1),
-        detail=f"{s['steps_done']}/{s['steps_total']} steps",
+        description=s.label[:36],
+        completed=s.steps_done,
+        total=max(s.steps_total, 1),
+        detail=f"{s.steps_done}/{s.steps_total} steps",
     )
-    if s["populate_total"]:
-        done, total = s["populate_done"], s["populate_total"]
+    if s.populate_total:
+        done, total = s.populate_done, s.populate_total
         bars.update(
             inner,
             description="populate guest RAM",
@@ -114,20 +119,20 @@ def _bench_poll(bars: Bars, steps: TaskID | None, inner: TaskID | None, probe: A
             detail=f"{done / 2**30:.2f} of {total / 2**30:.2f} GiB",
             visible=True,
         )
-    elif s["pages_total"]:
+    elif s.pages_total:
         bars.update(
             inner,
-            description=f"migration round {s['round']}",
-            completed=s["pages_done"],
-            total=s["pages_total"],
-            detail=f"{s['bytes_sent'] / 1e6:,.0f} MB sent",
+            description=f"migration round {s.round}",
+            completed=s.pages_done,
+            total=s.pages_total,
+            detail=f"{s.bytes_sent / 1e6:,.0f} MB sent",
             visible=True,
         )
     else:
         bars.update(inner, visible=False)
 
 
-def run_bench(work: Callable[[Any], T], quiet: bool = False) -> T:
+def run_bench(work: Callable[[BenchProgress], T], quiet: bool = False) -> T:
     """Runs `work(progress)` (a native bench given `progress=`), drawing its progress."""
     from vballoon import _native
 
@@ -143,18 +148,17 @@ def run_bench(work: Callable[[Any], T], quiet: bool = False) -> T:
         )
 
 
-def run_migration(guest: Any, work: Callable[[], T], quiet: bool = False) -> T:
+def run_migration(guest: Guest, work: Callable[[], T], quiet: bool = False) -> T:
     """Runs `work()` (a `guest.migrate(...)`), drawing the round, pages done and bytes sent."""
 
     def poll() -> None:
         p = guest.progress()
-        total = p["pages_total"] or 1
-        stage = "stop-and-copy" if p["stop_and_copy"] else "pre-copy"
+        stage = "stop-and-copy" if p.stop_and_copy else "pre-copy"
         bars.update(
             task,
-            description=f"round {p['round']} ({stage})",
-            completed=p["pages_done"] / total,
-            detail=f"{p['bytes_sent'] / 1e6:,.0f} MB sent",
+            description=f"round {p.round} ({stage})",
+            completed=p.pages_done / (p.pages_total or 1),
+            detail=f"{p.bytes_sent / 1e6:,.0f} MB sent",
         )
 
     with Bars(enabled(quiet)) as bars:

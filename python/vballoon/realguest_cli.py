@@ -8,20 +8,10 @@ import json
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from vballoon import _native, output, progress, schema
 
 MIB = 1 << 20
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    t = Table(title=title, title_justify="left")
-    for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right")
-    for r in rows:
-        t.add_row(*(str(c) for c in r))
-    return t
 
 
 def demo_section(console: Console, result: dict[str, Any]) -> None:
@@ -37,9 +27,9 @@ def demo_section(console: Console, result: dict[str, Any]) -> None:
         return
     from vballoon.realguest import demo
 
-    rows = demo(uml)
+    rows = [r.to_dict() for r in demo(uml)]
     console.print(
-        _table(
+        output.table(
             f"A real Linux guest (User-Mode Linux {uml.version}, its own virtio_balloon driver) "
             "on the vhost-user backend",
             ["step", "ms", "MemTotal MiB", "RAM file MiB", "buffers", "discards", "stats"],
@@ -65,6 +55,7 @@ def demo_section(console: Console, result: dict[str, Any]) -> None:
 
 
 def add_bench_parser(bsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The `bench real-guest` subcommand."""
     p = bsub.add_parser(
         "real-guest", help="R1/R2: a UML guest's own driver against the vhost-user backend"
     )
@@ -77,6 +68,7 @@ def add_bench_parser(bsub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def cmd_bench_real_guest(args: argparse.Namespace) -> int:
+    """`vballoon bench real-guest`: R1 and R2 on a User-Mode Linux guest."""
     from vballoon.realguest import bench_r1, bench_r2
     from vballoon.uml import fetch
 
@@ -86,7 +78,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
     if args.only in (None, "r1"):
         what = f"R1: booting a {args.guest_mib} MiB guest, inflating {args.inflate_mib} MiB"
         with progress.status(what, output.quiet(args)):
-            r1 = bench_r1(uml, args.guest_mib, args.inflate_mib, args.rounds)
+            r1 = bench_r1(uml, args.guest_mib, args.inflate_mib, args.rounds).to_dict()
         out["r1"] = r1
         rows = []
         for i, s in enumerate(r1["real"]):
@@ -123,7 +115,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
                     ]
                 )
         console.print(
-            _table(
+            output.table(
                 f"R1: inflate {args.inflate_mib} MiB of a {args.guest_mib} MiB guest "
                 f"(median real {r1['real_inflate_secs'] * 1e3:,.1f} ms = "
                 f"{r1['ratio_to_model_pfn']:.2f}x model pfn, "
@@ -144,7 +136,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
         )
     if args.only in (None, "r2"):
         with progress.status("R2: hint runs and free page reporting", output.quiet(args)):
-            r2 = bench_r2(uml, args.guest_mib, args.rounds)
+            r2 = bench_r2(uml, args.guest_mib, args.rounds).to_dict()
         out["r2"] = r2
         rows = [
             [
@@ -165,7 +157,7 @@ def cmd_bench_real_guest(args: argparse.Namespace) -> int:
             for i, r in enumerate(r2["reports"])
         ]
         console.print(
-            _table(
+            output.table(
                 f"R2: a {args.guest_mib} MiB guest: hint runs (new cmd id -> STOP; median "
                 f"{r2['hint_ms_per_gib_guest']:,.1f} ms per GiB of guest) and reporting "
                 "(free -> 90% discarded on the host)",

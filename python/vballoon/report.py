@@ -49,6 +49,68 @@ def virtq_cells(r: Mapping[str, Any]) -> list[Any]:
     ]
 
 
+MIGRATE_COLUMNS = ["scenario", "variant", "time ms", "sent MB", "pages read", "hinted"]
+MIGRATE_COLUMNS += ["unpopulated", "downtime ms", "peak RSS MB", "floor ms", "/ floor"]
+MIGRATE_COLUMNS += ["speed-up", "verified"]
+
+
+def migrate_cells(r: Mapping[str, Any]) -> list[str]:
+    """One migration bench row (a `MigrateRow.to_dict()`) as table cells."""
+    head = [r["scenario"], r["variant"]]
+    if r.get("skipped"):
+        return [*head, f"skipped: {r['skipped']}"] + [""] * (len(MIGRATE_COLUMNS) - 3)
+    speedup = r.get("speedup_vs_no_hints")
+    return [
+        *head,
+        f"{r['total_ms']:,.0f}",
+        f"{r['bytes_sent'] / 1e6:,.1f}",
+        f"{r.get('pages_read', 0):,}",
+        f"{r.get('hinted_pages', 0):,}",
+        f"{r.get('unpopulated_pages', 0):,}",
+        f"{r.get('downtime_ms', 0):.1f}",
+        f"{r.get('peak_rss_bytes', 0) / 1e6:,.0f}",
+        f"{r['floor_ms']:,.0f}",
+        f"{r['ratio_to_floor']:.2f}",
+        f"{speedup:.2f}x" if speedup else "-",
+        {True: "yes", False: "NO", None: "-"}[r.get("verified")],
+    ]
+
+
+HUGE_COLUMNS = ["backing", "variant", "s", "ballooned GiB", "returned GiB", "GiB/s"]
+HUGE_COLUMNS += ["vs floor", "discard calls", "huge before", "MemFree gain GiB"]
+HUGE_COLUMNS += ["THPs partly mapped", "verified"]
+
+
+def huge_cells(r: Mapping[str, Any]) -> list[str]:
+    """One huge-page bench row (a `HugeRow.to_dict()`) as table cells."""
+    gib = float(1 << 30)
+    if r.get("note"):
+        return [r["backing"], r["variant"], r["note"]] + [""] * (len(HUGE_COLUMNS) - 3)
+    return [
+        r["backing"],
+        r["variant"],
+        f"{r['secs']:.3f}",
+        f"{r['ballooned_bytes'] / gib:.2f}",
+        f"{r['returned_bytes'] / gib:.2f}",
+        f"{r['gib_per_s']:.1f}",
+        f"{r['ratio_to_floor']:.2f}",
+        f"{r['discard_calls']:,}",
+        f"{r['huge_share_before'] * 100:.0f}%",
+        f"{r['memfree_gain_bytes'] / gib:.2f}",
+        f"{r['thp_partially_mapped']:,}",
+        "yes" if r["verified"] else "NO",
+    ]
+
+
+def huge_title(sc: Mapping[str, Any]) -> str:
+    """The huge-page bench's caption."""
+    gib = float(1 << 30)
+    return (
+        f"I4: inflate {sc['inflate_bytes'] / gib:.2f} of {sc['guest_bytes'] / gib:.2f} GiB on "
+        f"huge-page RAM, all touched; medians of {sc['rounds']} rounds"
+    )
+
+
 def _md_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -69,30 +131,10 @@ def inflate_markdown(part: Mapping[str, Any]) -> list[str]:
 
 def migrate_markdown(part: Mapping[str, Any]) -> list[str]:
     """Migration rows: time, bytes, pages, downtime, floor, speed-up."""
-    out = []
-    for r in part["rows"]:
-        if r.get("skipped"):
-            out.append([r["scenario"], r["variant"], f"skipped: {r['skipped']}"] + [""] * 6)
-            continue
-        sp = r.get("speedup_vs_no_hints")
-        out.append(
-            [
-                r["scenario"],
-                r["variant"],
-                f"{r['total_ms']:,.0f}",
-                f"{r['bytes_sent'] / 1e6:,.1f}",
-                f"{r.get('hinted_pages', 0):,}",
-                f"{r.get('downtime_ms', 0):.1f}",
-                f"{r['floor_ms']:,.0f}",
-                f"{r['ratio_to_floor']:.2f}",
-                f"{sp:.2f}x" if sp else "-",
-            ]
-        )
+    rows = [migrate_cells(r) for r in part["rows"]]
     sc = part["scenario"]
     head = f"Live migration at {sc.get('bandwidth', '?')}, median of {sc.get('repetitions')} runs."
-    cols = ["scenario", "variant", "time ms", "sent MB", "hinted pages", "downtime ms"]
-    cols += ["floor ms", "/ floor", "speed-up"]
-    return [head, "", *_md_table(cols, out)]
+    return [head, "", *_md_table(MIGRATE_COLUMNS, rows)]
 
 
 def timeline_markdown(part: Mapping[str, Any]) -> list[str]:
@@ -128,19 +170,19 @@ def virtq_markdown(part: Mapping[str, Any]) -> list[str]:
 
 
 def steps_markdown(part: Mapping[str, Any]) -> list[str]:
-    """Timed steps (a real guest's boot, inflate, deflate; the huge-page bench's variants)."""
-    rows = [
-        [
-            r.get("step") or f"{r['backing']} {r['variant']}",
-            f"{r.get('ms', r.get('secs', 0) * 1e3):,.1f}",
-        ]
-        for r in part["rows"]
-    ]
+    """Timed steps (a real guest's boot, inflate, deflate)."""
+    rows = [[r["step"], f"{r['ms']:,.1f}"] for r in part["rows"]]
     return _md_table(["step", "ms"], rows)
 
 
+def huge_markdown(part: Mapping[str, Any]) -> list[str]:
+    """The huge-page bench (I4): each backing and variant."""
+    rows = [huge_cells(r) for r in part["rows"]]
+    return [huge_title(part["scenario"]), "", *_md_table(HUGE_COLUMNS, rows)]
+
+
 MARKDOWN = {
-    "huge": steps_markdown,
+    "huge": huge_markdown,
     "real_guest": steps_markdown,
     "inflate": inflate_markdown,
     "migrate": migrate_markdown,

@@ -13,9 +13,9 @@ A document (schema version 1, described in `docs/json-schema.md`)::
       "parts": [{"kind": ..., "scenario": ..., "rows": ...}, ...]   # only in kind "demo"
     }
 
-Rows are the dicts the native results give (`bench_inflate_table(...)["rows"]`,
-`bench_migrate_rows(...)`, `pump_queue(...)`, `MigrationResult.to_dict()["per_round"]`), so a
-script that calls the Python API and the CLI's `--json` write the same data.
+Rows are the `to_dict()` of the native results (`bench_inflate_table(...).rows`,
+`bench_migrate_rows(...)`, `pump_queue(...)`, `MigrationResult.per_round`), so a script that
+calls the Python API and the CLI's `--json` write the same data.
 """
 
 from __future__ import annotations

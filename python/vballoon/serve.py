@@ -13,6 +13,7 @@ from vballoon.balloon import BalloonApiError, VhostUserBalloon
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The `serve` subcommand."""
     s = sub.add_parser(
         "serve",
         help="a vhost-user balloon backend (virtio device 5) with Firecracker's balloon API",
@@ -39,6 +40,7 @@ def _log(msg: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`vballoon serve`: the backend and its API until SIGINT or SIGTERM."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -69,7 +71,7 @@ def _serve(balloon: VhostUserBalloon, args: argparse.Namespace, stop: threading.
     if not args.quiet:
         _log(f"vhost-user balloon on {args.socket}{where}; offering {balloon.features()}")
     last: tuple[object, ...] = ()
-    last_error = None
+    last_error: str | None = None
     while not stop.wait(0.2):
         s = balloon.status()
         now = (s.connected, s.frontends_served, s.driver_ok, s.target_pages)
@@ -88,7 +90,7 @@ def _serve(balloon: VhostUserBalloon, args: argparse.Namespace, stop: threading.
         # The error list is bounded (oldest dropped): report what follows the last one seen.
         if s.errors and s.errors[-1] != last_error and not args.quiet:
             fresh = s.errors
-            if last_error in s.errors:
+            if last_error is not None and last_error in s.errors:
                 fresh = s.errors[len(s.errors) - s.errors[::-1].index(last_error) :]
             for e in fresh:
                 _log(f"device error: {e}")

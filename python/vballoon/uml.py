@@ -50,10 +50,12 @@ class Uml:
 
     @property
     def balloon_module(self) -> Path:
+        """The virtio_balloon module of this kernel."""
         return self.modules / "kernel" / "drivers" / "virtio" / "virtio_balloon.ko"
 
 
 def default_dir() -> Path:
+    """Where UML is cached: `$VBALLOON_UML_DIR` or `~/.cache/vballoon/uml`."""
     env = os.environ.get("VBALLOON_UML_DIR")
     if env:
         return Path(env)
@@ -284,6 +286,7 @@ def _layout(dest: Path, version: str) -> Uml | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m vballoon.uml fetch|path`."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m vballoon.uml", description=__doc__)

@@ -45,6 +45,14 @@ class UmlGuestError(RuntimeError):
     """The guest did not boot, died, or a command did not finish in time."""
 
 
+class UmlGuestTimeout(UmlGuestError, TimeoutError):
+    """The guest did not answer in time; `timeout` is the seconds waited."""
+
+    def __init__(self, message: str, timeout: float) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
 @dataclass(frozen=True)
 class Command:
     rc: int
@@ -105,6 +113,7 @@ class UmlGuest:
         self.close()
 
     def command_line(self) -> list[str]:
+        """The kernel's command line, arguments included."""
         args = [
             str(self.uml.kernel),
             f"mem={self.mem}",
@@ -122,6 +131,7 @@ class UmlGuest:
         return args + list(self.extra_args)
 
     def start(self) -> None:
+        """Boots the guest and waits until its init is ready for commands."""
         if self.proc is not None:
             raise UmlGuestError("this guest was started already")
         for d in (self.cmddir, self.ramdir, self.bindir, self.workdir / "umid"):
@@ -167,11 +177,13 @@ class UmlGuest:
 
     @property
     def pid(self) -> int:
+        """The UML kernel's process id."""
         if self.proc is None:
             raise UmlGuestError("the guest is not running")
         return self.proc.pid
 
     def alive(self) -> bool:
+        """Whether the guest is still running."""
         return self.proc is not None and self.proc.poll() is None
 
     def output(self) -> str:
@@ -214,6 +226,7 @@ class UmlGuest:
             self.proc.stdout.close()
 
     def close(self) -> None:
+        """Powers the guest off (killing it if it hangs); idempotent."""
         try:
             if self.alive() and not self._stopped():
                 self.poweroff(timeout=10)
@@ -262,6 +275,7 @@ class UmlGuest:
         return n
 
     def result(self, n: int, timeout: float = 60.0) -> Command:
+        """The result of command `n`, waiting up to `timeout` seconds for it."""
         rc_file = self.cmddir / f"rc.{n}"
         self._wait_file(rc_file, timeout, f"command {n}")
         return Command(
@@ -282,7 +296,8 @@ class UmlGuest:
             if not self.alive():
                 raise UmlGuestError(f"the guest died during {what}; console tail:\n{self._tail()}")
             if time.monotonic() > deadline:
-                raise UmlGuestError(f"{what}: no answer in {timeout} s; console:\n{self._tail()}")
+                msg = f"{what}: no answer in {timeout} s; console:\n{self._tail()}"
+                raise UmlGuestTimeout(msg, timeout)
             time.sleep(0.005)
 
     def _tail(self, n: int = 40) -> str:
@@ -304,9 +319,11 @@ class UmlGuest:
         return info
 
     def load_balloon(self, timeout: float = 30.0) -> Command:
+        """Loads the guest's virtio_balloon driver."""
         return self.run(f"insmod {self.uml.balloon_module}", timeout)
 
     def unload_balloon(self, timeout: float = 60.0) -> Command:
+        """Unloads the guest's virtio_balloon driver (it deflates first)."""
         return self.run("rmmod virtio_balloon", timeout)
 
     def ram_file(self) -> Path:
@@ -339,4 +356,5 @@ class UmlGuest:
         return total / tick
 
     def ram_size_bytes(self) -> int:
+        """Size of the guest's RAM file, bytes."""
         return os.stat(self.ram_file()).st_size

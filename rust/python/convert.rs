@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use super::errors::config_err;
+use crate::memory::Backing;
 
 /// Parses `"8GiB"`, `"512 MiB"`, `"4096"`, `"1.5G"` (binary units; `B` optional) into bytes.
 pub fn parse_size(s: &str) -> Option<u64> {
@@ -28,7 +29,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// Parses a link rate: `"10Gbit"`, `"1.25GB/s"`, `"100Mbit"`, or a number of bytes per second.
-#[allow(dead_code)] // used by the migration bindings
 pub fn parse_rate(s: &str) -> Option<u64> {
     let t = s.trim().to_ascii_lowercase();
     for (suffix, mult) in [
@@ -47,31 +47,63 @@ pub fn parse_rate(s: &str) -> Option<u64> {
     parse_size(t.trim_end_matches("/s"))
 }
 
-/// A size argument: a non-negative int or a string with a unit.
-pub fn size_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+/// An int, or a string `parse` understands; `kind` and `hint` name both in the error.
+fn int_or_str_arg(
+    obj: &Bound<'_, PyAny>,
+    what: &str,
+    parse: fn(&str) -> Option<u64>,
+    (kind, hint): (&str, &str),
+) -> PyResult<u64> {
     if let Ok(s) = obj.cast::<PyString>() {
         let s = s.to_str()?;
-        return parse_size(s).ok_or_else(|| config_err(format!("{what}: cannot parse size {s:?}")));
+        return parse(s).ok_or_else(|| config_err(format!("{what}: cannot parse {kind} {s:?}")));
     }
-    obj.extract::<u64>().map_err(|_| {
+    obj.extract::<u64>()
+        .map_err(|_| config_err(format!("{what}: expected {hint}")))
+}
+
+/// A size argument: a non-negative int or a string with a unit.
+pub fn size_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    int_or_str_arg(
+        obj,
+        what,
+        parse_size,
+        ("size", "a non-negative int or a size string"),
+    )
+}
+
+/// An optional size argument; `default` when None.
+pub fn opt_size_arg(obj: Option<&Bound<'_, PyAny>>, what: &str, default: u64) -> PyResult<u64> {
+    obj.map_or(Ok(default), |o| size_arg(o, what))
+}
+
+/// A rate argument in bytes per second: an int or a string such as `"10Gbit"`.
+pub fn rate_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    int_or_str_arg(
+        obj,
+        what,
+        parse_rate,
+        ("rate", "bytes per second or a rate string"),
+    )
+}
+
+/// A backing name: `"anonymous"`, `"memfd"`, `"thp"` or `"hugetlb"`.
+pub fn backing_arg(name: &str) -> PyResult<Backing> {
+    Backing::parse(name).ok_or_else(|| {
         config_err(format!(
-            "{what}: expected a non-negative int or a size string"
+            "backing must be 'anonymous', 'memfd', 'thp' or 'hugetlb', not {name:?}"
         ))
     })
 }
 
-/// A rate argument in bytes per second: an int or a string such as `"10Gbit"`.
-#[allow(dead_code)] // used by the migration bindings
-pub fn rate_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
-    if let Ok(s) = obj.cast::<PyString>() {
-        let s = s.to_str()?;
-        return parse_rate(s).ok_or_else(|| config_err(format!("{what}: cannot parse rate {s:?}")));
-    }
-    obj.extract::<u64>().map_err(|_| {
-        config_err(format!(
-            "{what}: expected bytes per second or a rate string"
-        ))
-    })
+/// A name the core parses with `FromStr` (encoding, mode, discard policy), its error prefixed
+/// by `what`.
+pub fn name_arg<T: std::str::FromStr>(what: &str, name: &str) -> PyResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    name.parse::<T>()
+        .map_err(|e| config_err(format!("{what}: {e}")))
 }
 
 /// Longest timeout a caller may give: a week. Longer ones (and infinity) are refused rather

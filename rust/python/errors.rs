@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use pyo3::types::{PyTuple, PyType};
+use pyo3::IntoPyObjectExt;
 
 use crate::device::BalloonError as CoreBalloonError;
 use crate::error::Error;
@@ -100,6 +101,12 @@ macro_rules! two_base_exceptions {
             m.add("BalloonError", py.get_type::<BalloonError>())?;
             m.add("MigrationError", py.get_type::<MigrationError>())?;
             $(m.add(stringify!($name), py.get_type::<$name>())?;)*
+            for (class, names) in CLASS_ATTRS {
+                let ty = m.getattr(*class)?;
+                for name in *names {
+                    ty.setattr(*name, py.None())?;
+                }
+            }
             Ok(())
         }
     };
@@ -138,10 +145,90 @@ fn two_base_type(
     Ok(unsafe { Bound::from_owned_ptr(py, raw).cast_into_unchecked::<PyType>() }.unbind())
 }
 
+/// An attribute value an exception carries.
+pub(super) enum Attr {
+    /// An integer (addresses, lengths, pages, rounds).
+    U(u64),
+    /// Seconds.
+    Secs(f64),
+    /// A name (the phase a migration was in).
+    S(&'static str),
+}
+
+/// Attributes every instance of a class has (None unless the error knows the value).
+const CLASS_ATTRS: &[(&str, &[&str])] = &[
+    (
+        "GuestAddressError",
+        &["address", "length", "size", "alignment"],
+    ),
+    (
+        "BalloonTimeout",
+        &["queue", "timeout", "target_pages", "actual_pages"],
+    ),
+    ("MigrationError", &["phase", "round", "timeout"]),
+];
+
+/// Sets `attrs` on the exception instance of `err` (kept when the value cannot be set).
+pub(super) fn with_attrs(err: PyErr, attrs: &[(&str, Attr)]) -> PyErr {
+    Python::attach(|py| {
+        let value = err.value(py);
+        for (name, attr) in attrs {
+            let obj = match attr {
+                Attr::U(v) => v.into_bound_py_any(py),
+                Attr::Secs(v) => v.into_bound_py_any(py),
+                Attr::S(v) => v.into_bound_py_any(py),
+            };
+            // Setting an attribute on a fresh exception only fails without memory.
+            if let Ok(obj) = obj {
+                let _ = value.setattr(*name, obj);
+            }
+        }
+    });
+    err
+}
+
+/// The attributes a core error carries into Python.
+fn attrs_of(err: &Error) -> Vec<(&'static str, Attr)> {
+    use Attr::{Secs, S, U};
+    match err {
+        Error::Memory(MemoryError::OutOfRange { addr, len, size }) => {
+            vec![
+                ("address", U(*addr)),
+                ("length", U(*len)),
+                ("size", U(*size)),
+            ]
+        }
+        Error::Memory(MemoryError::Misaligned { addr, align }) => {
+            vec![("address", U(*addr)), ("alignment", U(*align))]
+        }
+        Error::Memory(MemoryError::NotPageAligned { addr, len }) => {
+            vec![("address", U(*addr)), ("length", U(*len))]
+        }
+        Error::Memory(MemoryError::BadSize { size }) => vec![("size", U(*size))],
+        Error::Driver(DriverError::Timeout { queue, millis }) => vec![
+            ("queue", U(u64::from(*queue))),
+            ("timeout", Secs(*millis as f64 / 1e3)),
+        ],
+        Error::Migration(CoreMigrationError::Timeout { op, after }) => {
+            vec![("phase", S(op)), ("timeout", Secs(after.as_secs_f64()))]
+        }
+        Error::Migration(CoreMigrationError::DeadlineExceeded { op, after }) => {
+            vec![("phase", S(op)), ("timeout", Secs(after.as_secs_f64()))]
+        }
+        Error::Migration(
+            CoreMigrationError::ConnectionLost { op, .. }
+            | CoreMigrationError::Io { op, .. }
+            | CoreMigrationError::KernelTracking { op, .. },
+        ) => vec![("phase", S(op))],
+        _ => Vec::new(),
+    }
+}
+
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
         let msg = err.to_string();
-        match err {
+        let attrs = attrs_of(&err);
+        let py_err = match err {
             Error::Memory(
                 MemoryError::OutOfRange { .. }
                 | MemoryError::Misaligned { .. }
@@ -167,6 +254,11 @@ impl From<Error> for PyErr {
             Error::Migration(CoreMigrationError::Timeout { .. }) => MigrationTimeout::new_err(msg),
             Error::Migration(_) => MigrationError::new_err(msg),
             Error::Config(_) => ConfigError::new_err(msg),
+        };
+        if attrs.is_empty() {
+            py_err
+        } else {
+            with_attrs(py_err, &attrs)
         }
     }
 }

@@ -9,9 +9,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::buffer::{fill_view, release_view};
-use super::convert::size_arg;
+use super::convert::{backing_arg, size_arg};
 use super::errors::config_err;
-use crate::memory::{self, Backing, GuestAddress, GuestMemory};
+use super::results::PyHugePageStats;
+use crate::memory::{self, GuestAddress, GuestMemory};
 
 /// Largest `read` (it copies into a new bytes object): 1 GiB; `view` has no limit.
 const MAX_READ: usize = 1 << 30;
@@ -22,22 +23,13 @@ pub struct PyGuestMemory {
     pub(crate) inner: Arc<GuestMemory>,
 }
 
-fn parse_backing(s: &str) -> PyResult<Backing> {
-    Backing::parse(s).ok_or_else(|| {
-        config_err(format!(
-            "backing must be {}, not {s:?}",
-            super::huge::BACKINGS
-        ))
-    })
-}
-
 #[pymethods]
 impl PyGuestMemory {
     #[new]
     #[pyo3(signature = (size, backing = "anonymous"))]
     fn new(py: Python<'_>, size: &Bound<'_, PyAny>, backing: &str) -> PyResult<Self> {
         let size = size_arg(size, "size")?;
-        let backing = parse_backing(backing)?;
+        let backing = backing_arg(backing)?;
         let mem = py.detach(|| GuestMemory::new(size, backing))?;
         Ok(PyGuestMemory {
             inner: Arc::new(mem),
@@ -87,9 +79,8 @@ impl PyGuestMemory {
     }
 
     /// How much of guest RAM is resident and on huge pages (smaps; hugetlb pool and memfd).
-    fn huge_page_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
-        let st = self.inner.huge_page_stats()?;
-        super::huge::stats_dict(py, &st)
+    fn huge_page_stats(&self) -> PyResult<PyHugePageStats> {
+        Ok(PyHugePageStats::from(&self.inner.huge_page_stats()?))
     }
 
     /// The memfd behind memfd-backed RAM, else None. Borrowed: the GuestMemory owns and closes
@@ -100,6 +91,7 @@ impl PyGuestMemory {
         self.inner.memfd()
     }
 
+    /// Copies `length` bytes at `addr` out of guest RAM (at most 1 GiB; `view` for more).
     fn read<'py>(
         &self,
         py: Python<'py>,
@@ -121,51 +113,64 @@ impl PyGuestMemory {
         })
     }
 
+    /// Copies `data` into guest RAM at `addr`.
     fn write(&self, addr: u64, data: &[u8]) -> PyResult<()> {
         Ok(self.inner.write(GuestAddress(addr), data)?)
     }
 
+    /// The byte at `addr`.
     fn read_u8(&self, addr: u64) -> PyResult<u8> {
         Ok(self.inner.read_u8(GuestAddress(addr))?)
     }
+    /// The little-endian u16 at `addr` (2-byte aligned).
     fn read_u16(&self, addr: u64) -> PyResult<u16> {
         Ok(self.inner.read_u16(GuestAddress(addr))?)
     }
+    /// The little-endian u32 at `addr` (4-byte aligned).
     fn read_u32(&self, addr: u64) -> PyResult<u32> {
         Ok(self.inner.read_u32(GuestAddress(addr))?)
     }
+    /// The little-endian u64 at `addr` (8-byte aligned).
     fn read_u64(&self, addr: u64) -> PyResult<u64> {
         Ok(self.inner.read_u64(GuestAddress(addr))?)
     }
+    /// Stores the byte `value` at `addr`.
     fn write_u8(&self, addr: u64, value: u8) -> PyResult<()> {
         Ok(self.inner.write_u8(GuestAddress(addr), value)?)
     }
+    /// Stores `value` as a little-endian u16 at `addr` (2-byte aligned).
     fn write_u16(&self, addr: u64, value: u16) -> PyResult<()> {
         Ok(self.inner.write_u16(GuestAddress(addr), value)?)
     }
+    /// Stores `value` as a little-endian u32 at `addr` (4-byte aligned).
     fn write_u32(&self, addr: u64, value: u32) -> PyResult<()> {
         Ok(self.inner.write_u32(GuestAddress(addr), value)?)
     }
+    /// Stores `value` as a little-endian u64 at `addr` (8-byte aligned).
     fn write_u64(&self, addr: u64, value: u64) -> PyResult<()> {
         Ok(self.inner.write_u64(GuestAddress(addr), value)?)
     }
 
+    /// Sets `[addr, addr + length)` to `byte`.
     #[pyo3(signature = (addr, length, byte = 0))]
     fn fill(&self, py: Python<'_>, addr: u64, length: &Bound<'_, PyAny>, byte: u8) -> PyResult<()> {
         let length = size_arg(length, "length")?;
         Ok(py.detach(|| self.inner.fill(GuestAddress(addr), length, byte))?)
     }
 
+    /// Gives `[addr, addr + length)` back to the host (whole pages); it reads as zero after.
     fn discard(&self, py: Python<'_>, addr: u64, length: &Bound<'_, PyAny>) -> PyResult<()> {
         let length = size_arg(length, "length")?;
         Ok(py.detach(|| self.inner.discard(GuestAddress(addr), length))?)
     }
 
+    /// Faults `[addr, addr + length)` in (whole pages).
     fn populate(&self, py: Python<'_>, addr: u64, length: &Bound<'_, PyAny>) -> PyResult<()> {
         let length = size_arg(length, "length")?;
         Ok(py.detach(|| self.inner.populate(GuestAddress(addr), length))?)
     }
 
+    /// Pages of `[addr, addr + length)` resident on the host (mincore); all RAM by default.
     #[pyo3(signature = (addr = 0, length = None))]
     fn resident_pages(
         &self,
@@ -180,6 +185,7 @@ impl PyGuestMemory {
         Ok(py.detach(|| self.inner.resident_pages(GuestAddress(addr), length))?)
     }
 
+    /// Whether every byte of `[addr, addr + length)` is zero.
     fn is_zero(&self, py: Python<'_>, addr: u64, length: &Bound<'_, PyAny>) -> PyResult<bool> {
         let length = size_arg(length, "length")?;
         Ok(py.detach(|| self.inner.is_zero(GuestAddress(addr), length))?)

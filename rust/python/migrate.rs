@@ -1,23 +1,28 @@
-//! Live migration from Python: a running guest, `migrate(...)`, two-process send/listen, bench.
+//! Live migration from Python: a running guest, `migrate(...)`, two-process send/listen.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::PyString;
+use pyo3::PyClassInitializer;
 
-use super::convert::{rate_arg, size_arg, timeout_arg};
-use super::errors::config_err;
+use super::closeable::{closeable, PyCloseable};
+use super::convert::{backing_arg, rate_arg, size_arg, timeout_arg};
+use super::errors::{config_err, with_attrs, Attr, MigrationError};
 use super::memory::PyGuestMemory;
 use super::pages::PyPageSet;
-use super::progress::{round_dicts, rounds, PyRoundStats};
+use super::progress::{rounds, PyRoundStats};
+use super::records::record;
+use super::results::{PyDestReport, PyGuestInfo, PyMigrationProgress};
 use crate::machine::{
     listen, send, BalloonHints, GuestRunner, HintMode, HintProvider, LocalLink, MigrateOptions,
     MigrationSummary, Scenario, ScenarioInfo,
 };
-use crate::memory::{Backing, GuestAddress};
+use crate::memory::GuestAddress;
 use crate::migration::{
-    DestConfig, DestReport, DirtyTracking, MigrationKey, MigrationResult, Progress, RoundStats,
+    DestConfig, DirtyTracking, GuestControl, MigrationKey, MigrationResult, Progress, RoundStats,
 };
 
 /// A duration argument: seconds as a number, or a string like `"300ms"` / `"2s"`.
@@ -45,60 +50,58 @@ fn duration_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
     timeout_arg(v, what)
 }
 
-fn backing(s: &str) -> PyResult<Backing> {
-    Backing::parse(s).ok_or_else(|| {
-        config_err(format!(
-            "backing must be {}, not {s:?}",
-            super::huge::BACKINGS
-        ))
-    })
+/// One of a fixed set of names, parsed by `parse`; the error lists `choices`.
+fn choice_arg<T>(
+    what: &str,
+    name: &str,
+    parse: fn(&str) -> Option<T>,
+    choices: &str,
+) -> PyResult<T> {
+    parse(name).ok_or_else(|| config_err(format!("{what} must be {choices}, not {name:?}")))
 }
 
-/// What a migration did, as the source saw it (and the destination, when it ran here).
-#[pyclass(name = "MigrationResult", module = "vballoon", frozen, get_all)]
-pub struct PyMigrationResult {
-    /// Hint mode: "off", "bitmap", "upstream" or "reporting".
-    hints: String,
-    /// Whether pages the host never populated were skipped without reading.
-    skip_unpopulated: bool,
-    /// Total time, seconds.
-    total_secs: f64,
-    /// Guest paused until the destination had everything, seconds.
-    downtime_secs: f64,
-    /// Pre-copy rounds, including stop-and-copy.
-    rounds: u32,
-    /// Whether the dirty set fit the downtime target before max rounds.
-    converged: bool,
-    /// Bytes written to the link.
-    bytes_sent: u64,
-    /// Pages sent as data.
-    pages_sent: u64,
-    /// Pages sent as zero markers.
-    zero_pages: u64,
-    /// Pages skipped because the guest hinted them free.
-    hinted_pages: u64,
-    /// Pages skipped because the host never populated them.
-    unpopulated_pages: u64,
-    /// Pages the source read.
-    pages_read: u64,
-    /// Peak RSS of this process, bytes.
-    peak_rss_bytes: u64,
-    /// Used pages found byte-identical on the destination (None: not verified).
-    verified_pages: Option<u64>,
-    /// Used pages that differ (must be 0).
-    mismatched_pages: Option<u64>,
-    /// Free pages that differ (allowed: their contents are not the guest's).
-    free_pages_differing: Option<u64>,
-    /// Pages the guest's workload dirtied during the migration.
-    workload_pages_dirtied: u64,
-    /// The dirty tracking used ("explicit", or the kernel's, with the fallback reason).
-    dirty_backend: String,
-    /// What each round did (the stop-and-copy round last).
-    per_round: Vec<PyRoundStats>,
-}
-
-fn opt(v: Option<u64>) -> String {
-    v.map_or_else(|| "None".into(), |v| v.to_string())
+record! {
+    /// What a migration did, as the source saw it (and the destination, when it ran here).
+    pub struct PyMigrationResult as "MigrationResult" {
+        /// Hint mode: "off", "bitmap", "upstream" or "reporting".
+        hints: String,
+        /// Whether pages the host never populated were skipped without reading.
+        skip_unpopulated: bool,
+        /// Total time, seconds.
+        total_secs: f64,
+        /// Guest paused until the destination had everything, seconds.
+        downtime_secs: f64,
+        /// Pre-copy rounds, including stop-and-copy.
+        rounds: u32,
+        /// Whether the dirty set fit the downtime target before max rounds.
+        converged: bool,
+        /// Bytes written to the link.
+        bytes_sent: u64,
+        /// Pages sent as data.
+        pages_sent: u64,
+        /// Pages sent as zero markers.
+        zero_pages: u64,
+        /// Pages skipped because the guest hinted them free.
+        hinted_pages: u64,
+        /// Pages skipped because the host never populated them.
+        unpopulated_pages: u64,
+        /// Pages the source read.
+        pages_read: u64,
+        /// Peak RSS of this process, bytes.
+        peak_rss_bytes: u64,
+        /// Used pages found byte-identical on the destination (None: not verified).
+        verified_pages: Option<u64>,
+        /// Used pages that differ (must be 0).
+        mismatched_pages: Option<u64>,
+        /// Free pages that differ (allowed: their contents are not the guest's).
+        free_pages_differing: Option<u64>,
+        /// Pages the guest's workload dirtied during the migration.
+        workload_pages_dirtied: u64,
+        /// The dirty tracking used ("explicit", or the kernel's, with the fallback reason).
+        dirty_backend: String,
+        /// What each round did (the stop-and-copy round last).
+        per_round: Vec<PyRoundStats>,
+    }
 }
 
 impl PyMigrationResult {
@@ -138,51 +141,6 @@ impl PyMigrationResult {
     }
 }
 
-#[pymethods]
-impl PyMigrationResult {
-    /// The result as a plain dict (for JSON).
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("hints", &self.hints)?;
-        d.set_item("skip_unpopulated", self.skip_unpopulated)?;
-        d.set_item("total_secs", self.total_secs)?;
-        d.set_item("downtime_secs", self.downtime_secs)?;
-        d.set_item("rounds", self.rounds)?;
-        d.set_item("converged", self.converged)?;
-        d.set_item("bytes_sent", self.bytes_sent)?;
-        d.set_item("pages_sent", self.pages_sent)?;
-        d.set_item("zero_pages", self.zero_pages)?;
-        d.set_item("hinted_pages", self.hinted_pages)?;
-        d.set_item("unpopulated_pages", self.unpopulated_pages)?;
-        d.set_item("pages_read", self.pages_read)?;
-        d.set_item("peak_rss_bytes", self.peak_rss_bytes)?;
-        d.set_item("verified_pages", self.verified_pages)?;
-        d.set_item("mismatched_pages", self.mismatched_pages)?;
-        d.set_item("free_pages_differing", self.free_pages_differing)?;
-        d.set_item("workload_pages_dirtied", self.workload_pages_dirtied)?;
-        d.set_item("dirty_backend", &self.dirty_backend)?;
-        d.set_item("per_round", round_dicts(py, &self.per_round)?)?;
-        Ok(d)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "MigrationResult(hints={:?}, {:.1} ms, downtime {:.1} ms, {} rounds, {:.1} MB sent, \
-             {} pages read, {} hinted, {} unpopulated, verified={}, mismatched={})",
-            self.hints,
-            self.total_secs * 1e3,
-            self.downtime_secs * 1e3,
-            self.rounds,
-            self.bytes_sent as f64 / 1e6,
-            self.pages_read,
-            self.hinted_pages,
-            self.unpopulated_pages,
-            opt(self.verified_pages),
-            opt(self.mismatched_pages)
-        )
-    }
-}
-
 /// A running guest to migrate: its RAM, page allocator and a workload that can keep writing
 /// (at `dirty_rate` bytes/s) while it migrates.
 ///
@@ -190,9 +148,11 @@ impl PyMigrationResult {
 /// otherwise the guest is `size` with `used` bytes allocated and filled, of which `free_share`
 /// is freed again (those free pages keep stale data); the workload allocates in blocks of
 /// `2**order` pages, so `order=10` frees whole 4 MiB blocks and `order=0` scatters free pages.
-#[pyclass(name = "Guest", module = "vballoon", frozen)]
+#[pyclass(name = "Guest", module = "vballoon", frozen, extends = PyCloseable)]
 pub struct PyGuest {
     runner: Arc<GuestRunner>,
+    /// Set by `close()`: the workload thread is stopped, migrations are refused.
+    closed: AtomicBool,
     /// The balloon that answers hint requests, plugged into this guest on first use.
     hints: Arc<BalloonHints>,
     progress: Arc<Progress>,
@@ -214,7 +174,7 @@ impl PyGuest {
         order: u8,
         backing: &str,
         seed: u64,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let mut sc = match scenario {
             Some(name) => Scenario::by_name(name).ok_or_else(|| {
                 config_err(format!("scenario must be m1, m2 or m3, not {name:?}"))
@@ -235,7 +195,7 @@ impl PyGuest {
         if let Some(used) = used {
             sc.workload_bytes = size_arg(used, "used")?;
         }
-        sc = sc.with_backing(self::backing(backing)?);
+        sc = sc.with_backing(backing_arg(backing)?);
         let (runner, info) = py.detach(|| sc.build())?;
         let memory = Py::new(
             py,
@@ -243,13 +203,14 @@ impl PyGuest {
                 inner: Arc::clone(runner.memory()),
             },
         )?;
-        Ok(PyGuest {
+        Ok(closeable(PyGuest {
             runner: Arc::new(runner),
+            closed: AtomicBool::new(false),
             hints: Arc::default(),
             progress: Arc::default(),
             info,
             memory,
-        })
+        }))
     }
 
     /// The guest's RAM.
@@ -259,19 +220,8 @@ impl PyGuest {
     }
 
     /// What was built: used, stale-free and untouched bytes, free blocks by order.
-    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("name", &self.info.name)?;
-        d.set_item("guest_bytes", self.info.guest_bytes)?;
-        d.set_item("used_bytes", self.info.used_bytes)?;
-        d.set_item("stale_free_bytes", self.info.stale_free_bytes)?;
-        d.set_item("untouched_bytes", self.info.untouched_bytes)?;
-        d.set_item(
-            "free_blocks_by_order",
-            self.info.free_blocks_by_order.clone(),
-        )?;
-        d.set_item("build_secs", self.info.build_time.as_secs_f64())?;
-        Ok(d)
+    fn info(&self) -> PyGuestInfo {
+        PyGuestInfo::from(&self.info)
     }
 
     /// Pages free in the guest's allocator.
@@ -310,33 +260,51 @@ impl PyGuest {
 
     /// Progress of the migration running now (or the last one): round, pages done of the
     /// round, total pages, bytes sent, and whether stop-and-copy has begun.
-    fn progress<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let p = &self.progress;
-        let d = PyDict::new(py);
-        d.set_item("round", p.round.load(Relaxed))?;
-        d.set_item("pages_done", p.pages_done.load(Relaxed))?;
-        d.set_item("pages_total", p.pages_total.load(Relaxed))?;
-        d.set_item("bytes_sent", p.bytes_sent.load(Relaxed))?;
-        d.set_item("stop_and_copy", p.stop_and_copy.load(Relaxed))?;
-        Ok(d)
+    fn progress(&self) -> PyMigrationProgress {
+        PyMigrationProgress::from(&*self.progress)
     }
 
-    /// Lets the guest run again after a successful migration paused it.
+    /// Lets the guest run again after `migrate(resume=False)` left it paused.
     fn resume(&self) {
-        crate::migration::GuestControl::resume(&*self.runner);
+        GuestControl::resume(&*self.runner);
+    }
+
+    /// Stops the guest's workload thread and unplugs its hint balloon; idempotent. A closed
+    /// guest refuses `migrate` (its memory stays readable).
+    fn close(&self, py: Python<'_>) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            let (hints, runner) = (&self.hints, &self.runner);
+            py.detach(|| {
+                hints.detach();
+                runner.shutdown();
+            });
+        }
+    }
+
+    /// Whether the guest is paused: after `migrate(resume=False)`, until `resume()`.
+    #[getter]
+    fn paused(&self) -> bool {
+        self.runner.is_paused()
+    }
+
+    /// Whether `close()` has run.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Migrates the guest, its workload running at `dirty_rate` meanwhile. With `to`
     /// (`"host:port"`, a destination started by `listen_migration` or `vballoon migrate
     /// listen`), over TCP to that process; otherwise to a fresh destination in this process
     /// (over a socketpair, or TCP loopback with `link="tcp"`, into `dest_backing` RAM).
-    /// With `verify`, every used page is checked on the destination. The guest stays paused
-    /// after a successful migration (call `resume()`).
+    /// With `verify`, every used page is checked on the destination. The guest runs again
+    /// after the migration unless `resume=False` (then it stays paused until `resume()`). A
+    /// `MigrationError` carries the `round` the source was in.
     #[pyo3(signature = (
         *, to = None, hints = "off", bandwidth = None, downtime = None, dirty_rate = None,
         skip_unpopulated = false, dirty_tracking = "explicit", link = "socketpair",
-        verify = true, max_rounds = 30, dest_backing = "anonymous", timeout = 30.0, key = None
+        verify = true, max_rounds = 30, dest_backing = "anonymous", timeout = 30.0, key = None,
+        resume = true
     ))]
     #[allow(clippy::too_many_arguments)]
     fn migrate(
@@ -355,50 +323,64 @@ impl PyGuest {
         dest_backing: &str,
         timeout: f64,
         key: Option<&[u8]>,
+        resume: bool,
     ) -> PyResult<PyMigrationResult> {
-        let mut opts = options(
-            hints,
-            bandwidth,
-            downtime,
-            dirty_rate,
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(config_err("the guest is closed"));
+        }
+        let mut opts = MigrateOptions {
+            hints: choice_arg(
+                "hints",
+                hints,
+                HintMode::parse,
+                "off, bitmap, upstream or reporting",
+            )?,
             skip_unpopulated,
-            dirty_tracking,
             verify,
             max_rounds,
-            timeout,
+            ..MigrateOptions::default()
+        };
+        if let Some(b) = bandwidth {
+            opts.bandwidth_bytes_per_s = rate_arg(b, "bandwidth")?;
+        }
+        if let Some(d) = downtime {
+            opts.downtime_target = duration_arg(d, "downtime")?;
+        }
+        if let Some(r) = dirty_rate {
+            opts.dirty_rate_bytes_per_s = rate_arg(r, "dirty_rate")?;
+        }
+        let tracking = "explicit, kernel or auto";
+        opts.dirty_tracking = choice_arg(
+            "dirty_tracking",
+            dirty_tracking,
+            DirtyTracking::parse,
+            tracking,
         )?;
+        opts.io_timeout = timeout_arg(timeout, "timeout")?;
         opts.key = key_arg(key)?;
         opts.progress = Some(self.fresh_progress());
         if opts.hints != HintMode::Off {
             opts.hint_provider = Some(Arc::clone(&self.hints) as Arc<dyn HintProvider>);
         }
-        opts.link = match link {
-            "socketpair" | "inprocess" => LocalLink::SocketPair,
-            "tcp" => LocalLink::Tcp,
-            other => {
-                return Err(config_err(format!(
-                    "link must be 'socketpair' or 'tcp', not {other:?}"
-                )))
-            }
-        };
-        opts.dest_backing = backing(dest_backing)?;
+        opts.link = choice_arg("link", link, local_link, "'socketpair' or 'tcp'")?;
+        opts.dest_backing = backing_arg(dest_backing)?;
         let runner = Arc::clone(&self.runner);
-        if let Some(addr) = to {
-            let r = py.detach(|| send(addr, &runner, &opts))?;
-            return Ok(PyMigrationResult::from_remote(
-                &r,
-                opts.hints,
-                opts.skips_unpopulated(),
-            ));
+        let result = py
+            .detach(|| match to {
+                Some(addr) => send(addr, &runner, &opts).map(|r| {
+                    PyMigrationResult::from_remote(&r, opts.hints, opts.skips_unpopulated())
+                }),
+                None => crate::machine::migrate_local(&runner, &opts).map(|report| {
+                    let backend = report.result.dirty_backend.to_string();
+                    PyMigrationResult::new(&report.summary(), backend, &report.result.per_round)
+                }),
+            })
+            .map_err(|e| self.with_round(py, e.into()));
+        // A failed migration has resumed the guest already; a finished one left it paused.
+        if result.is_ok() && resume {
+            GuestControl::resume(&*self.runner);
         }
-        let report = py.detach(|| crate::machine::migrate_local(&runner, &opts))?;
-        let backend = report.result.dirty_backend.to_string();
-        let per_round = &report.result.per_round;
-        Ok(PyMigrationResult::new(
-            &report.summary(),
-            backend,
-            per_round,
-        ))
+        result
     }
 
     fn __repr__(&self) -> String {
@@ -414,14 +396,22 @@ impl PyGuest {
 }
 
 impl PyGuest {
+    /// A `MigrationError` gets the round the source was in; other errors pass.
+    fn with_round(&self, py: Python<'_>, e: PyErr) -> PyErr {
+        if !e.is_instance_of::<MigrationError>(py) {
+            return e;
+        }
+        let round = self.progress.round.load(Ordering::Relaxed);
+        with_attrs(e, &[("round", Attr::U(round))])
+    }
+
     /// Zeroes the shared progress counters for a new migration and hands them out.
     fn fresh_progress(&self) -> Arc<Progress> {
-        use std::sync::atomic::Ordering::Relaxed;
         let p = &self.progress;
         for c in [&p.round, &p.pages_done, &p.pages_total, &p.bytes_sent] {
-            c.store(0, Relaxed);
+            c.store(0, Ordering::Relaxed);
         }
-        p.stop_and_copy.store(false, Relaxed);
+        p.stop_and_copy.store(false, Ordering::Relaxed);
         Arc::clone(p)
     }
 }
@@ -432,61 +422,13 @@ impl Drop for PyGuest {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn options(
-    hints: &str,
-    bandwidth: Option<&Bound<'_, PyAny>>,
-    downtime: Option<&Bound<'_, PyAny>>,
-    dirty_rate: Option<&Bound<'_, PyAny>>,
-    skip_unpopulated: bool,
-    dirty_tracking: &str,
-    verify: bool,
-    max_rounds: u32,
-    timeout: f64,
-) -> PyResult<MigrateOptions> {
-    let mut o = MigrateOptions {
-        hints: HintMode::parse(hints).ok_or_else(|| {
-            config_err(format!(
-                "hints must be off, bitmap, upstream or reporting, not {hints:?}"
-            ))
-        })?,
-        skip_unpopulated,
-        verify,
-        max_rounds,
-        ..MigrateOptions::default()
-    };
-    o.bandwidth_bytes_per_s = match bandwidth {
-        Some(b) => rate_arg(b, "bandwidth")?,
-        None => MigrateOptions::default().bandwidth_bytes_per_s,
-    };
-    if let Some(d) = downtime {
-        o.downtime_target = duration_arg(d, "downtime")?;
+/// The local link a name asks for (`"inprocess"` is the socketpair's old name).
+fn local_link(name: &str) -> Option<LocalLink> {
+    match name {
+        "socketpair" | "inprocess" => Some(LocalLink::SocketPair),
+        "tcp" => Some(LocalLink::Tcp),
+        _ => None,
     }
-    if let Some(r) = dirty_rate {
-        o.dirty_rate_bytes_per_s = rate_arg(r, "dirty_rate")?;
-    }
-    o.dirty_tracking = DirtyTracking::parse(dirty_tracking).ok_or_else(|| {
-        config_err(format!(
-            "dirty_tracking must be explicit, kernel or auto, not {dirty_tracking:?}"
-        ))
-    })?;
-    o.io_timeout = timeout_arg(timeout, "timeout")?;
-    Ok(o)
-}
-
-fn dest_report<'py>(py: Python<'py>, r: &DestReport) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("guest_bytes", r.header.guest_size)?;
-    d.set_item("rounds", r.rounds)?;
-    d.set_item("data_pages", r.data_pages)?;
-    d.set_item("zero_pages", r.zero_pages)?;
-    d.set_item("bytes_received", r.bytes_received)?;
-    d.set_item("total_secs", r.duration.as_secs_f64())?;
-    if let Some(v) = &r.verify {
-        d.set_item("verified_pages", v.pages_checked)?;
-        d.set_item("mismatched_pages", v.mismatched)?;
-    }
-    Ok(d)
 }
 
 /// The pre-shared key given as `key=` (bytes, at least 16).
@@ -497,14 +439,14 @@ fn key_arg(key: Option<&[u8]>) -> PyResult<Option<MigrationKey>> {
 }
 
 /// Receives one migration on `address` (`"0.0.0.0:4444"`) into fresh guest RAM of `size`
-/// bytes; returns the destination's report. Any error discards the partial guest. With `key`,
+/// bytes; returns what the destination received. Any error discards the partial guest. With `key`,
 /// only a source holding the same key is accepted; a non-loopback address needs a key or
 /// `insecure=True`. `deadline` bounds the whole migration, in seconds.
 #[pyfunction]
 #[pyo3(signature = (address, size, *, backing = "memfd", timeout = 60.0, key = None, insecure = false, deadline = 3600.0))]
 #[allow(clippy::too_many_arguments)] // the keyword arguments of a Python function
-pub fn listen_migration<'py>(
-    py: Python<'py>,
+pub fn listen_migration(
+    py: Python<'_>,
     address: &str,
     size: &Bound<'_, PyAny>,
     backing: &str,
@@ -512,9 +454,9 @@ pub fn listen_migration<'py>(
     key: Option<&[u8]>,
     insecure: bool,
     deadline: f64,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<PyDestReport> {
     let bytes = size_arg(size, "size")?;
-    let backing = self::backing(backing)?;
+    let backing = backing_arg(backing)?;
     let t = timeout_arg(timeout, "timeout")?;
     let deadline = timeout_arg(deadline, "deadline")?;
     let cfg = DestConfig {
@@ -527,5 +469,5 @@ pub fn listen_migration<'py>(
     };
     let addr = address.to_string();
     let report = py.detach(|| listen(addr.as_str(), bytes, backing, cfg))?;
-    dest_report(py, &report)
+    Ok(PyDestReport::from(&report))
 }

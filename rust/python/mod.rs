@@ -1,54 +1,57 @@
 //! Python bindings (`vballoon._native`): the only module that imports pyo3.
 //!
 //! Each wrapper converts arguments, calls the core with the GIL released for long work, and maps
-//! errors through the one `From<Error> for PyErr` in `errors.rs`.
+//! errors through the one `From<Error> for PyErr` in `errors.rs`. Results are typed classes
+//! (`records.rs`, `results.rs`, `stats.rs`); a dict comes only from a result's `to_dict()`.
 
+mod bench;
 mod buffer;
+mod closeable;
 mod convert;
 mod errors;
-mod huge;
 mod memory;
 mod migrate;
-mod migrate_bench;
 mod pages;
 mod progress;
+mod records;
+mod results;
 mod session;
+mod stats;
 mod vhost;
 mod virtq;
 
 use pyo3::prelude::*;
+
+/// Adds each class and function to the module (pyo3 also lists them in `__all__`).
+macro_rules! export {
+    ($m:ident: classes [$($class:ty),* $(,)?] functions [$($function:path),* $(,)?]) => {
+        $($m.add_class::<$class>()?;)*
+        $($m.add_function(wrap_pyfunction!($function, $m)?)?;)*
+    };
+}
 
 /// The native extension module.
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_QUEUE_SIZE", crate::abi::DEFAULT_QUEUE_SIZE)?;
     errors::register(m)?;
-    m.add_class::<memory::PyGuestMemory>()?;
-    m.add_class::<memory::GuestView>()?;
-    m.add_function(wrap_pyfunction!(memory::rss_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::peak_rss_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::parse_size, m)?)?;
-    m.add_class::<vhost::PyVhostUserBackend>()?;
-    m.add_class::<vhost::PyVhostStatus>()?;
-    m.add_class::<virtq::PyQueueLayout>()?;
-    m.add_class::<virtq::PyVirtqDriver>()?;
-    m.add_class::<virtq::PyVirtqDevice>()?;
-    m.add_class::<virtq::PyChain>()?;
-    m.add_function(wrap_pyfunction!(virtq::virtqueue_pair, m)?)?;
-    m.add_function(wrap_pyfunction!(virtq::pump_queue, m)?)?;
-    m.add_class::<pages::PyPageSet>()?;
-    m.add_function(wrap_pyfunction!(pages::encode_pages, m)?)?;
-    m.add_function(wrap_pyfunction!(pages::decode_pages, m)?)?;
-    m.add_class::<session::PySession>()?;
-    m.add_class::<session::PyInflateReport>()?;
-    m.add_function(wrap_pyfunction!(session::bench_inflate_table, m)?)?;
-    m.add_function(wrap_pyfunction!(huge::bench_huge_table, m)?)?;
-    m.add_class::<migrate::PyGuest>()?;
-    m.add_class::<migrate::PyMigrationResult>()?;
-    m.add_function(wrap_pyfunction!(migrate::listen_migration, m)?)?;
-    m.add_function(wrap_pyfunction!(migrate_bench::bench_migrate_rows, m)?)?;
-    m.add_class::<progress::PyBenchProgress>()?;
-    m.add_class::<progress::PyRoundStats>()?;
+    export!(m: classes [
+        closeable::PyCloseable, memory::PyGuestMemory, memory::GuestView,
+        vhost::PyVhostUserBackend, vhost::PyVhostStatus, virtq::PyQueueLayout,
+        virtq::PyVirtqDriver, virtq::PyVirtqDevice, virtq::PyChain, pages::PyPageSet,
+        session::PySession, session::PyInflateReport, migrate::PyGuest,
+        migrate::PyMigrationResult, progress::PyBenchProgress, progress::PyRoundStats,
+        stats::PyGuestStats, results::PyPumpResult, results::PyInflateRow,
+        results::PyInflateTable, results::PyHugeRow, results::PyHugeTable,
+        results::PyMigrateRow, results::PyDestReport, results::PyMigrationProgress,
+        results::PyBenchSnapshot, results::PyGuestInfo, results::PyHugetlbPool,
+        results::PyHugePageStats, results::PyDeviceCounters,
+    ] functions [
+        memory::rss_bytes, memory::peak_rss_bytes, memory::parse_size, virtq::virtqueue_pair,
+        virtq::pump_queue, pages::encode_pages, pages::decode_pages, migrate::listen_migration,
+        bench::bench_inflate_table, bench::bench_huge_table, bench::bench_migrate_rows,
+    ]);
     Ok(())
 }

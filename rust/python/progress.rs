@@ -1,11 +1,11 @@
 //! Progress of a long benchmark and per-round migration figures, for scripts and the CLI.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
+use super::records::record;
+use super::results::PyBenchSnapshot;
 use crate::bench::BenchProgress;
 use crate::migration::RoundStats;
 
@@ -25,90 +25,35 @@ impl PyBenchProgress {
         PyBenchProgress::default()
     }
 
-    /// Where the bench is: `label`, `steps_done` of `steps_total`, bytes of the populate
-    /// pass running now (`populate_done` of `populate_total`, 0 when none runs), and the
-    /// migration running now (`round`, `pages_done` of `pages_total`, `bytes_sent`).
-    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let p = &self.inner;
-        let d = PyDict::new(py);
-        d.set_item("label", p.label())?;
-        d.set_item("steps_done", p.steps_done.load(Relaxed))?;
-        d.set_item("steps_total", p.steps_total.load(Relaxed))?;
-        d.set_item("populate_done", p.populate_done.load(Relaxed))?;
-        d.set_item("populate_total", p.populate_total.load(Relaxed))?;
-        let m = &p.migration;
-        d.set_item("round", m.round.load(Relaxed))?;
-        d.set_item("pages_done", m.pages_done.load(Relaxed))?;
-        d.set_item("pages_total", m.pages_total.load(Relaxed))?;
-        d.set_item("bytes_sent", m.bytes_sent.load(Relaxed))?;
-        Ok(d)
+    /// Where the bench is: its label, steps, the populate pass and the migration running now.
+    fn snapshot(&self) -> PyBenchSnapshot {
+        PyBenchSnapshot::from(&*self.inner)
     }
 }
 
-/// What one pre-copy round of a migration did.
-#[pyclass(
-    name = "RoundStats",
-    module = "vballoon",
-    frozen,
-    get_all,
-    skip_from_py_object
-)]
-#[derive(Clone)]
-pub struct PyRoundStats {
-    /// Round number (1-based; the stop-and-copy round is the last).
-    round: u32,
-    /// Whether the guest was paused (stop-and-copy).
-    stop_and_copy: bool,
-    /// Pages in the round's dirty bitmap when it started.
-    pages_in_bitmap: u64,
-    /// Pages not sent because a hint cleared them.
-    hinted_pages: u64,
-    /// Pages sent as zero without being read.
-    unpopulated_pages: u64,
-    /// Pages read and found zero.
-    zero_pages: u64,
-    /// Pages sent with their contents.
-    data_pages: u64,
-    /// Stream bytes the round produced.
-    bytes_sent: u64,
-    /// Wall time of the round, seconds.
-    secs: f64,
-    /// Pages found dirty at the sync that ended the round.
-    dirty_after: u64,
-}
-
-#[pymethods]
-impl PyRoundStats {
-    /// The round as a plain dict (for JSON).
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("round", self.round)?;
-        d.set_item("stop_and_copy", self.stop_and_copy)?;
-        d.set_item("pages_in_bitmap", self.pages_in_bitmap)?;
-        d.set_item("hinted_pages", self.hinted_pages)?;
-        d.set_item("unpopulated_pages", self.unpopulated_pages)?;
-        d.set_item("zero_pages", self.zero_pages)?;
-        d.set_item("data_pages", self.data_pages)?;
-        d.set_item("bytes_sent", self.bytes_sent)?;
-        d.set_item("secs", self.secs)?;
-        d.set_item("dirty_after", self.dirty_after)?;
-        Ok(d)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "RoundStats(round={}, {}{} data pages, {} bytes, {:.1} ms, {} dirty after)",
-            self.round,
-            if self.stop_and_copy {
-                "stop-and-copy, "
-            } else {
-                ""
-            },
-            self.data_pages,
-            self.bytes_sent,
-            self.secs * 1e3,
-            self.dirty_after
-        )
+record! {
+    /// What one pre-copy round of a migration did.
+    pub struct PyRoundStats as "RoundStats" {
+        /// Round number (1-based; the stop-and-copy round is the last).
+        round: u32,
+        /// Whether the guest was paused (stop-and-copy).
+        stop_and_copy: bool,
+        /// Pages in the round's dirty bitmap when it started.
+        pages_in_bitmap: u64,
+        /// Pages not sent because a hint cleared them.
+        hinted_pages: u64,
+        /// Pages sent as zero without being read.
+        unpopulated_pages: u64,
+        /// Pages read and found zero.
+        zero_pages: u64,
+        /// Pages sent with their contents.
+        data_pages: u64,
+        /// Stream bytes the round produced.
+        bytes_sent: u64,
+        /// Wall time of the round, seconds.
+        secs: f64,
+        /// Pages found dirty at the sync that ended the round.
+        dirty_after: u64,
     }
 }
 
@@ -129,12 +74,4 @@ pub(super) fn rounds(stats: &[RoundStats]) -> Vec<PyRoundStats> {
             dirty_after: r.dirty_after,
         })
         .collect()
-}
-
-/// The per-round figures as a list of dicts.
-pub(super) fn round_dicts<'py>(
-    py: Python<'py>,
-    rounds: &[PyRoundStats],
-) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    rounds.iter().map(|r| r.to_dict(py)).collect()
 }

@@ -1,71 +1,65 @@
-//! A balloon session (guest, driver, device, queues) and the inflate benchmark, for scripts.
+//! A balloon session (guest, driver, device, queues) for scripts.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::PyClassInitializer;
 
-use super::convert::{size_arg, timeout_arg};
-use super::errors::config_err;
+use super::closeable::{closeable, PyCloseable};
+use super::convert::{backing_arg, name_arg, size_arg, timeout_arg};
+use super::errors::{config_err, BalloonTimeout};
 use super::memory::PyGuestMemory;
 use super::pages::PyPageSet;
-use super::progress::PyBenchProgress;
-use crate::abi::stat_name;
-use crate::bench::{bench_inflate, Fragmentation, InflateBenchConfig};
+use super::records::record;
+use super::results::PyDeviceCounters;
+use super::stats::PyGuestStats;
 use crate::device::DiscardPolicy;
 use crate::guest::{Fill, Workload};
 use crate::machine::{parse_abi, InflateReport, MachineConfig, RunMode, Session};
-use crate::memory::{Backing, PAGE_SIZE};
+use crate::memory::PAGE_SIZE;
 use crate::pages::Encoding;
 
-fn parse<T: std::str::FromStr>(what: &str, s: &str) -> PyResult<T>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse::<T>()
-        .map_err(|e| config_err(format!("{what}: {e}")))
-}
-
-/// One balloon move, measured: where the time went and what it cost.
-#[pyclass(name = "InflateReport", module = "vballoon", frozen, get_all)]
-pub struct PyInflateReport {
-    /// `"settled"` or `"stuck"` (the guest had no more pages to give).
-    outcome: String,
-    /// Balloon target, pages.
-    target_pages: u64,
-    /// Balloon size before and after, pages.
-    start_pages: u64,
-    /// Balloon size after, pages.
-    end_pages: u64,
-    /// Pages put into the balloon.
-    pages_inflated: u64,
-    /// Pages taken out of the balloon.
-    pages_deflated: u64,
-    /// Wall time, seconds.
-    total_secs: f64,
-    /// Guest: taking pages from its allocator.
-    alloc_secs: f64,
-    /// Guest: encoding and sending (copy into buffers, add, kick).
-    encode_send_secs: f64,
-    /// Host: reading and decoding messages.
-    decode_secs: f64,
-    /// Host: discard calls.
-    discard_secs: f64,
-    /// Buffers sent.
-    buffers: u64,
-    /// Kicks sent.
-    kicks: u64,
-    /// Interrupts taken.
-    interrupts: u64,
-    /// Discard calls the host made.
-    discard_calls: u64,
-    /// Buffers the host refused.
-    bad_buffers: u64,
-    /// Resident bytes of guest RAM before and after.
-    resident_before: u64,
-    /// Resident bytes of guest RAM after.
-    resident_after: u64,
+record! {
+    /// One balloon move, measured: where the time went and what it cost.
+    pub struct PyInflateReport as "InflateReport" {
+        /// `"settled"` or `"stuck"` (the guest had no more pages to give).
+        outcome: String,
+        /// Balloon target, pages.
+        target_pages: u64,
+        /// Balloon size before, pages.
+        start_pages: u64,
+        /// Balloon size after, pages.
+        end_pages: u64,
+        /// Pages put into the balloon.
+        pages_inflated: u64,
+        /// Pages taken out of the balloon.
+        pages_deflated: u64,
+        /// Wall time, seconds.
+        total_secs: f64,
+        /// Guest: taking pages from its allocator.
+        alloc_secs: f64,
+        /// Guest: encoding and sending (copy into buffers, add, kick).
+        encode_send_secs: f64,
+        /// Host: reading and decoding messages.
+        decode_secs: f64,
+        /// Host: discard calls.
+        discard_secs: f64,
+        /// Buffers sent.
+        buffers: u64,
+        /// Kicks sent.
+        kicks: u64,
+        /// Interrupts taken.
+        interrupts: u64,
+        /// Discard calls the host made.
+        discard_calls: u64,
+        /// Buffers the host refused.
+        bad_buffers: u64,
+        /// Resident bytes of guest RAM before.
+        resident_before: u64,
+        /// Resident bytes of guest RAM after.
+        resident_after: u64,
+    }
 }
 
 impl From<&InflateReport> for PyInflateReport {
@@ -93,59 +87,6 @@ impl From<&InflateReport> for PyInflateReport {
     }
 }
 
-#[pymethods]
-impl PyInflateReport {
-    /// The report as a plain dict (for JSON), keyed by the attribute names.
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("outcome", &self.outcome)?;
-        for (k, v) in [
-            ("target_pages", self.target_pages),
-            ("start_pages", self.start_pages),
-            ("end_pages", self.end_pages),
-            ("pages_inflated", self.pages_inflated),
-            ("pages_deflated", self.pages_deflated),
-            ("buffers", self.buffers),
-            ("kicks", self.kicks),
-            ("interrupts", self.interrupts),
-            ("discard_calls", self.discard_calls),
-            ("bad_buffers", self.bad_buffers),
-            ("resident_before", self.resident_before),
-            ("resident_after", self.resident_after),
-        ] {
-            d.set_item(k, v)?;
-        }
-        for (k, v) in [
-            ("total_secs", self.total_secs),
-            ("alloc_secs", self.alloc_secs),
-            ("encode_send_secs", self.encode_send_secs),
-            ("decode_secs", self.decode_secs),
-            ("discard_secs", self.discard_secs),
-        ] {
-            d.set_item(k, v)?;
-        }
-        Ok(d)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "InflateReport(outcome={:?}, pages {}→{}, {:.1} ms: alloc {:.1}, encode+send {:.1}, \
-             decode {:.1}, discard {:.1}; {} buffers, {} kicks, {} discard calls)",
-            self.outcome,
-            self.start_pages,
-            self.end_pages,
-            self.total_secs * 1e3,
-            self.alloc_secs * 1e3,
-            self.encode_send_secs * 1e3,
-            self.decode_secs * 1e3,
-            self.discard_secs * 1e3,
-            self.buffers,
-            self.kicks,
-            self.discard_calls
-        )
-    }
-}
-
 struct State {
     session: Session,
     workload: Workload,
@@ -153,7 +94,7 @@ struct State {
 
 /// A guest with a balloon: guest RAM, the guest's page allocator and balloon driver, the host's
 /// balloon device, and the virtqueues between them.
-#[pyclass(name = "Session", module = "vballoon", frozen)]
+#[pyclass(name = "Session", module = "vballoon", frozen, extends = PyCloseable)]
 pub struct PySession {
     state: Mutex<Option<State>>,
     memory: Py<PyGuestMemory>,
@@ -166,6 +107,23 @@ impl PySession {
             return Err(config_err("the session is closed"));
         }
         Ok(guard)
+    }
+
+    /// A `BalloonTimeout` gets the balloon's target and actual size; other errors pass.
+    fn with_balloon_size(&self, py: Python<'_>, e: PyErr) -> PyErr {
+        if !e.is_instance_of::<BalloonTimeout>(py) {
+            return e;
+        }
+        match self.with(|s| Ok((s.session.target_pages(), s.session.actual()))) {
+            Ok((target, actual)) => super::errors::with_attrs(
+                e,
+                &[
+                    ("target_pages", super::errors::Attr::U(target)),
+                    ("actual_pages", super::errors::Attr::U(actual)),
+                ],
+            ),
+            Err(_) => e,
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> crate::error::Result<R>) -> PyResult<R> {
@@ -182,7 +140,7 @@ impl PySession {
     #[new]
     #[pyo3(signature = (
         guest_size = None, *, encoding = "bitmap", backing = "anonymous", mode = "sync",
-        abi = "vballoon", discard = "coalesced", queue_size = 256, must_tell_host = true,
+        abi = "vballoon", discard = "coalesced", queue_size = 128, must_tell_host = true,
         deflate_on_oom = false, stats = true, alloc_order = 0, seed = 1
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -200,21 +158,16 @@ impl PySession {
         stats: bool,
         alloc_order: u8,
         seed: u64,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let mut cfg = MachineConfig::default();
         if let Some(size) = guest_size {
             cfg.guest_bytes = size_arg(size, "guest_size")?;
         }
-        cfg.encoding = parse::<Encoding>("encoding", encoding)?;
-        cfg.backing = Backing::parse(backing).ok_or_else(|| {
-            config_err(format!(
-                "backing must be {}, not {backing:?}",
-                super::huge::BACKINGS
-            ))
-        })?;
-        cfg.mode = parse::<RunMode>("mode", mode)?;
+        cfg.encoding = name_arg::<Encoding>("encoding", encoding)?;
+        cfg.backing = backing_arg(backing)?;
+        cfg.mode = name_arg::<RunMode>("mode", mode)?;
         cfg.abi = parse_abi(abi)?;
-        cfg.discard = parse::<DiscardPolicy>("discard", discard)?;
+        cfg.discard = name_arg::<DiscardPolicy>("discard", discard)?;
         cfg.queue_size = queue_size;
         cfg.must_tell_host = must_tell_host;
         cfg.deflate_on_oom = deflate_on_oom;
@@ -228,10 +181,10 @@ impl PySession {
             },
         )?;
         let workload = Workload::new(seed).with_fill(Fill::Random);
-        Ok(PySession {
+        Ok(closeable(PySession {
             state: Mutex::new(Some(State { session, workload })),
             memory,
-        })
+        }))
     }
 
     /// The guest's RAM (shared with the session).
@@ -252,10 +205,13 @@ impl PySession {
     }
 
     /// Runs driver and device until the balloon reaches its target (or the guest is stuck).
+    /// Raises `BalloonTimeout` (with `target_pages` and `actual_pages`) after `timeout` s.
     #[pyo3(signature = (timeout = 60.0))]
     fn run_until_settled(&self, py: Python<'_>, timeout: f64) -> PyResult<PyInflateReport> {
         let t = timeout_arg(timeout, "timeout")?;
-        let report = py.detach(|| self.with(|s| s.session.run_until_settled(t)))?;
+        let report = py
+            .detach(|| self.with(|s| s.session.run_until_settled(t)))
+            .map_err(|e| self.with_balloon_size(py, e))?;
         Ok(PyInflateReport::from(&report))
     }
 
@@ -281,23 +237,13 @@ impl PySession {
         self.with(|s| Ok(s.session.resident_pages()? * PAGE_SIZE))
     }
 
-    /// The guest's statistics as the host last received them over the stats queue
-    /// (`{"free-memory": bytes, ...}`), after asking for a fresh sample; None without STATS_VQ.
+    /// The guest's statistics as the host last received them over the stats queue, after
+    /// asking for a fresh sample; None without STATS_VQ.
     #[pyo3(signature = (timeout = 5.0))]
-    fn stats<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Option<Bound<'py, PyDict>>> {
+    fn stats(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<PyGuestStats>> {
         let t = timeout_arg(timeout, "timeout")?;
         let sample = py.detach(|| self.with(|s| s.session.stats(t)))?;
-        let Some(sample) = sample else {
-            return Ok(None);
-        };
-        let d = PyDict::new(py);
-        for (tag, value) in &sample.values {
-            match stat_name(*tag) {
-                Some(name) => d.set_item(name, value)?,
-                None => d.set_item(format!("tag-{tag}"), value)?,
-            }
-        }
-        Ok(Some(d))
+        Ok(sample.map(|s| PyGuestStats::from_tags(s.values.iter().map(|(t, v)| (*t, *v)))))
     }
 
     /// The guest allocates and fills `size` bytes (random data) and keeps them: the guest's
@@ -340,13 +286,8 @@ impl PySession {
     }
 
     /// The device's counters (buffers, pages, discard calls, errors, ...).
-    fn device_counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = self.with(|s| Ok(s.session.device_counters()))?;
-        let d = PyDict::new(py);
-        for (k, v) in c.fields() {
-            d.set_item(k, v)?;
-        }
-        Ok(d)
+    fn device_counters(&self) -> PyResult<PyDeviceCounters> {
+        self.with(|s| Ok(PyDeviceCounters::from(&s.session.device_counters())))
     }
 
     /// Errors the device logged for refused guest buffers.
@@ -363,19 +304,13 @@ impl PySession {
         Ok(())
     }
 
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _ty: Option<&Bound<'_, PyAny>>,
-        _value: Option<&Bound<'_, PyAny>>,
-        _tb: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
+    /// Whether `close()` has run.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
     }
 
     fn __repr__(&self) -> String {
@@ -398,82 +333,4 @@ impl PySession {
             }
         }
     }
-}
-
-/// Inflates `inflate` of a `guest`-sized guest whose pages were all touched, then deflates, for
-/// each variant, interleaved over `rounds`, with the floors measured in the same run. Returns
-/// `{"rows": [...], "floor_secs": ..., ...}`.
-#[pyfunction]
-#[pyo3(signature = (guest = None, inflate = None, *, rounds = 3, fragmentation = None, mode = "sync", backing = "anonymous", progress = None))]
-#[allow(clippy::too_many_arguments)] // the keyword arguments of a Python function
-pub fn bench_inflate_table<'py>(
-    py: Python<'py>,
-    guest: Option<&Bound<'_, PyAny>>,
-    inflate: Option<&Bound<'_, PyAny>>,
-    rounds: usize,
-    fragmentation: Option<f64>,
-    mode: &str,
-    backing: &str,
-    progress: Option<PyRef<'_, PyBenchProgress>>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let mut cfg = InflateBenchConfig {
-        progress: progress.map(|p| Arc::clone(&p.inner)),
-        ..InflateBenchConfig::default()
-    };
-    if let Some(g) = guest {
-        cfg.guest_bytes = size_arg(g, "guest")?;
-    }
-    cfg.inflate_bytes = match inflate {
-        Some(i) => size_arg(i, "inflate")?,
-        None => cfg.guest_bytes / 8 * 7,
-    };
-    cfg.rounds = rounds.max(1);
-    cfg.mode = parse::<RunMode>("mode", mode)?;
-    cfg.backing = Backing::parse(backing)
-        .ok_or_else(|| config_err("backing: anonymous, memfd, thp or hugetlb"))?;
-    if let Some(knob) = fragmentation {
-        cfg.fragmentation = Some(Fragmentation {
-            knob,
-            free_share: 0.5,
-            seed: 7,
-        });
-    }
-    let table = py.detach(|| bench_inflate(&cfg))?;
-    let out = PyDict::new(py);
-    out.set_item("guest_bytes", table.guest_bytes)?;
-    out.set_item("inflate_bytes", table.inflate_bytes)?;
-    out.set_item("rounds", table.rounds)?;
-    out.set_item("floor_secs", table.floor_secs)?;
-    out.set_item("populate_secs", table.populate_secs)?;
-    out.set_item("fragmentation", fragmentation)?;
-    out.set_item("text", table.to_string())?;
-    let rows = table
-        .rows
-        .iter()
-        .map(|r| {
-            let d = PyDict::new(py);
-            d.set_item("name", &r.name)?;
-            d.set_item("encoding", r.encoding.map(|e| e.name()))?;
-            d.set_item("discard", r.discard.name())?;
-            d.set_item("samples", r.samples)?;
-            d.set_item("inflate_secs", r.inflate_secs)?;
-            d.set_item("min_secs", r.min_secs)?;
-            d.set_item("max_secs", r.max_secs)?;
-            d.set_item("deflate_secs", r.deflate_secs)?;
-            d.set_item("alloc_secs", r.alloc_secs)?;
-            d.set_item("encode_send_secs", r.encode_send_secs)?;
-            d.set_item("decode_secs", r.decode_secs)?;
-            d.set_item("discard_secs", r.discard_secs)?;
-            d.set_item("buffers", r.buffers)?;
-            d.set_item("kicks", r.kicks)?;
-            d.set_item("discard_calls", r.discard_calls)?;
-            d.set_item("pages", r.pages)?;
-            d.set_item("rss_drop_bytes", r.rss_drop_bytes)?;
-            d.set_item("ratio_to_pfn", r.ratio_to_pfn)?;
-            d.set_item("ratio_to_floor", r.ratio_to_floor)?;
-            Ok(d)
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    out.set_item("rows", rows)?;
-    Ok(out)
 }

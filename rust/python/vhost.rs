@@ -5,10 +5,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::PyClassInitializer;
 
+use super::closeable::{closeable, PyCloseable};
 use super::convert::timeout_arg;
 use super::errors::{config_err, BalloonError};
+use super::records::record;
+use super::stats::PyGuestStats;
 use crate::vhost_user::{VhostStatus, VhostUserBackend, VhostUserError, DEFAULT_FEATURES};
 
 fn to_py(e: VhostUserError) -> PyErr {
@@ -23,7 +26,7 @@ fn to_py(e: VhostUserError) -> PyErr {
 }
 
 /// A vhost-user balloon backend serving frontends on a Unix socket.
-#[pyclass(name = "VhostUserBackend", module = "vballoon")]
+#[pyclass(name = "VhostUserBackend", module = "vballoon", frozen, extends = PyCloseable)]
 pub struct PyVhostUserBackend {
     inner: Mutex<Option<VhostUserBackend>>,
     queue_size: u16,
@@ -59,7 +62,7 @@ impl PyVhostUserBackend {
         socket: std::path::PathBuf,
         features: Option<Vec<String>>,
         queue_size: u32,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let qs = u16::try_from(queue_size)
             .map_err(|_| config_err(format!("queue_size {queue_size} is too large")))?;
         let names: Vec<String> =
@@ -70,10 +73,10 @@ impl PyVhostUserBackend {
                 VhostUserBackend::new(&socket, &refs, qs)
             })
             .map_err(to_py)?;
-        Ok(PyVhostUserBackend {
+        Ok(closeable(PyVhostUserBackend {
             inner: Mutex::new(Some(b)),
             queue_size: qs,
-        })
+        }))
     }
 
     /// Changes the offered features (before the connected frontend negotiated).
@@ -97,14 +100,10 @@ impl PyVhostUserBackend {
         self.with(py, |b| b.request_stats())
     }
 
-    /// The last stats sample from the guest, by Linux tag names.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// The last stats sample from the guest.
+    fn stats(&self, py: Python<'_>) -> PyResult<PyGuestStats> {
         let v = self.with(py, |b| Ok(b.stats()))?;
-        let d = PyDict::new(py);
-        for (k, val) in v {
-            d.set_item(k, val)?;
-        }
-        Ok(d)
+        Ok(PyGuestStats::from_names(v))
     }
 
     /// Free page hinting: a new command id (>= 2) in config, notified; returns it.
@@ -153,45 +152,50 @@ impl PyVhostUserBackend {
         let b = self.lock().take();
         py.detach(move || drop(b));
     }
-
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _ty: Option<&Bound<'_, PyAny>>,
-        _value: Option<&Bound<'_, PyAny>>,
-        _tb: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
-        self.close(py);
-        false
-    }
 }
 
-/// A snapshot of a `VhostUserBackend`.
-#[pyclass(name = "VhostStatus", module = "vballoon", frozen, get_all)]
-pub struct PyVhostStatus {
-    connected: bool,
-    frontends_served: u64,
-    negotiated_features: Vec<String>,
-    driver_ok: bool,
-    target_pages: u32,
-    actual_pages: u32,
-    inflated_pages: u64,
-    pages_discarded: u64,
-    discard_calls: u64,
-    pages_reported: u64,
-    pages_hinted: u64,
-    hint_cmd_id: u32,
-    hint_guest_cmd_id: u32,
-    inflate_buffers: u64,
-    deflate_buffers: u64,
-    stats_updates: u64,
-    ram_bytes: u64,
-    ram_backed_bytes: u64,
-    errors: Vec<String>,
+record! {
+    /// A snapshot of a `VhostUserBackend`.
+    pub struct PyVhostStatus as "VhostStatus" {
+        /// Whether a frontend is connected.
+        connected: bool,
+        /// Frontends served so far (this one included).
+        frontends_served: u64,
+        /// Features the connected guest negotiated, by name.
+        negotiated_features: Vec<String>,
+        /// Whether the guest's driver set DRIVER_OK.
+        driver_ok: bool,
+        /// num_pages: the balloon target, 4 KiB pages.
+        target_pages: u32,
+        /// actual: the balloon size the guest reports, pages.
+        actual_pages: u32,
+        /// Pages in the balloon as the device counts them.
+        inflated_pages: u64,
+        /// Pages given back to the host.
+        pages_discarded: u64,
+        /// Discard calls made.
+        discard_calls: u64,
+        /// Pages the guest reported free (free page reporting).
+        pages_reported: u64,
+        /// Pages the guest hinted free (free page hinting).
+        pages_hinted: u64,
+        /// The host's free page hint command id.
+        hint_cmd_id: u32,
+        /// The last command id the guest sent back.
+        hint_guest_cmd_id: u32,
+        /// Inflate buffers received.
+        inflate_buffers: u64,
+        /// Deflate buffers received.
+        deflate_buffers: u64,
+        /// Stats buffers received.
+        stats_updates: u64,
+        /// Guest RAM the frontend shared, bytes.
+        ram_bytes: u64,
+        /// Of it, bytes backed on the host.
+        ram_backed_bytes: u64,
+        /// Errors the device logged (bounded, oldest dropped).
+        errors: Vec<String>,
+    }
 }
 
 impl From<VhostStatus> for PyVhostStatus {
@@ -221,46 +225,5 @@ impl From<VhostStatus> for PyVhostStatus {
             ram_backed_bytes: s.ram_backed_bytes,
             errors: s.errors,
         }
-    }
-}
-
-#[pymethods]
-impl PyVhostStatus {
-    /// Every field as a dict.
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("connected", self.connected)?;
-        d.set_item("frontends_served", self.frontends_served)?;
-        d.set_item("negotiated_features", self.negotiated_features.clone())?;
-        d.set_item("driver_ok", self.driver_ok)?;
-        d.set_item("target_pages", self.target_pages)?;
-        d.set_item("actual_pages", self.actual_pages)?;
-        d.set_item("inflated_pages", self.inflated_pages)?;
-        d.set_item("pages_discarded", self.pages_discarded)?;
-        d.set_item("discard_calls", self.discard_calls)?;
-        d.set_item("pages_reported", self.pages_reported)?;
-        d.set_item("pages_hinted", self.pages_hinted)?;
-        d.set_item("hint_cmd_id", self.hint_cmd_id)?;
-        d.set_item("hint_guest_cmd_id", self.hint_guest_cmd_id)?;
-        d.set_item("inflate_buffers", self.inflate_buffers)?;
-        d.set_item("deflate_buffers", self.deflate_buffers)?;
-        d.set_item("stats_updates", self.stats_updates)?;
-        d.set_item("ram_bytes", self.ram_bytes)?;
-        d.set_item("ram_backed_bytes", self.ram_backed_bytes)?;
-        d.set_item("errors", self.errors.clone())?;
-        Ok(d)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "VhostStatus(connected={}, driver_ok={}, target_pages={}, actual_pages={}, \
-             inflated_pages={}, pages_discarded={})",
-            self.connected,
-            self.driver_ok,
-            self.target_pages,
-            self.actual_pages,
-            self.inflated_pages,
-            self.pages_discarded
-        )
     }
 }

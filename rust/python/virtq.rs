@@ -8,6 +8,8 @@ use pyo3::types::PyBytes;
 use super::convert::opt_timeout_arg;
 use super::errors::config_err;
 use super::memory::PyGuestMemory;
+use super::records::record;
+use super::results::PyPumpResult;
 use crate::bench::{pump_buffers, PumpConfig};
 use crate::memory::GuestAddress;
 use crate::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
@@ -32,17 +34,18 @@ fn segments(readable: Vec<(u64, u32)>, writable: Vec<(u64, u32)>) -> Vec<Segment
     r.chain(w).collect()
 }
 
-/// Where a queue's three parts sit in guest memory.
-#[pyclass(name = "QueueLayout", module = "vballoon", frozen, get_all)]
-pub struct PyQueueLayout {
-    /// Queue size.
-    size: u16,
-    /// Guest address of the descriptor table.
-    desc_table: u64,
-    /// Guest address of the available ring.
-    avail_ring: u64,
-    /// Guest address of the used ring.
-    used_ring: u64,
+record! {
+    /// Where a queue's three parts sit in guest memory.
+    pub struct PyQueueLayout as "QueueLayout" {
+        /// Queue size.
+        size: u16,
+        /// Guest address of the descriptor table.
+        desc_table: u64,
+        /// Guest address of the available ring.
+        avail_ring: u64,
+        /// Guest address of the used ring.
+        used_ring: u64,
+    }
 }
 
 impl From<&QueueLayout> for PyQueueLayout {
@@ -53,16 +56,6 @@ impl From<&QueueLayout> for PyQueueLayout {
             avail_ring: l.avail_ring().raw(),
             used_ring: l.used_ring().raw(),
         }
-    }
-}
-
-#[pymethods]
-impl PyQueueLayout {
-    fn __repr__(&self) -> String {
-        format!(
-            "QueueLayout(size={}, desc_table={:#x}, avail_ring={:#x}, used_ring={:#x})",
-            self.size, self.desc_table, self.avail_ring, self.used_ring
-        )
     }
 }
 
@@ -282,8 +275,8 @@ pub fn virtqueue_pair(
     ))
 }
 
-/// Sends `buffers` chains through a fresh queue pair at address 0 of `memory`; returns a dict
-/// with buffers, bytes_read, kicks, interrupts, seconds and buffers_per_second.
+/// Sends `buffers` chains through a fresh queue pair at address 0 of `memory`; returns what
+/// it measured.
 #[pyfunction]
 #[pyo3(signature = (memory, buffers = 1_000_000, *, segments = 1, queue_size = 256, threaded = false, event_idx = true, indirect = false))]
 #[allow(clippy::too_many_arguments)]
@@ -296,7 +289,7 @@ pub fn pump_queue(
     threaded: bool,
     event_idx: bool,
     indirect: bool,
-) -> PyResult<std::collections::HashMap<&'static str, f64>> {
+) -> PyResult<PyPumpResult> {
     let cfg = PumpConfig {
         buffers,
         segments,
@@ -307,14 +300,5 @@ pub fn pump_queue(
     };
     let mem = Arc::clone(&memory.inner);
     let r = py.detach(|| pump_buffers(mem, cfg))?;
-    Ok([
-        ("buffers", r.buffers as f64),
-        ("bytes_read", r.bytes_read as f64),
-        ("kicks", r.kicks as f64),
-        ("interrupts", r.interrupts as f64),
-        ("seconds", r.seconds),
-        ("buffers_per_second", r.buffers_per_second()),
-    ]
-    .into_iter()
-    .collect())
+    Ok(PyPumpResult::from(&r))
 }
