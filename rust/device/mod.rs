@@ -30,6 +30,7 @@ mod error;
 mod host_pages;
 pub mod hostile;
 pub mod hostile_lifecycle;
+mod role;
 pub mod stats;
 mod vectored;
 
