@@ -102,3 +102,8 @@ impl DeviceCounters {
 pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
+
+/// Nanoseconds in `d` for a counter, saturating (a u64 of nanoseconds is 584 years).
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

@@ -23,6 +23,10 @@ use crate::virtq::DescriptorChain;
 
 const QUEUE: QueueRole = QueueRole::Misc;
 
+/// The request header's length as a used length (16 bytes).
+#[allow(clippy::cast_possible_truncation)]
+const REQ_LEN: u32 = REQ_HEADER_LEN as u32;
+
 /// The misc queue's handler: the request buffer it holds and the request state.
 #[derive(Debug, Default)]
 pub(crate) struct MiscHandler {
@@ -138,9 +142,9 @@ impl MiscHandler {
             fx.refuse(e.into());
             return Some((head, 0));
         }
-        fx.wrote(addr, REQ_HEADER_LEN as u64);
+        fx.wrote(addr, bytes.len() as u64);
         add(&cx.hints.unused_requests, 1);
-        Some((head, REQ_HEADER_LEN as u32))
+        Some((head, REQ_LEN))
     }
 
     /// Copies one reply out of guest RAM, decodes all of it, and passes its pages on if it

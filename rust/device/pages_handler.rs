@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::handler::{read_chain, refuse_writable, Cx, Effects, Finish, Step};
 use super::runs::merge_ranges;
 use crate::abi::max_message_len;
-use crate::device::counters::add;
+use crate::device::counters::{add, nanos};
 use crate::device::error::BalloonError;
 use crate::device::role::QueueRole;
 use crate::memory::PageRange;
@@ -160,10 +160,7 @@ impl PagesHandler {
             sink.apply();
         }
         let c = cx.counters;
-        add(
-            &c.decode_ns,
-            u64::try_from(decode_time.as_nanos()).unwrap_or(u64::MAX),
-        );
+        add(&c.decode_ns, nanos(decode_time));
         add(&c.buffers, t.buffers);
         add(&c.bad_buffers, t.bad);
         let per_role = if self.role == QueueRole::Inflate {

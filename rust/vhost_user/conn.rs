@@ -91,7 +91,7 @@ fn run(
                 if let Some(fd) = dev.transport().config_notifier().raw_fd() {
                     add(fd, Src::Config);
                 }
-                for i in 0..h.running_queues() as u16 {
+                for i in 0..h.running_queues() {
                     if let Some(k) = &h.vrings[usize::from(i)].kick {
                         add(k.as_raw_fd(), Src::Kick(i));
                     }
@@ -128,7 +128,7 @@ fn run(
                     if let Some(k) = h.vrings[usize::from(i)].kick.as_mut() {
                         drain(k);
                     }
-                    if i < h.running_queues() as u16 {
+                    if i < h.running_queues() {
                         serve_queue(&mut h, i, shared);
                     }
                 }
@@ -208,7 +208,7 @@ fn front_message(
         Ok(true) => {
             // Kicks that came before the last ring was enabled are still in the kick fds,
             // but serve every queue once in case the frontend kicked and drained early.
-            for i in 0..h.running_queues() as u16 {
+            for i in 0..h.running_queues() {
                 serve_queue(&mut h, i, shared);
             }
         }

@@ -125,9 +125,9 @@ impl Handler {
     }
 
     fn vring(&mut self, index: u32) -> Result<&mut Vring, VhostUserError> {
-        let count = self.vrings.len() as u16;
+        let count = MAX_QUEUES;
         self.vrings
-            .get_mut(index as usize)
+            .get_mut(usize::try_from(index).unwrap_or(usize::MAX))
             .ok_or(VhostUserError::NoSuchQueue { index, count })
     }
 
@@ -225,7 +225,7 @@ impl Handler {
                 offered: self.offer.virtio_features(),
             });
         }
-        for (i, v) in self.vrings[..n].iter().enumerate() {
+        for (i, v) in (0u16..).zip(&self.vrings[..n]) {
             let [d, a, u] = v.addr.unwrap_or_default();
             let layout = QueueLayout::new(
                 v.num,
@@ -237,8 +237,8 @@ impl Handler {
                 op: "SET_VRING_ADDR",
                 reason: format!("queue {i}: {e}"),
             })?;
-            t.set_queue(i as u16, layout)?;
-            t.set_queue_ready(i as u16, true)?;
+            t.set_queue(i, layout)?;
+            t.set_queue_ready(i, true)?;
         }
         t.set_status(
             VIRTIO_CONFIG_S_ACKNOWLEDGE
@@ -263,14 +263,14 @@ impl Handler {
 
     /// A change to ring `index` while the device runs resets it (a renegotiation follows).
     fn ring_changed(&mut self, index: u32) {
-        if self.active && (index as usize) < self.running_queues() {
+        if self.active && index < u32::from(self.running_queues()) {
             self.reset_device();
         }
     }
 
-    pub(crate) fn running_queues(&self) -> usize {
+    pub(crate) fn running_queues(&self) -> u16 {
         match (&self.device, self.active) {
-            (Some(d), true) => usize::from(d.num_queues()),
+            (Some(d), true) => d.num_queues(),
             _ => 0,
         }
     }
@@ -385,10 +385,13 @@ impl Handler {
     ) -> Result<VhostUserVringState, VhostUserError> {
         self.vring(index)?;
         let mut next = 0u16;
-        if self.active && (index as usize) < self.running_queues() {
+        let running = u16::try_from(index)
+            .ok()
+            .filter(|&i| self.active && i < self.running_queues());
+        if let Some(i) = running {
             if let Some(dev) = self.device.as_mut() {
-                let _ = dev.process_queue(index as u16);
-                if let Ok(setup) = dev.transport().queue(index as u16) {
+                let _ = dev.process_queue(i);
+                if let Ok(setup) = dev.transport().queue(i) {
                     if let Some(l) = setup.layout {
                         next = dev.memory().read_u16(l.avail_idx()).unwrap_or(0);
                     }
@@ -467,7 +470,7 @@ impl Handler {
         buf: &[u8],
         _flags: VhostUserConfigFlags,
     ) -> Result<(), VhostUserError> {
-        let len = buf.len() as u32;
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         let err = |reason| VhostUserError::Config {
             offset,
             len,

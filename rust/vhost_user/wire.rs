@@ -50,6 +50,10 @@ pub enum Pending {
     Message(u32),
 }
 
+/// Bytes of `MAX_FDS` descriptors in a control message (a few dozen; fits a u32).
+#[allow(clippy::cast_possible_truncation)]
+const FDS_BYTES: u32 = (MAX_FDS * mem::size_of::<libc::c_int>()) as u32;
+
 /// Looks at the next message without taking it (a peek without a control buffer receives no
 /// fds). The vhost crate retries a short read forever, so it only gets whole messages: a
 /// frontend that stalls mid-message can then be dropped instead of blocking us.
@@ -77,7 +81,8 @@ pub fn peek_request(s: &UnixStream) -> Result<Pending, VhostUserError> {
             }),
         };
     }
-    let n = n as usize;
+    // Not negative: checked above.
+    let n = n.unsigned_abs();
     if n == 0 {
         return Ok(Pending::Closed);
     }
@@ -102,7 +107,7 @@ pub fn take_backend_req_fd(s: &UnixStream, protocol: u64) -> Result<UnixStream, 
     let mut cbuf = [0u64; 16];
     let space = {
         // SAFETY: CMSG_SPACE is a pure computation.
-        unsafe { libc::CMSG_SPACE((MAX_FDS * mem::size_of::<libc::c_int>()) as u32) as usize }
+        unsafe { libc::CMSG_SPACE(FDS_BYTES) as usize }
     };
     let mut iov = libc::iovec {
         iov_base: h.as_mut_ptr().cast(),
@@ -135,7 +140,7 @@ pub fn take_backend_req_fd(s: &UnixStream, protocol: u64) -> Result<UnixStream, 
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    if (n as usize) < HEADER {
+    if n.unsigned_abs() < HEADER {
         return Err(bad(format!("{n}-byte header")));
     }
     let (flags, size) = (word(&h, 4), word(&h, 8));
@@ -168,7 +173,7 @@ fn send_all(s: &UnixStream, buf: &[u8]) -> Result<(), VhostUserError> {
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
         )
     };
-    if n < 0 || n as usize != buf.len() {
+    if usize::try_from(n).ok() != Some(buf.len()) {
         return Err(VhostUserError::BackendChannel {
             reason: format!(
                 "send of {} bytes: {}",
