@@ -10,18 +10,17 @@ use super::error::BalloonError;
 use super::stats::StatsSample;
 use super::vectored::SelfMadvise;
 use crate::abi::{
-    bit, encoding_for, BalloonFeatures, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
-    VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_PAGE_POISON, VIRTIO_ID_BALLOON,
+    bit, BalloonFeatures, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
+    VIRTIO_BALLOON_F_PAGE_POISON, VIRTIO_ID_BALLOON,
 };
 use crate::memory::GuestMemory;
 use crate::pages::{Encoding, PageSet};
 use crate::transport::{
-    status_names, FeatureCheck, Transport, TransportConfig, VIRTIO_CONFIG_S_DRIVER_OK,
+    status_names, Activation, FeatureCheck, Transport, TransportConfig, VirtioDevice,
+    VIRTIO_CONFIG_S_DRIVER_OK,
 };
-use crate::virtq::defs::{
-    feature, has_feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
-};
-use crate::virtq::{DescriptorChain, DeviceQueue};
+use crate::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
+use crate::virtq::DescriptorChain;
 
 pub use super::role::QueueRole;
 
@@ -52,6 +51,8 @@ mod runs;
 mod serve;
 #[path = "stats_queue.rs"]
 mod stats_queue;
+#[path = "virtio.rs"]
+mod virtio;
 pub use hints::{
     FreePageStatus, HintCounters, HintError, HintEvent, HintOffer, HintSink, WriteLog,
 };
@@ -139,15 +140,7 @@ impl BalloonDevice {
         let device_features = cfg.device_features() | (extra & allowed);
         let offered = BalloonFeatures::new(device_features, cfg.abi);
         let require_mth = cfg.require_must_tell_host;
-        let check: FeatureCheck = Arc::new(move |f| {
-            if !has_feature(f, VIRTIO_F_VERSION_1) {
-                return Err("VIRTIO_F_VERSION_1 is required (no legacy interface)".into());
-            }
-            if require_mth && f & bit(VIRTIO_BALLOON_F_MUST_TELL_HOST) == 0 {
-                return Err("VIRTIO_BALLOON_F_MUST_TELL_HOST is required".into());
-            }
-            Ok(())
-        });
+        let check: FeatureCheck = Arc::new(move |f| virtio::accepts(f, require_mth));
         let transport = Transport::new(TransportConfig {
             device_id: VIRTIO_ID_BALLOON,
             device_features,
@@ -297,38 +290,20 @@ impl BalloonDevice {
             .transport
             .negotiated_features()
             .ok_or_else(|| not_ready("features not negotiated".into()))?;
-        let features = BalloonFeatures::new(bits, self.cfg.abi);
-        let roles = QueueRole::table(&features.queues());
-        let mut slots = Vec::with_capacity(roles.len());
+        // The in-process transport's registers, as any transport hands them over.
+        let roles = QueueRole::table(&BalloonFeatures::new(bits, self.cfg.abi).queues());
+        let mut queues = Vec::with_capacity(roles.len());
         for (index, role) in (0u16..).zip(roles) {
-            let setup = self.transport.queue(index)?;
-            let layout = match (setup.ready, setup.layout) {
-                (true, Some(l)) => l,
-                _ => return Err(not_ready(format!("{role} queue {index} not ready"))),
-            };
-            let mut queue =
-                DeviceQueue::new(Arc::clone(&self.mem), layout, bits).map_err(|source| {
-                    BalloonError::Queue {
-                        queue: role,
-                        source,
-                    }
-                })?;
-            queue.set_notifiers(
-                self.transport.kick_notifier(index)?,
-                self.transport.interrupt_notifier(index)?,
-            );
-            queue.set_write_log(self.hints.dirty.clone());
-            slots.push(Some(serve::Slot {
-                role,
-                queue,
-                handler: handler::Handler::for_role(role),
-            }));
+            let q = self.transport.queue_activation(index)?;
+            queues.push(q.ok_or_else(|| not_ready(format!("{role} queue {index} not ready")))?);
         }
-        self.slots = slots;
-        self.features = Some(features);
-        self.encoding = encoding_for(features);
-        self.rearm = false;
-        Ok(())
+        VirtioDevice::activate(
+            self,
+            Activation {
+                features: bits,
+                queues,
+            },
+        )
     }
 
     /// Number of queues the device serves (0 before activation).

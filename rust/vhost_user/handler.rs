@@ -24,12 +24,10 @@ use super::memory::FrontendMemory;
 use super::shared::{Shared, Totals};
 use crate::abi::{AbiMode, BalloonFeatures, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL};
 use crate::device::{BalloonDevice, DeviceConfig, HintEvent};
+use crate::memory::GuestAddress;
 use crate::memory::{Pfn, PAGE_SIZE};
-use crate::transport::{
-    CONFIG_SPACE_SIZE, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER,
-    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
-};
-use crate::virtq::{check_queue_size, QueueLayout};
+use crate::transport::{Activation, QueueActivation, VirtioDevice, CONFIG_SPACE_SIZE};
+use crate::virtq::{check_queue_size, Notifier, QueueLayout};
 
 /// Largest config read we answer (the balloon's 16 bytes, zero-filled after).
 const MAX_CONFIG_READ: u32 = 256;
@@ -43,6 +41,8 @@ pub(crate) struct Vring {
     pub(crate) kick: Option<File>,
     pub(crate) call: Option<File>,
     pub(crate) enabled: bool,
+    /// What the device signals for used buffers, while it runs on this ring.
+    pub(crate) interrupt: Option<Notifier>,
 }
 
 /// What the backend offers one frontend.
@@ -211,42 +211,27 @@ impl Handler {
         let Some(dev) = self.device.as_mut() else {
             return Ok(false);
         };
-        let t = Arc::clone(dev.transport());
-        // The driver's side of §3.1.1, for the frontend's driver.
-        t.reset();
-        t.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER)?;
-        t.set_driver_features(acked & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())?;
-        let st = t.set_status(
-            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
-        )?;
-        if st & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-            return Err(VhostUserError::FeaturesNotOffered {
-                features: acked,
-                offered: self.offer.virtio_features(),
+        // The frontend's negotiation, handed to the device as any transport hands it over:
+        // the acked features and each ring, with an eventfd for the device's interrupts that the
+        // connection forwards to the frontend's call fd (`conn.rs`).
+        let mut queues = Vec::with_capacity(n);
+        for (i, v) in (0u16..).zip(&mut self.vrings[..n]) {
+            let [d, a, u] = v.addr.unwrap_or_default();
+            let layout = QueueLayout::new(v.num, GuestAddress(d), GuestAddress(a), GuestAddress(u))
+                .map_err(|e| VhostUserError::BadMessage {
+                    op: "SET_VRING_ADDR",
+                    reason: format!("queue {i}: {e}"),
+                })?;
+            let call = Notifier::eventfd()?;
+            v.interrupt = Some(call.clone());
+            queues.push(QueueActivation {
+                layout,
+                kick: Notifier::eventfd()?,
+                call,
             });
         }
-        for (i, v) in (0u16..).zip(&self.vrings[..n]) {
-            let [d, a, u] = v.addr.unwrap_or_default();
-            let layout = QueueLayout::new(
-                v.num,
-                crate::memory::GuestAddress(d),
-                crate::memory::GuestAddress(a),
-                crate::memory::GuestAddress(u),
-            )
-            .map_err(|e| VhostUserError::BadMessage {
-                op: "SET_VRING_ADDR",
-                reason: format!("queue {i}: {e}"),
-            })?;
-            t.set_queue(i, layout)?;
-            t.set_queue_ready(i, true)?;
-        }
-        t.set_status(
-            VIRTIO_CONFIG_S_ACKNOWLEDGE
-                | VIRTIO_CONFIG_S_DRIVER
-                | VIRTIO_CONFIG_S_FEATURES_OK
-                | VIRTIO_CONFIG_S_DRIVER_OK,
-        )?;
-        dev.activate()?;
+        let features = acked & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        VirtioDevice::activate(dev, Activation { features, queues })?;
         // Hinted blocks are free in the guest: give them back to the host (as Firecracker).
         let mem = Arc::clone(dev.memory());
         let discarded = Arc::clone(&self.hint_discarded);
@@ -390,11 +375,10 @@ impl Handler {
             .filter(|&i| self.active && i < self.running_queues());
         if let Some(i) = running {
             if let Some(dev) = self.device.as_mut() {
-                let _ = dev.process_queue(i);
-                if let Ok(setup) = dev.transport().queue(i) {
-                    if let Some(l) = setup.layout {
-                        next = dev.memory().read_u16(l.avail_idx()).unwrap_or(0);
-                    }
+                let _ = dev.notify(i);
+                if let Some([_, avail, _]) = self.vrings[usize::from(i)].addr {
+                    // avail->idx is the ring's second le16 (§2.7.6).
+                    next = dev.memory().read_u16(GuestAddress(avail + 2)).unwrap_or(0);
                 }
             }
             self.reset_device();
@@ -452,7 +436,7 @@ impl Handler {
         let (o, e) = (offset as usize, (end as usize).min(CONFIG_SPACE_SIZE));
         if o < e {
             match &self.device {
-                Some(d) => d.transport().config().read(o, &mut out[..e - o])?,
+                Some(d) => d.read_config(o, &mut out[..e - o])?,
                 None => {
                     let mut all = [0u8; CONFIG_SPACE_SIZE];
                     all[..4]
@@ -484,16 +468,14 @@ impl Handler {
         }
         let dev = self
             .device
-            .as_ref()
+            .as_mut()
             .ok_or(err("no device yet (SET_MEM_TABLE first)"))?;
-        for (i, w) in buf.chunks_exact(4).enumerate() {
-            let at = offset as usize + 4 * i;
+        for at in (offset as usize..).step_by(4).take(buf.len() / 4) {
             if at != CONFIG_ACTUAL && at != CONFIG_POISON_VAL {
                 return Err(err("read-only field"));
             }
-            let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            dev.transport().driver_write_config_u32(at, v)?;
         }
+        dev.write_config(offset as usize, buf)?;
         Ok(())
     }
 }
