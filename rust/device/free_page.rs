@@ -17,7 +17,7 @@
 //! issued again before the driver's STOP for it; the device never writes a hinted block; DONE
 //! tells the guest to reuse the blocks it holds.
 
-use super::handler::{read_chain, Cx, Effects, Handler, Step};
+use super::handler::{read_chain, refuse_hint, Cx, Effects, Handler, QueueHandler, Step};
 use super::hints::{add, remember, FreePageStatus, HintError, HintEvent};
 use super::BalloonDevice;
 use crate::abi::{
@@ -43,14 +43,9 @@ pub(crate) struct FreePageHandler {
     scratch: Vec<u8>,
 }
 
-impl FreePageHandler {
+impl QueueHandler for FreePageHandler {
     /// One buffer: a command id (out-buffer) or free blocks (in-buffers); used with length 0.
-    pub(crate) fn handle<F: Effects>(
-        &mut self,
-        cx: &Cx<'_>,
-        chain: &DescriptorChain,
-        fx: &mut F,
-    ) -> Step {
+    fn handle(&mut self, cx: &Cx, chain: &DescriptorChain, fx: &mut impl Effects) -> Step {
         let (readable, writable) = (chain.readable(), chain.writable());
         let outcome = match (readable.first(), writable.first()) {
             (Some(_), None) => self.cmd(cx, chain, fx).map(|()| 0),
@@ -67,14 +62,12 @@ impl FreePageHandler {
         };
         match outcome {
             Ok(pages) => Step::done(pages),
-            Err(e) => {
-                add(&cx.hints.bad_buffers, 1);
-                fx.refuse(e);
-                Step::refused()
-            }
+            Err(e) => refuse_hint(cx, fx, e),
         }
     }
+}
 
+impl FreePageHandler {
     /// Issues `cmd_id` (≥ 2; not again before the driver's STOP for it).
     fn start(&mut self, cmd_id: u32) -> Result<(), HintError> {
         let reused = self.last_id == Some(cmd_id) && !self.stop_seen;
@@ -92,11 +85,11 @@ impl FreePageHandler {
     }
 
     /// A command id out-buffer: the guest's start ack or its STOP.
-    fn cmd<F: Effects>(
+    fn cmd(
         &mut self,
-        cx: &Cx<'_>,
+        cx: &Cx,
         chain: &DescriptorChain,
-        fx: &mut F,
+        fx: &mut impl Effects,
     ) -> Result<(), BalloonError> {
         let len = chain.readable_len();
         // Refuse anything but 4 bytes before reading a byte of it.
@@ -145,11 +138,11 @@ impl FreePageHandler {
 
     /// Block in-buffers: all checked first; hints only while an id is started. Returns the
     /// pages hinted.
-    fn blocks<F: Effects>(
+    fn blocks(
         &mut self,
-        cx: &Cx<'_>,
+        cx: &Cx,
         chain: &DescriptorChain,
-        fx: &mut F,
+        fx: &mut impl Effects,
     ) -> Result<u64, BalloonError> {
         let max_pfn = cx.mem.pages();
         let blocks = chain.writable();

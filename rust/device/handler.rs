@@ -93,6 +93,18 @@ pub(crate) struct Finish {
     pub(crate) reply: Option<(u16, u32)>,
 }
 
+/// A queue's protocol: what to do with each popped chain, and at the end of a batch.
+pub(crate) trait QueueHandler {
+    /// Handles one popped chain.
+    fn handle(&mut self, cx: &Cx, chain: &DescriptorChain, fx: &mut impl Effects) -> Step;
+
+    /// Ends a batch (the ring may have broken after it: nothing is sent then, `Handler`
+    /// checks); by default there is nothing left to do.
+    fn finish(&mut self, _cx: &Cx, _fx: &mut impl Effects) -> Finish {
+        Finish::default()
+    }
+}
+
 /// The handler of one queue, by role.
 #[derive(Debug)]
 pub(crate) enum Handler {
@@ -121,11 +133,11 @@ impl Handler {
     }
 
     /// Handles one popped chain.
-    pub(crate) fn handle<F: Effects>(
+    pub(crate) fn handle(
         &mut self,
-        cx: &Cx<'_>,
+        cx: &Cx,
         chain: &DescriptorChain,
-        fx: &mut F,
+        fx: &mut impl Effects,
     ) -> Step {
         match self {
             Handler::Pages(h) => h.handle(cx, chain, fx),
@@ -138,12 +150,14 @@ impl Handler {
 
     /// Ends a batch: applies what is left, and (if the ring is still sound) sends what
     /// waited for a buffer.
-    pub(crate) fn finish<F: Effects>(&mut self, cx: &Cx<'_>, fx: &mut F, ring_ok: bool) -> Finish {
+    pub(crate) fn finish(&mut self, cx: &Cx, fx: &mut impl Effects, ring_ok: bool) -> Finish {
         match self {
             Handler::Pages(h) => h.finish(cx, fx),
             Handler::Misc(h) if ring_ok => h.finish(cx, fx),
             Handler::Misc(_) => Finish::default(),
-            Handler::Stats(_) | Handler::FreePage(_) | Handler::Reporting(_) => Finish::default(),
+            Handler::Stats(h) => h.finish(cx, fx),
+            Handler::FreePage(h) => h.finish(cx, fx),
+            Handler::Reporting(h) => h.finish(cx, fx),
         }
     }
 }
@@ -176,4 +190,11 @@ pub(crate) fn read_chain(
     chain
         .read_into(mem, scratch)
         .map_err(|source| BalloonError::Queue { queue, source })
+}
+
+/// Refuses a hint-queue buffer: counted with the hint counters, logged, used with length 0.
+pub(crate) fn refuse_hint(cx: &Cx, fx: &mut impl Effects, e: BalloonError) -> Step {
+    crate::device::counters::add(&cx.hints.bad_buffers, 1);
+    fx.refuse(e);
+    Step::refused()
 }

@@ -12,7 +12,7 @@
 //! against the bytes that follow, every set bit inside guest RAM) before its request id is
 //! even compared, so a reply either counts whole or not at all.
 
-use super::handler::{read_chain, Cx, Effects, Finish, Handler, Step};
+use super::handler::{read_chain, refuse_hint, Cx, Effects, Finish, Handler, QueueHandler, Step};
 use super::hints::{add, remember, HintError, HintEvent};
 use super::BalloonDevice;
 use crate::device::role::QueueRole;
@@ -43,20 +43,10 @@ pub(crate) struct MiscHandler {
     runs: Vec<PageRange>,
 }
 
-impl MiscHandler {
+impl QueueHandler for MiscHandler {
     /// One buffer: the guest's request buffer (held), or a reply (checked, applied, used).
-    pub(crate) fn handle<F: Effects>(
-        &mut self,
-        cx: &Cx<'_>,
-        chain: &DescriptorChain,
-        fx: &mut F,
-    ) -> Step {
+    fn handle(&mut self, cx: &Cx, chain: &DescriptorChain, fx: &mut impl Effects) -> Step {
         let (readable, writable) = (chain.readable(), chain.writable());
-        let refused = |e: BalloonError, fx: &mut F| {
-            add(&cx.hints.bad_buffers, 1);
-            fx.refuse(e);
-            Step::refused()
-        };
         if readable.is_empty() {
             // An in-buffer: the guest's request buffer.
             let len = chain.writable_len();
@@ -65,7 +55,7 @@ impl MiscHandler {
                     len,
                     expected: REQ_HEADER_LEN,
                 };
-                return refused(e.into(), fx);
+                return refuse_hint(cx, fx, e.into());
             }
             let head = chain.head();
             let give_back = self
@@ -91,18 +81,20 @@ impl MiscHandler {
                 found: "mixed",
                 expected: "device-readable (a reply) or device-writable (the request buffer)",
             };
-            return refused(e.into(), fx);
+            return refuse_hint(cx, fx, e.into());
         }
         add(&cx.hints.unused_replies, 1);
         // Replies go back at once (len 0: nothing written).
         match self.apply_reply(cx, chain, fx) {
             Ok(pages) => Step::done(pages),
-            Err(e) => refused(e, fx),
+            Err(e) => refuse_hint(cx, fx, e),
         }
     }
+}
 
+impl MiscHandler {
     /// Ends a batch: a request may have waited for the buffer just posted.
-    pub(crate) fn finish<F: Effects>(&mut self, cx: &Cx<'_>, fx: &mut F) -> Finish {
+    pub(crate) fn finish(&mut self, cx: &Cx, fx: &mut impl Effects) -> Finish {
         Finish {
             pages: 0,
             reply: self.send(cx, fx),
@@ -110,11 +102,11 @@ impl MiscHandler {
     }
 
     /// Makes `req_id` the current request (replacing any) and sends it if a buffer is held.
-    pub(crate) fn request<F: Effects>(
+    pub(crate) fn request(
         &mut self,
         req_id: u64,
-        cx: &Cx<'_>,
-        fx: &mut F,
+        cx: &Cx,
+        fx: &mut impl Effects,
     ) -> Option<(u16, u32)> {
         self.retire();
         self.current = Some(req_id);
@@ -130,7 +122,7 @@ impl MiscHandler {
     }
 
     /// Writes the pending request into the held buffer; returns it to use (head, length).
-    fn send<F: Effects>(&mut self, cx: &Cx<'_>, fx: &mut F) -> Option<(u16, u32)> {
+    fn send(&mut self, cx: &Cx, fx: &mut impl Effects) -> Option<(u16, u32)> {
         let (Some(req_id), Some((head, addr))) = (self.pending, self.held) else {
             return None;
         };
@@ -149,11 +141,11 @@ impl MiscHandler {
 
     /// Copies one reply out of guest RAM, decodes all of it, and passes its pages on if it
     /// answers the current request; returns the pages passed on.
-    fn apply_reply<F: Effects>(
+    fn apply_reply(
         &mut self,
-        cx: &Cx<'_>,
+        cx: &Cx,
         chain: &DescriptorChain,
-        fx: &mut F,
+        fx: &mut impl Effects,
     ) -> Result<u64, BalloonError> {
         let len = chain.readable_len();
         let max = BMAP_HEADER_LEN as u64 + MAX_BMAP_LEN;

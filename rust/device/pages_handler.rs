@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::handler::{read_chain, refuse_writable, Cx, Effects, Finish, Step};
+use super::handler::{read_chain, refuse_writable, Cx, Effects, Finish, QueueHandler, Step};
 use super::runs::merge_ranges;
 use crate::abi::max_message_len;
 use crate::device::counters::{add, nanos};
@@ -80,24 +80,9 @@ impl<F: Effects> PageSink for ChunkSink<'_, F> {
     }
 }
 
-impl PagesHandler {
-    /// A handler for `role` (inflate or deflate).
-    pub(crate) fn new(role: QueueRole) -> PagesHandler {
-        PagesHandler {
-            role,
-            runs: Vec::new(),
-            scratch: Vec::new(),
-            tally: Tally::default(),
-        }
-    }
-
+impl QueueHandler for PagesHandler {
     /// Decodes one buffer into the batch's run buffer (applying it whenever it fills).
-    pub(crate) fn handle<F: Effects>(
-        &mut self,
-        cx: &Cx<'_>,
-        chain: &DescriptorChain,
-        fx: &mut F,
-    ) -> Step {
+    fn handle(&mut self, cx: &Cx, chain: &DescriptorChain, fx: &mut impl Effects) -> Step {
         if self.tally.started.is_none() {
             self.tally.started = Some(Instant::now());
             self.runs.clear();
@@ -139,10 +124,22 @@ impl PagesHandler {
             }
         }
     }
+}
+
+impl PagesHandler {
+    /// A handler for `role` (inflate or deflate).
+    pub(crate) fn new(role: QueueRole) -> PagesHandler {
+        PagesHandler {
+            role,
+            runs: Vec::new(),
+            scratch: Vec::new(),
+            tally: Tally::default(),
+        }
+    }
 
     /// Ends the batch: applies the runs left (even if the ring broke after them: those buffers
     /// were valid) and counts it.
-    pub(crate) fn finish<F: Effects>(&mut self, cx: &Cx<'_>, fx: &mut F) -> Finish {
+    pub(crate) fn finish(&mut self, cx: &Cx, fx: &mut impl Effects) -> Finish {
         let Some(started) = self.tally.started.take() else {
             return Finish::default();
         };
@@ -177,7 +174,7 @@ impl PagesHandler {
 
     /// Copies one inflate/deflate chain's message into the scratch buffer after checking its
     /// shape: device-readable only (§5.5.6), no longer than the encoding allows.
-    fn read_message(&mut self, cx: &Cx<'_>, chain: &DescriptorChain) -> Result<(), BalloonError> {
+    fn read_message(&mut self, cx: &Cx, chain: &DescriptorChain) -> Result<(), BalloonError> {
         refuse_writable(chain, self.role)?;
         let len = chain.readable_len();
         let max = max_message_len(cx.encoding);

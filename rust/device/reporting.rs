@@ -9,7 +9,7 @@
 //! `poison_val` (a discarded page would read back as zeros, not the pattern).
 
 use super::free_page::decode_segment;
-use super::handler::{Cx, Effects, Step};
+use super::handler::{refuse_hint, Cx, Effects, QueueHandler, Step};
 use super::hints::{add, HintError};
 use super::runs::{merge_ranges, total_pages};
 use crate::device::role::QueueRole;
@@ -24,21 +24,14 @@ pub(crate) struct ReportingHandler {
     runs: Vec<PageRange>,
 }
 
-impl ReportingHandler {
+impl QueueHandler for ReportingHandler {
     /// One report: checks every block, asks for them to be discarded, used with length 0.
-    pub(crate) fn handle<F: Effects>(
-        &mut self,
-        cx: &Cx<'_>,
-        chain: &DescriptorChain,
-        fx: &mut F,
-    ) -> Step {
+    fn handle(&mut self, cx: &Cx, chain: &DescriptorChain, fx: &mut impl Effects) -> Step {
         let h = cx.hints;
         add(&h.reports, 1);
         self.runs.clear();
         if let Err(e) = self.check(chain, cx.mem.pages()) {
-            add(&h.bad_buffers, 1);
-            fx.refuse(e.into());
-            return Step::refused();
+            return refuse_hint(cx, fx, e.into());
         }
         let blocks = self.runs.len() as u64;
         merge_ranges(&mut self.runs);
@@ -51,7 +44,9 @@ impl ReportingHandler {
         add(&h.reported_pages, pages);
         Step::done(pages)
     }
+}
 
+impl ReportingHandler {
     /// Every buffer of a report must be device-writable, whole pages, inside guest RAM.
     fn check(&mut self, chain: &DescriptorChain, max_pfn: u64) -> Result<(), HintError> {
         if let Some(s) = chain.readable().first() {

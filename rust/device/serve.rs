@@ -186,7 +186,7 @@ impl BalloonDevice {
 
     /// The generic loop: at most a queue's worth of pops (a guest that keeps adding cannot keep
     /// the device), each chain handed to the handler, then the used entries and one interrupt.
-    fn serve(&mut self, cx: &Cx<'_>, slot: &mut Slot) -> Result<QueueRun, BalloonError> {
+    fn serve(&mut self, cx: &Cx, slot: &mut Slot) -> Result<QueueRun, BalloonError> {
         let role = slot.role;
         let mut chain = std::mem::take(&mut self.chain);
         let mut used = std::mem::take(&mut self.used);

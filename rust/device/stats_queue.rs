@@ -1,7 +1,7 @@
 //! The stats queue (virtio 1.2 §5.5.6.3): the device holds the driver's buffer until it wants
 //! a sample, then returns it; the driver refills it and adds it again.
 
-use super::handler::{read_chain, refuse_writable, Cx, Effects, Step};
+use super::handler::{read_chain, refuse_writable, Cx, Effects, QueueHandler, Step};
 use super::BalloonDevice;
 use crate::abi::STATS_ENTRY_SIZE;
 use crate::device::counters::add;
@@ -17,14 +17,9 @@ pub(crate) struct StatsHandler {
     scratch: Vec<u8>,
 }
 
-impl StatsHandler {
+impl QueueHandler for StatsHandler {
     /// Holds the new buffer (returning one held before) and parses the sample in it.
-    pub(crate) fn handle<F: Effects>(
-        &mut self,
-        cx: &Cx<'_>,
-        chain: &DescriptorChain,
-        fx: &mut F,
-    ) -> Step {
+    fn handle(&mut self, cx: &Cx, chain: &DescriptorChain, fx: &mut impl Effects) -> Step {
         add(&cx.counters.stats_buffers, 1);
         let head = chain.head();
         let give_back = self.held.replace(head);
@@ -46,12 +41,14 @@ impl StatsHandler {
             bad,
         }
     }
+}
 
-    fn parse<F: Effects>(
+impl StatsHandler {
+    fn parse(
         &mut self,
-        cx: &Cx<'_>,
+        cx: &Cx,
         chain: &DescriptorChain,
-        fx: &mut F,
+        fx: &mut impl Effects,
     ) -> Result<(), BalloonError> {
         refuse_writable(chain, QueueRole::Stats)?;
         let len = chain.readable_len();
