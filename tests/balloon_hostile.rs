@@ -3,6 +3,9 @@
 //! back used (length 0), good buffers next to it are still served, nothing is lost, and the
 //! canary pages mapped right below and above guest RAM stay untouched and resident.
 
+mod device_support;
+use device_support::{start, Rings};
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -11,11 +14,8 @@ use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig, QueueRole};
 use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::bitmap::BmapHeader;
 use vballoon::pages::{encode, Encoding, PagesError};
-use vballoon::transport::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-};
-use vballoon::virtq::{DriverQueue, NotifyMode, QueueLayout, Segment, VirtqError};
+use vballoon::transport::VIRTIO_CONFIG_S_NEEDS_RESET;
+use vballoon::virtq::{DriverQueue, NotifyMode, Segment, VirtqError};
 
 const PAGES: u64 = 1024;
 /// Pages filled with a pattern that no refused message may discard.
@@ -47,26 +47,12 @@ impl Rig {
             },
         )
         .unwrap();
-        let t = Arc::clone(dev.transport());
-        let st = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-        t.set_status(st).unwrap();
-        t.set_driver_features(t.device_features()).unwrap();
-        t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK).unwrap();
-        let mut queues = Vec::new();
-        for i in 0..t.num_queues() {
-            let layout = QueueLayout::place(GuestAddress(u64::from(i) * 0x4000), 64).unwrap();
-            let mut q = DriverQueue::new(Arc::clone(&mem), layout, t.device_features()).unwrap();
-            q.set_notifiers(
-                t.kick_notifier(i).unwrap(),
-                t.interrupt_notifier(i).unwrap(),
-            );
-            t.set_queue(i, layout).unwrap();
-            t.set_queue_ready(i, true).unwrap();
-            queues.push(q);
-        }
-        t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
-            .unwrap();
-        dev.activate().unwrap();
+        let rings = Rings {
+            at: 0,
+            stride: 0x4000,
+            size: 64,
+        };
+        let queues = start(&mut dev, rings);
         Rig {
             guarded,
             dev,

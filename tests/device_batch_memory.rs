@@ -5,17 +5,16 @@
 //!
 //! Its own test binary, so the process-wide peak (VmHWM) is this test's alone.
 
+mod device_support;
+use device_support::{start, Rings};
+
 use std::sync::Arc;
 
 use vballoon::device::{BalloonDevice, DeviceConfig, DiscardPolicy, QueueRole};
 use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::bitmap::{BmapHeader, MAX_BMAP_LEN};
 use vballoon::pages::Encoding;
-use vballoon::transport::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK,
-};
-use vballoon::virtq::{DriverQueue, NotifyMode, QueueLayout, Segment};
+use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -80,23 +79,12 @@ fn rig(discard: DiscardPolicy) -> Rig {
         },
     )
     .unwrap();
-    let t = Arc::clone(dev.transport());
-    let st = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-    t.set_status(st).unwrap();
-    t.set_driver_features(t.device_features()).unwrap();
-    t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK).unwrap();
-    let mut queues = Vec::new();
-    for i in 0..t.num_queues() {
-        let at = GuestAddress(RINGS + u64::from(i) * MIB);
-        let layout = QueueLayout::place(at, QUEUE_SIZE).unwrap();
-        let q = DriverQueue::new(Arc::clone(&mem), layout, t.device_features()).unwrap();
-        t.set_queue(i, layout).unwrap();
-        t.set_queue_ready(i, true).unwrap();
-        queues.push(q);
-    }
-    t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
-        .unwrap();
-    dev.activate().unwrap();
+    let rings = Rings {
+        at: RINGS,
+        stride: MIB,
+        size: QUEUE_SIZE,
+    };
+    let queues = start(&mut dev, rings);
     Rig { dev, queues }
 }
 

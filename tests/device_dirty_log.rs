@@ -4,19 +4,17 @@
 //! page that changed (a used ring, a written reply, a discarded page) was logged, and that the
 //! step did change something (so the check cannot pass vacuously).
 
+mod device_support;
+use device_support::{start, Rings};
+
 use std::sync::{Arc, Mutex};
 
-use vballoon::abi::{AbiMode, BalloonFeatures};
 use vballoon::device::{BalloonDevice, DeviceConfig, HintOffer, QueueRole, WriteLog};
 use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::pages::hint::encode_cmd_id;
 use vballoon::pages::{encode, Encoding, PageSet};
-use vballoon::transport::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK,
-};
 use vballoon::virtq::defs::{feature, VIRTIO_F_EVENT_IDX};
-use vballoon::virtq::{DriverQueue, NotifyMode, QueueLayout, Segment};
+use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 
 const MIB: u64 = 1 << 20;
 const GUEST: u64 = 8 * MIB;
@@ -50,27 +48,14 @@ fn rig() -> Rig {
         sink.lock().unwrap().insert_range(pfn.0, n);
     });
     dev.set_write_log(Some(hook));
-    let t = Arc::clone(dev.transport());
-    let features = t.device_features();
-    let st = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-    t.set_status(st).unwrap();
-    t.set_driver_features(features).unwrap();
-    t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK).unwrap();
-    let n = BalloonFeatures::new(features, AbiMode::Vballoon)
-        .queues()
-        .count;
-    let mut queues = Vec::new();
-    for i in 0..n {
-        let at = GuestAddress(u64::from(i) * 0x2000);
-        mem.fill(at, 0x2000, 0).unwrap();
-        let layout = QueueLayout::place(at, 16).unwrap();
-        queues.push(DriverQueue::new(Arc::clone(&mem), layout, features).unwrap());
-        t.set_queue(i, layout).unwrap();
-        t.set_queue_ready(i, true).unwrap();
-    }
-    t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
-        .unwrap();
-    dev.activate().unwrap();
+    // The rings start zeroed (guest RAM is all 0x5a).
+    mem.fill(GuestAddress(0), 8 * 0x2000, 0).unwrap();
+    let rings = Rings {
+        at: 0,
+        stride: 0x2000,
+        size: 16,
+    };
+    let queues = start(&mut dev, rings);
     Rig {
         mem,
         dev,

@@ -3,6 +3,9 @@
 //! features, and the device serves the new rings while never touching the old ones. The host's
 //! view of the balloon carries across: every page stays accounted for.
 
+mod device_support;
+use device_support::Rings;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,19 +13,21 @@ use vballoon::abi::{bit, VBALLOON_F_PAGE_AUTO, VIRTIO_BALLOON_F_STATS_VQ};
 use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig, QueueRole};
 use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::{encode, Encoding, PageSet};
-use vballoon::transport::{
-    Transport, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-};
+use vballoon::transport::{Transport, VIRTIO_CONFIG_S_NEEDS_RESET};
 use vballoon::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
-use vballoon::virtq::{DriverQueue, NotifyMode, QueueLayout, Segment};
+use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 
+/// 16 MiB of guest RAM.
 const PAGES: u64 = 4096;
+/// Entries per queue.
 const QSIZE: u16 = 16;
-/// First negotiation's rings and buffers, second negotiation's.
+/// The first negotiation's rings, ...
 const RINGS_A: u64 = 0x10_0000;
+/// ... the second negotiation's (elsewhere: the device must let go of the old ones);
 const RINGS_B: u64 = 0x20_0000;
+/// the first negotiation's buffers, ...
 const BUFS_A: u64 = 0x40_0000;
+/// ... and the second's.
 const BUFS_B: u64 = 0x60_0000;
 
 struct Driver {
@@ -38,34 +43,12 @@ fn negotiate(
     rings: u64,
     bufs: u64,
 ) -> Driver {
-    let st = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-    t.set_status(0).unwrap();
-    t.set_status(st).unwrap();
-    t.set_driver_features(features).unwrap();
-    let ok = t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK).unwrap();
-    assert_ne!(
-        ok & VIRTIO_CONFIG_S_FEATURES_OK,
-        0,
-        "features {features:#x} refused"
-    );
-    let n = vballoon::abi::BalloonFeatures::new(features, vballoon::abi::AbiMode::Vballoon)
-        .queues()
-        .count;
-    let mut queues = Vec::new();
-    for i in 0..n {
-        let layout =
-            QueueLayout::place(GuestAddress(rings + u64::from(i) * 0x1000), QSIZE).unwrap();
-        let mut q = DriverQueue::new(Arc::clone(mem), layout, features).unwrap();
-        q.set_notifiers(
-            t.kick_notifier(i).unwrap(),
-            t.interrupt_notifier(i).unwrap(),
-        );
-        t.set_queue(i, layout).unwrap();
-        t.set_queue_ready(i, true).unwrap();
-        queues.push(q);
-    }
-    t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
-        .unwrap();
+    let rings = Rings {
+        at: rings,
+        stride: 0x1000,
+        size: QSIZE,
+    };
+    let queues = device_support::negotiate(t, mem, features, rings);
     Driver {
         queues,
         next_buf: bufs,

@@ -4,6 +4,9 @@
 //! length 0, passes nothing on and discards nothing; good buffers next to it still count; the
 //! canary pages around guest RAM stay untouched.
 
+mod device_support;
+use device_support::{start, Rings};
+
 use std::sync::{Arc, Mutex};
 
 use vballoon::device::hostile::GuardedMemory;
@@ -15,19 +18,19 @@ use vballoon::pages::bitmap::{
     BmapHeader, ReqHeader, BALLOON_FLAG_CONT, BALLOON_FLAG_DONE, BALLOON_GET_UNUSED_PAGES,
 };
 use vballoon::pages::PagesError;
-use vballoon::transport::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK,
-};
-use vballoon::virtq::{DriverQueue, NotifyMode, QueueLayout, Segment};
+use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 
 /// 64 MiB: sixteen 4 MiB blocks.
 const PAGES: u64 = 16384;
+/// The hint queues' indexes with every feature negotiated (inflate, deflate, stats first).
 const MISC: u16 = 3;
+/// free_page_vq, after misc.
 const FREE_PAGE: u16 = 4;
+/// reporting_vq, last.
 const REPORTING: u16 = 5;
 /// Where the rig's buffers go (rings sit below).
 const BUFS: u64 = 0x10_0000;
+/// The free page hint command id the tests issue.
 const ID: u32 = 0x8000_0000;
 
 struct Rig {
@@ -51,27 +54,13 @@ impl Rig {
             },
         )
         .unwrap();
-        let t = Arc::clone(dev.transport());
-        let st = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-        t.set_status(st).unwrap();
-        t.set_driver_features(t.device_features()).unwrap();
-        t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK).unwrap();
-        assert_eq!(t.num_queues(), 6);
-        let mut queues = Vec::new();
-        for i in 0..t.num_queues() {
-            let layout = QueueLayout::place(GuestAddress(u64::from(i) * 0x4000), 64).unwrap();
-            let mut q = DriverQueue::new(Arc::clone(&mem), layout, t.device_features()).unwrap();
-            q.set_notifiers(
-                t.kick_notifier(i).unwrap(),
-                t.interrupt_notifier(i).unwrap(),
-            );
-            t.set_queue(i, layout).unwrap();
-            t.set_queue_ready(i, true).unwrap();
-            queues.push(q);
-        }
-        t.set_status(st | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
-            .unwrap();
-        dev.activate().unwrap();
+        let rings = Rings {
+            at: 0,
+            stride: 0x4000,
+            size: 64,
+        };
+        let queues = start(&mut dev, rings);
+        assert_eq!(queues.len(), 6);
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         dev.set_hint_sink(Some(Arc::new(move |e| sink.lock().unwrap().push(e))));

@@ -5,18 +5,24 @@ mod vhost_support;
 
 use std::time::Duration;
 
+use vballoon::abi::{
+    bit, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+    VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_PAGE_POISON, VIRTIO_BALLOON_F_REPORTING,
+    VIRTIO_BALLOON_F_STATS_VQ,
+};
 use vballoon::memory::PAGE_SIZE;
-use vballoon::vhost_user::VhostUserBackend;
+use vballoon::vhost_user::{VhostUserBackend, DEFAULT_FEATURES};
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
 use vhost_support::*;
 
-const MTH: u64 = 1 << 0;
-const STATS: u64 = 1 << 1;
-const DOOM: u64 = 1 << 2;
-const FPH: u64 = 1 << 3;
-const POISON: u64 = 1 << 4;
-const REPORTING: u64 = 1 << 5;
+/// The balloon feature bits these tests negotiate, by the abi's numbering.
+const MTH: u64 = bit(VIRTIO_BALLOON_F_MUST_TELL_HOST);
+const STATS: u64 = bit(VIRTIO_BALLOON_F_STATS_VQ);
+const DOOM: u64 = bit(VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+const FPH: u64 = bit(VIRTIO_BALLOON_F_FREE_PAGE_HINT);
+const POISON: u64 = bit(VIRTIO_BALLOON_F_PAGE_POISON);
+const REPORTING: u64 = bit(VIRTIO_BALLOON_F_REPORTING);
 
 fn backend(name: &str, features: &[&str]) -> (tempdir::Dir, VhostUserBackend) {
     let dir = tempdir::Dir::new(name);
@@ -49,14 +55,8 @@ mod tempdir {
     }
 }
 
-const ALL: [&str; 6] = [
-    "must_tell_host",
-    "stats_vq",
-    "deflate_on_oom",
-    "free_page_hint",
-    "page_poison",
-    "reporting",
-];
+/// Every upstream feature (the backend's default offer).
+const ALL: [&str; 6] = DEFAULT_FEATURES;
 
 #[test]
 fn test_inflate_punches_holes_and_deflate_returns_pages() {

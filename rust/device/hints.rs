@@ -182,36 +182,9 @@ pub enum HintError {
     },
 }
 
-macro_rules! hint_counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// What the hint queues have done, a snapshot.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-        pub struct HintCounters {
-            $($(#[$doc])* pub $name: u64,)*
-        }
-
-        /// The live hint counters.
-        #[derive(Debug, Default)]
-        pub(crate) struct SharedHintCounters {
-            $(pub(crate) $name: AtomicU64,)*
-        }
-
-        impl SharedHintCounters {
-            pub(crate) fn snapshot(&self) -> HintCounters {
-                HintCounters { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-
-        impl HintCounters {
-            /// The counts accumulated since `earlier`.
-            pub fn since(&self, earlier: &HintCounters) -> HintCounters {
-                HintCounters { $($name: self.$name.saturating_sub(earlier.$name),)* }
-            }
-        }
-    };
-}
-
-hint_counters! {
+crate::device::counters::counter_set! {
+    "What the hint queues have done, a snapshot." HintCounters,
+    "The live hint counters." SharedHintCounters {
     /// GET_UNUSED_PAGES requests written into the guest's request buffer.
     unused_requests,
     /// Unused-page reply buffers popped (good and bad).
@@ -246,7 +219,7 @@ hint_counters! {
     report_discards,
     /// Hint-queue buffers refused with an error.
     bad_buffers,
-}
+}}
 
 /// Most retired ids remembered (older ones count as unknown).
 pub(crate) const RETIRED_IDS: usize = 64;

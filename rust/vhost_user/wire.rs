@@ -17,10 +17,15 @@ use super::error::VhostUserError;
 pub const SET_BACKEND_REQ_FD: u32 = 21;
 /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
 pub const BACKEND_CONFIG_CHANGE_MSG: u32 = 2;
+/// A message header: request, flags, payload size, each le32.
 const HEADER: usize = 12;
+/// Header flags: the protocol version (1) in the low two bits, ...
 const VERSION: u32 = 0x1;
+/// ... which this mask selects;
 const VERSION_MASK: u32 = 0x3;
+/// set on replies;
 const REPLY: u32 = 0x4;
+/// set when the sender wants a reply (REPLY_ACK).
 const NEED_REPLY: u32 = 0x8;
 /// Most fds we accept on one message before refusing it (the rest are closed).
 const MAX_FDS: usize = 8;
