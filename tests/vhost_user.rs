@@ -171,14 +171,8 @@ fn test_unload_resets_and_reload_renegotiates() {
     // Reload with fewer features: queue 2 is now the reporting queue.
     g.negotiate(MTH | REPORTING, 3);
     eventually("driver_ok again", || b.status().driver_ok);
-    populate(&mem, PAGES, 512);
     // One 2 MiB block reported (a 4 KiB-page run as one descriptor).
-    let at = vballoon::memory::GuestAddress(PAGES);
-    g.queues[2]
-        .add_chain(&[], &[(at, (512 * PAGE_SIZE) as u32)])
-        .unwrap();
-    g.kicks[2].write(1).unwrap();
-    g.used(2);
+    g.give_block(2, PAGES, 512);
     eventually("reported", || b.status().totals.pages_reported == 512);
     assert!(!has_data(&mem, PAGES, 512 * PAGE_SIZE));
     // The inflate queue still works after the renegotiation.
@@ -202,13 +196,7 @@ fn test_free_page_hinting_cmd_id_hints_stop_done() {
     // The driver sends the id, a 4 MiB block (order 10), then STOP (0).
     g.post(2, &id.to_le_bytes());
     g.used(2);
-    populate(&mem, PAGES, 1024);
-    let at = vballoon::memory::GuestAddress(PAGES);
-    g.queues[2]
-        .add_chain(&[], &[(at, (1024 * PAGE_SIZE) as u32)])
-        .unwrap();
-    g.kicks[2].write(1).unwrap();
-    g.used(2);
+    g.give_block(2, PAGES, 1024);
     g.post(2, &0u32.to_le_bytes());
     g.used(2);
     let st = b.status();
@@ -273,13 +261,7 @@ fn test_page_poison_keeps_reported_pages() {
     )
     .unwrap();
     assert_eq!(g.config()[3], 0xaaaa_aaaa);
-    populate(&mem, PAGES, 512);
-    let at = vballoon::memory::GuestAddress(PAGES);
-    g.queues[2]
-        .add_chain(&[], &[(at, (512 * PAGE_SIZE) as u32)])
-        .unwrap();
-    g.kicks[2].write(1).unwrap();
-    g.used(2);
+    g.give_block(2, PAGES, 512);
     assert!(
         has_data(&mem, PAGES, 512 * PAGE_SIZE),
         "poisoned pages kept"
