@@ -1,5 +1,6 @@
-//! The balloon device (host side): queue handlers for inflate, deflate and stats over the
-//! queues the negotiated features make present, turning page sets into coalesced discards.
+//! The balloon device (host side): one handler per queue the negotiated features make present
+//! (routed by [`QueueRole`]), served by one loop (`serve.rs`), turning page sets into coalesced
+//! discards.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

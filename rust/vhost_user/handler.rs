@@ -1,13 +1,13 @@
 //! The vhost-user message handler: one frontend's negotiation, memory and vrings, and the
-//! balloon device it drives through the in-process [`Transport`](crate::transport::Transport).
+//! balloon device it drives through [`VirtioDevice`], the interface every transport uses.
 //!
 //! vhost-user has no status register (we do not offer the STATUS protocol feature), so the
 //! device's life follows the vrings (vhost-user spec, "Starting and stopping rings"): once
 //! every queue the negotiated features make present has a size, addresses and a kick fd and
-//! is enabled, the handler plays the driver's side of virtio 1.2 §3.1.1 on the transport
-//! (features, FEATURES_OK, queues, DRIVER_OK) and activates a fresh device. New features, a
-//! ring reconfigured, or a ring disabled while the device runs (what virtio_uml does when the
-//! driver module is unloaded) reset it; the next negotiation builds a new device instance.
+//! is enabled, the handler activates a fresh device with the acked features and the rings
+//! (translated from the frontend's addresses). New features, a ring reconfigured, or a ring
+//! disabled while the device runs (what virtio_uml does when the driver module is unloaded)
+//! reset it; the next negotiation builds a new device instance.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

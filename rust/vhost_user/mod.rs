@@ -3,7 +3,8 @@
 //! Linux `virtio_balloon` driver drives our [`BalloonDevice`](crate::device::BalloonDevice).
 //!
 //! The rust-vmm `vhost` crate parses the protocol's messages and passes fds (`req`);
-//! [`handler`] checks every field and drives the device through the in-process transport;
+//! [`handler`] checks every field and drives the device through
+//! [`VirtioDevice`](crate::transport::VirtioDevice), as any transport does;
 //! `conn` runs one frontend's poll loop; [`server`] accepts frontends one at a time.
 
 #![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
