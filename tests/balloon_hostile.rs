@@ -47,12 +47,7 @@ impl Rig {
             },
         )
         .unwrap();
-        let rings = Rings {
-            at: 0,
-            stride: 0x4000,
-            size: 64,
-        };
-        let queues = start(&mut dev, rings);
+        let queues = start(&mut dev, Rings::new(0, 0x4000, 64));
         Rig {
             guarded,
             dev,

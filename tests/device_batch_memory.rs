@@ -79,12 +79,7 @@ fn rig(discard: DiscardPolicy) -> Rig {
         },
     )
     .unwrap();
-    let rings = Rings {
-        at: RINGS,
-        stride: MIB,
-        size: QUEUE_SIZE,
-    };
-    let queues = start(&mut dev, rings);
+    let queues = start(&mut dev, Rings::new(RINGS, MIB, QUEUE_SIZE));
     Rig { dev, queues }
 }
 

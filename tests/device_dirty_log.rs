@@ -50,12 +50,7 @@ fn rig() -> Rig {
     dev.set_write_log(Some(hook));
     // The rings start zeroed (guest RAM is all 0x5a).
     mem.fill(GuestAddress(0), 8 * 0x2000, 0).unwrap();
-    let rings = Rings {
-        at: 0,
-        stride: 0x2000,
-        size: 16,
-    };
-    let queues = start(&mut dev, rings);
+    let queues = start(&mut dev, Rings::new(0, 0x2000, 16));
     Rig {
         mem,
         dev,

@@ -43,12 +43,7 @@ fn negotiate(
     rings: u64,
     bufs: u64,
 ) -> Driver {
-    let rings = Rings {
-        at: rings,
-        stride: 0x1000,
-        size: QSIZE,
-    };
-    let queues = device_support::negotiate(t, mem, features, rings);
+    let queues = device_support::negotiate(t, mem, features, Rings::new(rings, 0x1000, QSIZE));
     Driver {
         queues,
         next_buf: bufs,

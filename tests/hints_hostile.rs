@@ -54,12 +54,7 @@ impl Rig {
             },
         )
         .unwrap();
-        let rings = Rings {
-            at: 0,
-            stride: 0x4000,
-            size: 64,
-        };
-        let queues = start(&mut dev, rings);
+        let queues = start(&mut dev, Rings::new(0, 0x4000, 64));
         assert_eq!(queues.len(), 6);
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);

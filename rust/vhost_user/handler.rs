@@ -81,6 +81,7 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
 }
 
 /// One frontend's state.
+#[derive(Debug)]
 pub struct Handler {
     pub(crate) shared: Arc<Shared>,
     pub(crate) offer: Offer,
@@ -94,16 +95,6 @@ pub struct Handler {
     pub(crate) hint_discarded: Arc<AtomicU64>,
     /// Reported pages the current device kept (the guest poisons free pages).
     pub(crate) reported_kept: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for Handler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handler")
-            .field("acked", &self.acked)
-            .field("protocol", &self.protocol)
-            .field("active", &self.active)
-            .finish()
-    }
 }
 
 impl Handler {

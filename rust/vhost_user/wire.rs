@@ -9,7 +9,7 @@ use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 
 use super::error::VhostUserError;
 
@@ -19,14 +19,9 @@ pub const SET_BACKEND_REQ_FD: u32 = 21;
 pub const BACKEND_CONFIG_CHANGE_MSG: u32 = 2;
 /// A message header: request, flags, payload size, each le32.
 const HEADER: usize = 12;
-/// Header flags: the protocol version (1) in the low two bits, ...
+/// The protocol version in a header's flags (the vhost crate's `VERSION` is the mask of its
+/// two bits).
 const VERSION: u32 = 0x1;
-/// ... which this mask selects;
-const VERSION_MASK: u32 = 0x3;
-/// set on replies;
-const REPLY: u32 = 0x4;
-/// set when the sender wants a reply (REPLY_ACK).
-const NEED_REPLY: u32 = 0x8;
 /// Most fds we accept on one message before refusing it (the rest are closed).
 const MAX_FDS: usize = 8;
 /// Largest payload a front-channel message may carry (the vhost crate's MAX_MSG_SIZE).
@@ -149,7 +144,7 @@ pub fn take_backend_req_fd(s: &UnixStream, protocol: u64) -> Result<UnixStream, 
         return Err(bad(format!("{n}-byte header")));
     }
     let (flags, size) = (word(&h, 4), word(&h, 8));
-    if flags & VERSION_MASK != VERSION || size != 0 || fds.len() != 1 {
+    if flags & VhostUserHeaderFlag::VERSION.bits() != VERSION || size != 0 || fds.len() != 1 {
         return Err(bad(format!(
             "flags {flags:#x}, size {size}, {} fds (version 1, no payload, one fd expected)",
             fds.len()
@@ -159,8 +154,13 @@ pub fn take_backend_req_fd(s: &UnixStream, protocol: u64) -> Result<UnixStream, 
         return Err(bad("BACKEND_REQ was not negotiated".into()));
     }
     let reply_ack = protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
-    if reply_ack && flags & NEED_REPLY != 0 {
-        let mut r = header(SET_BACKEND_REQ_FD, VERSION | REPLY, 8).to_vec();
+    if reply_ack && flags & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
+        let mut r = header(
+            SET_BACKEND_REQ_FD,
+            VERSION | VhostUserHeaderFlag::REPLY.bits(),
+            8,
+        )
+        .to_vec();
         r.extend_from_slice(&0u64.to_le_bytes());
         send_all(s, &r)?;
     }

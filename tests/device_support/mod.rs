@@ -23,6 +23,13 @@ pub struct Rings {
     pub size: u16,
 }
 
+impl Rings {
+    /// Queue `i` at `at + i * stride`, `size` entries each.
+    pub const fn new(at: u64, stride: u64, size: u16) -> Rings {
+        Rings { at, stride, size }
+    }
+}
+
 /// Resets the device, negotiates `features` (asserting the device accepts them), sets up every
 /// queue they make present at `rings`, wired to the transport's kick and interrupt notifiers,
 /// and sets DRIVER_OK; returns the driver's ends of the queues.
