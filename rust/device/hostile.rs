@@ -303,9 +303,7 @@ pub fn seed_inputs() -> Vec<Vec<u8>> {
         let mem = Arc::new(mem);
         let features = cfg.device_features();
         let q = crate::abi::BalloonFeatures::new(features, cfg.abi).queues();
-        let enc = crate::transport::wire::encoding_for(crate::abi::BalloonFeatures::new(
-            features, cfg.abi,
-        ));
+        let enc = crate::abi::encoding_for(crate::abi::BalloonFeatures::new(features, cfg.abi));
         let mut at = 0x4000u64;
         for i in 0..q.count {
             let Ok(layout) =

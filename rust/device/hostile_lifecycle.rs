@@ -424,7 +424,7 @@ fn seed_for(h: &[u8; LIFECYCLE_HEADER]) -> Option<Vec<u8>> {
     let features = cfg.device_features() | extra;
     let bf = BalloonFeatures::new(features, cfg.abi);
     let q = bf.queues();
-    let enc = crate::transport::wire::encoding_for(bf);
+    let enc = crate::abi::encoding_for(bf);
     // A small scratch guest: the image only needs the rings and a few buffers.
     let mem = Arc::new(GuestMemory::new(1 << 20, crate::memory::Backing::Anonymous).ok()?);
     let start = 0u16.wrapping_sub(u16::from(h[2] >> 4));

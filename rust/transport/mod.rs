@@ -13,14 +13,14 @@
 //! 4. set up each queue (size, ring addresses, ready);
 //! 5. DRIVER_OK.
 //!
-//! The balloon's wire helpers that both sides need (which encoding the negotiated features
-//! select, how long a message may be) are in [`crate::abi`]; [`wire`] keeps their old path.
+//! Nothing here is balloon-specific: the balloon's wire vocabulary (which encoding the
+//! negotiated features select, how long a message may be) is in [`crate::abi`]. A transport
+//! drives a device through [`VirtioDevice`].
 
 mod config;
 mod device;
 mod error;
 mod status;
-pub mod wire;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
