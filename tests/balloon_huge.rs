@@ -62,12 +62,19 @@ fn host_bytes(mem: &GuestMemory) -> u64 {
     st.file_allocated_bytes.unwrap_or(st.rss_bytes)
 }
 
+/// Runs `f` on guest RAM of each huge-page backing the kernel gives us (THP, hugetlbfs),
+/// skipping those it refuses.
+fn for_each_huge_backing(mut f: impl FnMut(Backing, &Arc<GuestMemory>)) {
+    for backing in [Backing::Thp, Backing::Hugetlb] {
+        if let Some((_res, mem)) = memory(backing) {
+            f(backing, &mem);
+        }
+    }
+}
+
 #[test]
 fn test_inflate_in_2mib_blocks_returns_whole_huge_pages() {
-    for backing in [Backing::Thp, Backing::Hugetlb] {
-        let Some((_res, mem)) = memory(backing) else {
-            continue;
-        };
+    for_each_huge_backing(|backing, mem| {
         let mut s = session(&mem, HUGE_PAGE_ORDER, HugePartial::Wait);
         let before = host_bytes(&mem);
         s.set_target_bytes(48 * MIB).unwrap();
@@ -95,15 +102,12 @@ fn test_inflate_in_2mib_blocks_returns_whole_huge_pages() {
         s.run_until_settled(T).unwrap();
         assert_eq!(s.device().host_pages().unwrap().full_host_pages(), 0);
         s.stop().unwrap();
-    }
+    });
 }
 
 #[test]
 fn test_fragmented_guest_gets_memory_back_only_when_huge_pages_fill() {
-    for backing in [Backing::Thp, Backing::Hugetlb] {
-        let Some((_res, mem)) = memory(backing) else {
-            continue;
-        };
+    for_each_huge_backing(|backing, mem| {
         let mut s = session(&mem, 0, HugePartial::Wait);
         // The guest holds every other 4 KiB page: no 2 MiB block is free.
         let free = s.guest().allocator().free_pages();
@@ -151,15 +155,12 @@ fn test_fragmented_guest_gets_memory_back_only_when_huge_pages_fill() {
         let kept = even.iter().find(|p| p.0 < 4 * HUGE_PAGE_PAGES).unwrap();
         assert_eq!(mem.read_u8(kept.addr()).unwrap(), 0x6b, "{backing:?}");
         s.stop().unwrap();
-    }
+    });
 }
 
 #[test]
 fn test_deflating_part_of_a_discarded_huge_page_loses_nothing() {
-    for backing in [Backing::Thp, Backing::Hugetlb] {
-        let Some((_res, mem)) = memory(backing) else {
-            continue;
-        };
+    for_each_huge_backing(|backing, mem| {
         let mut s = session(&mem, HUGE_PAGE_ORDER, HugePartial::Wait);
         s.set_target_bytes(8 * MIB).unwrap();
         s.run_until_settled(T).unwrap();
@@ -226,7 +227,7 @@ fn test_deflating_part_of_a_discarded_huge_page_loses_nothing() {
             "{backing:?}"
         );
         s.stop().unwrap();
-    }
+    });
 }
 
 #[test]
