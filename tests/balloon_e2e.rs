@@ -12,7 +12,7 @@ use vballoon::device::{BalloonDevice, DeviceConfig, DiscardPolicy, QueueRole};
 use vballoon::guest::{BalloonDriver, DriverOptions, Step};
 use vballoon::guest::{Guest, GuestError, Workload};
 use vballoon::machine::{MachineConfig, Outcome, RunMode, Session};
-use vballoon::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
+use vballoon::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::pages::bitmap::{BmapHeader, BMAP_HEADER_LEN};
 use vballoon::pages::Encoding;
 use vballoon::virtq::{Descriptor, NotifyMode};
@@ -47,6 +47,16 @@ fn check_stats(s: &mut Session) {
     );
 }
 
+/// The first `runs` runs of the balloon read as zero, and no page of the workload changed.
+fn check_zero_and_untouched(s: &Session, mem: &GuestMemory, sums: &[(Pfn, u64)], runs: usize) {
+    for (start, len) in s.balloon_set().runs().take(runs) {
+        assert!(mem
+            .is_zero(GuestAddress(start * PAGE_SIZE), len * PAGE_SIZE)
+            .unwrap());
+    }
+    assert!(Workload::changed_pages(s.guest(), sums).unwrap().is_empty());
+}
+
 fn inflate_deflate_round_trip(enc: Encoding, backing: Backing, mode: RunMode) {
     let mut s = session(enc, |c| {
         c.backing = backing;
@@ -78,15 +88,7 @@ fn inflate_deflate_round_trip(enc: Encoding, backing: Backing, mode: RunMode) {
         diff < 0.05,
         "{enc}: resident drop {dropped} pages for {target}"
     );
-    // Ballooned pages read as zero now; the workload's pages are untouched.
-    for (start, len) in s.balloon_set().runs().take(4) {
-        assert!(mem
-            .is_zero(GuestAddress(start * PAGE_SIZE), len * PAGE_SIZE)
-            .unwrap());
-    }
-    assert!(Workload::changed_pages(s.guest(), &sums)
-        .unwrap()
-        .is_empty());
+    check_zero_and_untouched(&s, &mem, &sums, 4);
     assert_eq!(r.bad_buffers, 0);
     assert_eq!(s.device_counters().bad_buffers, 0);
     check_stats(&mut s);
@@ -470,13 +472,6 @@ fn test_fragmented_guest_with_vectored_discards() {
             dropped.abs_diff(target) <= s.driver().area().pages,
             "{dropped} {target}"
         );
-        for (start, len) in s.balloon_set().runs() {
-            assert!(mem
-                .is_zero(GuestAddress(start * PAGE_SIZE), len * PAGE_SIZE)
-                .unwrap());
-        }
-        assert!(Workload::changed_pages(s.guest(), &sums)
-            .unwrap()
-            .is_empty());
+        check_zero_and_untouched(&s, &mem, &sums, usize::MAX);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use vballoon::device::hostile::GuardedMemory;
-use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig};
+use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig, QueueRole};
 use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::bitmap::BmapHeader;
 use vballoon::pages::{encode, Encoding, PagesError};
@@ -391,7 +391,9 @@ fn test_broken_ring_needs_reset_and_touches_nothing() {
         rig.mem().store_u16(idx, 100, Ordering::Release).unwrap();
         assert!(matches!(
             rig.dev.process_queue(0),
-            Err(BalloonError::NeedsReset { queue: "inflate" })
+            Err(BalloonError::NeedsReset {
+                queue: QueueRole::Inflate
+            })
         ));
         assert!(rig.dev.transport().status() & VIRTIO_CONFIG_S_NEEDS_RESET != 0);
         let errs = rig.dev.take_errors();

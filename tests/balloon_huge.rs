@@ -62,14 +62,21 @@ fn host_bytes(mem: &GuestMemory) -> u64 {
     st.file_allocated_bytes.unwrap_or(st.rss_bytes)
 }
 
+/// Runs `f` on guest RAM of each huge-page backing the kernel gives us (THP, hugetlbfs),
+/// skipping those it refuses.
+fn for_each_huge_backing(mut f: impl FnMut(Backing, &Arc<GuestMemory>)) {
+    for backing in [Backing::Thp, Backing::Hugetlb] {
+        if let Some((_res, mem)) = memory(backing) {
+            f(backing, &mem);
+        }
+    }
+}
+
 #[test]
 fn test_inflate_in_2mib_blocks_returns_whole_huge_pages() {
-    for backing in [Backing::Thp, Backing::Hugetlb] {
-        let Some((_res, mem)) = memory(backing) else {
-            continue;
-        };
-        let mut s = session(&mem, HUGE_PAGE_ORDER, HugePartial::Wait);
-        let before = host_bytes(&mem);
+    for_each_huge_backing(|backing, mem| {
+        let mut s = session(mem, HUGE_PAGE_ORDER, HugePartial::Wait);
+        let before = host_bytes(mem);
         s.set_target_bytes(48 * MIB).unwrap();
         s.run_until_settled(T).unwrap();
         let c = s.device_counters();
@@ -77,7 +84,7 @@ fn test_inflate_in_2mib_blocks_returns_whole_huge_pages() {
         assert_eq!(c.host_pages_filled, 24, "{backing:?}");
         // Every ballooned huge page went back in few calls (runs of whole pages).
         assert!(c.discard_calls <= 24, "{backing:?}: {c:?}");
-        let after = host_bytes(&mem);
+        let after = host_bytes(mem);
         assert!(
             before - after >= 48 * MIB,
             "{backing:?}: {before} -> {after}"
@@ -95,16 +102,13 @@ fn test_inflate_in_2mib_blocks_returns_whole_huge_pages() {
         s.run_until_settled(T).unwrap();
         assert_eq!(s.device().host_pages().unwrap().full_host_pages(), 0);
         s.stop().unwrap();
-    }
+    });
 }
 
 #[test]
 fn test_fragmented_guest_gets_memory_back_only_when_huge_pages_fill() {
-    for backing in [Backing::Thp, Backing::Hugetlb] {
-        let Some((_res, mem)) = memory(backing) else {
-            continue;
-        };
-        let mut s = session(&mem, 0, HugePartial::Wait);
+    for_each_huge_backing(|backing, mem| {
+        let mut s = session(mem, 0, HugePartial::Wait);
         // The guest holds every other 4 KiB page: no 2 MiB block is free.
         let free = s.guest().allocator().free_pages();
         let mut held = Vec::new();
@@ -116,12 +120,12 @@ fn test_fragmented_guest_gets_memory_back_only_when_huge_pages_fill() {
         for p in &odd {
             s.guest_mut().allocator_mut().free(*p, 0).unwrap();
         }
-        let before = host_bytes(&mem);
+        let before = host_bytes(mem);
         s.set_target_pages(odd.len() as u64).unwrap();
         s.run_until_settled(T).unwrap();
         assert_eq!(s.balloon_pages(), odd.len() as u64);
         assert_eq!(s.device_counters().host_pages_filled, 0, "{backing:?}");
-        let mid = host_bytes(&mem);
+        let mid = host_bytes(mem);
         assert!(
             mid + HUGE_PAGE_SIZE > before,
             "{backing:?}: nothing whole to free"
@@ -139,7 +143,7 @@ fn test_fragmented_guest_gets_memory_back_only_when_huge_pages_fill() {
             .unwrap();
         s.run_until_settled(T).unwrap();
         assert_eq!(s.device_counters().host_pages_filled, 4, "{backing:?}");
-        let end = host_bytes(&mem);
+        let end = host_bytes(mem);
         assert!(
             mid - end >= 4 * HUGE_PAGE_SIZE,
             "{backing:?}: {mid} -> {end}"
@@ -151,20 +155,17 @@ fn test_fragmented_guest_gets_memory_back_only_when_huge_pages_fill() {
         let kept = even.iter().find(|p| p.0 < 4 * HUGE_PAGE_PAGES).unwrap();
         assert_eq!(mem.read_u8(kept.addr()).unwrap(), 0x6b, "{backing:?}");
         s.stop().unwrap();
-    }
+    });
 }
 
 #[test]
 fn test_deflating_part_of_a_discarded_huge_page_loses_nothing() {
-    for backing in [Backing::Thp, Backing::Hugetlb] {
-        let Some((_res, mem)) = memory(backing) else {
-            continue;
-        };
-        let mut s = session(&mem, HUGE_PAGE_ORDER, HugePartial::Wait);
+    for_each_huge_backing(|backing, mem| {
+        let mut s = session(mem, HUGE_PAGE_ORDER, HugePartial::Wait);
         s.set_target_bytes(8 * MIB).unwrap();
         s.run_until_settled(T).unwrap();
         assert_eq!(s.device_counters().host_pages_filled, 4);
-        let low = host_bytes(&mem);
+        let low = host_bytes(mem);
         // Give back 100 pages: the driver splits one 2 MiB block.
         s.set_target_pages(8 * MIB / PAGE_SIZE - 100).unwrap();
         s.run_until_settled(T).unwrap();
@@ -188,10 +189,7 @@ fn test_deflating_part_of_a_discarded_huge_page_loses_nothing() {
             .unwrap();
         assert!(mem.is_zero(Pfn(first).addr(), PAGE_SIZE).unwrap());
         mem.fill(Pfn(first).addr(), PAGE_SIZE, 0x11).unwrap();
-        assert!(
-            host_bytes(&mem) >= low + PAGE_SIZE,
-            "{backing:?}: refaulted"
-        );
+        assert!(host_bytes(mem) >= low + PAGE_SIZE, "{backing:?}: refaulted");
         assert_eq!(mem.read_u8(Pfn(first).addr()).unwrap(), 0x11);
         // Inflating again: the counts still match the balloon, page for page, and every full
         // huge page is given back (the guest's allocator picks which pages it balloons).
@@ -222,11 +220,11 @@ fn test_deflating_part_of_a_discarded_huge_page_loses_nothing() {
             }
         }
         assert!(
-            host_bytes(&mem) <= GUEST - full * HUGE_PAGE_SIZE,
+            host_bytes(mem) <= GUEST - full * HUGE_PAGE_SIZE,
             "{backing:?}"
         );
         s.stop().unwrap();
-    }
+    });
 }
 
 #[test]

@@ -86,6 +86,19 @@ fn rig(discard: DiscardPolicy) -> Rig {
 }
 
 impl Rig {
+    /// Serves the `n` buffers filled on queue `index` as one batch: the peak memory it adds
+    /// stays within [`BUDGET`] and every buffer comes back used.
+    fn serve_within_budget(&mut self, what: &str, index: u16, n: u64) {
+        let grown = self.serve_measured(index, n);
+        eprintln!("{what} batch: peak memory grew by {} KiB", grown / 1024);
+        assert!(
+            grown <= BUDGET,
+            "{what} batch grew peak memory by {} MiB",
+            grown / MIB
+        );
+        assert_eq!(self.used(index), n);
+    }
+
     /// Fills queue `index` with `n` alternating-bit bitmaps of parity `phase` (or alternating
     /// parities, buffer by buffer, if `mixed`).
     fn fill(&mut self, index: u16, n: u64, phase: u64, mixed: bool) {
@@ -134,14 +147,7 @@ fn test_alternating_bitmaps_in_every_buffer_cost_bounded_memory_and_lose_no_page
     let per_buffer = even_pages();
     r.fill(inflate, n, 0, false);
 
-    let grown = r.serve_measured(inflate, n);
-    eprintln!("inflate batch: peak memory grew by {} KiB", grown / 1024);
-    assert!(
-        grown <= BUDGET,
-        "inflate batch grew peak memory by {} MiB",
-        grown / MIB
-    );
-    assert_eq!(r.used(inflate), n);
+    r.serve_within_budget("inflate", inflate, n);
     // Exactly the even pages below the limit are in the balloon, once each.
     let set = r.dev.balloon();
     assert_eq!(set.count(), per_buffer);
@@ -157,14 +163,7 @@ fn test_alternating_bitmaps_in_every_buffer_cost_bounded_memory_and_lose_no_page
     // Fewer buffers (the batch is bounded the same way; this keeps the debug-build test short).
     let n = 32;
     r.fill(deflate, n, 0, true);
-    let grown = r.serve_measured(deflate, n);
-    eprintln!("deflate batch: peak memory grew by {} KiB", grown / 1024);
-    assert!(
-        grown <= BUDGET,
-        "deflate batch grew peak memory by {} MiB",
-        grown / MIB
-    );
-    assert_eq!(r.used(deflate), n);
+    r.serve_within_budget("deflate", deflate, n);
     assert_eq!(r.dev.balloon_pages(), 0);
     let c = r.dev.counters();
     assert_eq!(c.pages_deflated, per_buffer);

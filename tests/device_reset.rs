@@ -15,13 +15,14 @@ use vballoon::transport::{Transport, VIRTIO_CONFIG_S_NEEDS_RESET};
 use vballoon::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
 use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 
+/// 16 MiB of guest RAM.
 const PAGES: u64 = 4096;
+/// Entries per queue.
 const QSIZE: u16 = 16;
-/// First negotiation's rings and buffers, second negotiation's.
-const RINGS_A: u64 = 0x10_0000;
-const RINGS_B: u64 = 0x20_0000;
-const BUFS_A: u64 = 0x40_0000;
-const BUFS_B: u64 = 0x60_0000;
+/// The first and the second negotiation's rings (elsewhere: the device must let go of the old
+/// ones), and their buffers.
+const RINGS: [u64; 2] = [0x10_0000, 0x20_0000];
+const BUFS: [u64; 2] = [0x40_0000, 0x60_0000];
 
 struct Driver {
     queues: Vec<DriverQueue>,
@@ -119,7 +120,7 @@ fn test_reset_then_renegotiate_with_another_encoding_keeps_every_page_accounted_
         0,
         "ring features offered"
     );
-    let mut a = negotiate(&t, &mem, all, RINGS_A, BUFS_A);
+    let mut a = negotiate(&t, &mem, all, RINGS[0], BUFS[0]);
     dev.activate().unwrap();
     assert_eq!(dev.encoding(), Encoding::Auto);
     assert_eq!(dev.num_queues(), 3);
@@ -133,14 +134,14 @@ fn test_reset_then_renegotiate_with_another_encoding_keeps_every_page_accounted_
     // posted but not yet served when the driver resets.
     let mut sample = Vec::new();
     vballoon::abi::encode_stats(&[(4, 1 << 20)], &mut sample);
-    mem.write(GuestAddress(BUFS_A + 0x10_0000), &sample)
+    mem.write(GuestAddress(BUFS[0] + 0x10_0000), &sample)
         .unwrap();
-    let seg = Segment::readable(GuestAddress(BUFS_A + 0x10_0000), sample.len() as u32);
+    let seg = Segment::readable(GuestAddress(BUFS[0] + 0x10_0000), sample.len() as u32);
     a.queues[2].add(&[seg]).unwrap();
     dev.process_queue(2).unwrap();
     assert!(dev.holds_stats_buffer());
     a.send(&mem, 0, Encoding::Auto, &[(2000, 10)]);
-    let old_rings = ring_bytes(&mem, RINGS_A);
+    let old_rings = ring_bytes(&mem, RINGS[0]);
 
     // Reset: status 0. The device notices at its next entry point.
     t.set_status(0).unwrap();
@@ -157,7 +158,7 @@ fn test_reset_then_renegotiate_with_another_encoding_keeps_every_page_accounted_
 
     // Renegotiate without AUTO (PFN arrays) and without the stats queue, rings elsewhere.
     let fewer = all & !bit(VBALLOON_F_PAGE_AUTO) & !bit(VIRTIO_BALLOON_F_STATS_VQ);
-    let mut b = negotiate(&t, &mem, fewer, RINGS_B, BUFS_B);
+    let mut b = negotiate(&t, &mem, fewer, RINGS[1], BUFS[1]);
     // The device was running when the driver reset it: it follows DRIVER_OK by itself.
     let r2 = [(50u64, 100u64), (3000, 5)];
     b.send(&mem, 0, Encoding::Pfn, &r2);
@@ -169,7 +170,7 @@ fn test_reset_then_renegotiate_with_another_encoding_keeps_every_page_accounted_
     assert_eq!(b.used(0), 1);
     // Nothing was written into the first negotiation's rings after the reset, and its last
     // inflate buffer was never served.
-    assert_eq!(ring_bytes(&mem, RINGS_A), old_rings);
+    assert_eq!(ring_bytes(&mem, RINGS[0]), old_rings);
     let mut inflated = set_of(&r1);
     inflated.union_with(&set_of(&r2));
     assert_eq!(dev.balloon(), &inflated);
@@ -198,7 +199,7 @@ fn test_reset_after_a_hostile_ring_restores_service() {
     let (mem, mut dev) = device();
     let t = Arc::clone(dev.transport());
     let features = t.device_features();
-    let a = negotiate(&t, &mem, features, RINGS_A, BUFS_A);
+    let a = negotiate(&t, &mem, features, RINGS[0], BUFS[0]);
     dev.activate().unwrap();
     // The guest claims more buffers than the queue holds: the ring is broken.
     let avail_idx = a.queues[0].layout().avail_idx();
@@ -217,8 +218,8 @@ fn test_reset_after_a_hostile_ring_restores_service() {
     // The driver resets (clearing NEEDS_RESET) and sets the same rings up again, zeroed.
     t.set_status(0).unwrap();
     assert_eq!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
-    mem.fill(GuestAddress(RINGS_A), 0x3000, 0).unwrap();
-    let mut b = negotiate(&t, &mem, features, RINGS_A, BUFS_B);
+    mem.fill(GuestAddress(RINGS[0]), 0x3000, 0).unwrap();
+    let mut b = negotiate(&t, &mem, features, RINGS[0], BUFS[1]);
     // This time the owner activates explicitly, as a VMM that saw DRIVER_OK would.
     dev.activate().unwrap();
     b.send(&mem, 0, Encoding::Auto, &[(7, 9)]);

@@ -20,11 +20,15 @@ use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 
 /// 64 MiB: sixteen 4 MiB blocks.
 const PAGES: u64 = 16384;
+/// The hint queues' indexes with every feature negotiated (inflate, deflate, stats first).
 const MISC: u16 = 3;
+/// free_page_vq, after misc.
 const FREE_PAGE: u16 = 4;
+/// reporting_vq, last.
 const REPORTING: u16 = 5;
 /// Where the rig's buffers go (rings sit below).
 const BUFS: u64 = 0x10_0000;
+/// The free page hint command id the tests issue.
 const ID: u32 = 0x8000_0000;
 
 struct Rig {

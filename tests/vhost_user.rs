@@ -5,18 +5,24 @@ mod vhost_support;
 
 use std::time::Duration;
 
+use vballoon::abi::{
+    bit, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+    VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_PAGE_POISON, VIRTIO_BALLOON_F_REPORTING,
+    VIRTIO_BALLOON_F_STATS_VQ,
+};
 use vballoon::memory::PAGE_SIZE;
-use vballoon::vhost_user::VhostUserBackend;
+use vballoon::vhost_user::{VhostUserBackend, DEFAULT_FEATURES};
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
 use vhost_support::*;
 
-const MTH: u64 = 1 << 0;
-const STATS: u64 = 1 << 1;
-const DOOM: u64 = 1 << 2;
-const FPH: u64 = 1 << 3;
-const POISON: u64 = 1 << 4;
-const REPORTING: u64 = 1 << 5;
+/// The balloon feature bits these tests negotiate, by the abi's numbering.
+const MTH: u64 = bit(VIRTIO_BALLOON_F_MUST_TELL_HOST);
+const STATS: u64 = bit(VIRTIO_BALLOON_F_STATS_VQ);
+const DOOM: u64 = bit(VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+const FPH: u64 = bit(VIRTIO_BALLOON_F_FREE_PAGE_HINT);
+const POISON: u64 = bit(VIRTIO_BALLOON_F_PAGE_POISON);
+const REPORTING: u64 = bit(VIRTIO_BALLOON_F_REPORTING);
 
 fn backend(name: &str, features: &[&str]) -> (tempdir::Dir, VhostUserBackend) {
     let dir = tempdir::Dir::new(name);
@@ -49,14 +55,8 @@ mod tempdir {
     }
 }
 
-const ALL: [&str; 6] = [
-    "must_tell_host",
-    "stats_vq",
-    "deflate_on_oom",
-    "free_page_hint",
-    "page_poison",
-    "reporting",
-];
+/// Every upstream feature (the backend's default offer).
+const ALL: [&str; 6] = DEFAULT_FEATURES;
 
 #[test]
 fn test_inflate_punches_holes_and_deflate_returns_pages() {
@@ -171,14 +171,8 @@ fn test_unload_resets_and_reload_renegotiates() {
     // Reload with fewer features: queue 2 is now the reporting queue.
     g.negotiate(MTH | REPORTING, 3);
     eventually("driver_ok again", || b.status().driver_ok);
-    populate(&mem, PAGES, 512);
     // One 2 MiB block reported (a 4 KiB-page run as one descriptor).
-    let at = vballoon::memory::GuestAddress(PAGES);
-    g.queues[2]
-        .add_chain(&[], &[(at, (512 * PAGE_SIZE) as u32)])
-        .unwrap();
-    g.kicks[2].write(1).unwrap();
-    g.used(2);
+    g.give_block(2, PAGES, 512);
     eventually("reported", || b.status().totals.pages_reported == 512);
     assert!(!has_data(&mem, PAGES, 512 * PAGE_SIZE));
     // The inflate queue still works after the renegotiation.
@@ -202,13 +196,7 @@ fn test_free_page_hinting_cmd_id_hints_stop_done() {
     // The driver sends the id, a 4 MiB block (order 10), then STOP (0).
     g.post(2, &id.to_le_bytes());
     g.used(2);
-    populate(&mem, PAGES, 1024);
-    let at = vballoon::memory::GuestAddress(PAGES);
-    g.queues[2]
-        .add_chain(&[], &[(at, (1024 * PAGE_SIZE) as u32)])
-        .unwrap();
-    g.kicks[2].write(1).unwrap();
-    g.used(2);
+    g.give_block(2, PAGES, 1024);
     g.post(2, &0u32.to_le_bytes());
     g.used(2);
     let st = b.status();
@@ -273,13 +261,7 @@ fn test_page_poison_keeps_reported_pages() {
     )
     .unwrap();
     assert_eq!(g.config()[3], 0xaaaa_aaaa);
-    populate(&mem, PAGES, 512);
-    let at = vballoon::memory::GuestAddress(PAGES);
-    g.queues[2]
-        .add_chain(&[], &[(at, (512 * PAGE_SIZE) as u32)])
-        .unwrap();
-    g.kicks[2].write(1).unwrap();
-    g.used(2);
+    g.give_block(2, PAGES, 512);
     assert!(
         has_data(&mem, PAGES, 512 * PAGE_SIZE),
         "poisoned pages kept"

@@ -7,7 +7,7 @@ use super::super::host_pages::{HostPageTracker, HugePartial};
 use super::discard::count_in;
 use super::{BalloonDevice, DeviceConfig};
 use crate::device::config::DiscardPolicy;
-use crate::device::counters::add;
+use crate::device::counters::{add, nanos};
 use crate::memory::{Backing, GuestMemory};
 
 /// The device's host-page state: the tracker and a reused buffer of runs to discard.
@@ -91,7 +91,7 @@ impl BalloonDevice {
             DiscardPolicy::Parallel => calls += self.discard_parallel(&discard),
         }
         let c = &self.counters;
-        add(&c.discard_ns, t0.elapsed().as_nanos() as u64);
+        add(&c.discard_ns, nanos(t0.elapsed()));
         add(&c.discard_calls, calls);
         add(&c.runs, runs.len() as u64);
         add(&c.pages_inflated, fresh);

@@ -2,36 +2,43 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// A snapshot of the device's counters.
+/// A set of named counters: a snapshot struct `$snap` of `u64`s and a live struct `$shared`
+/// of atomics, with `snapshot`, `reset`, `since` and `fields` (the device's counters and the
+/// hint queues' share it).
+macro_rules! counter_set {
+    ($snap_doc:literal $snap:ident, $shared_doc:literal $shared:ident {
+        $($(#[$doc:meta])* $name:ident),* $(,)?
+    }) => {
+        #[doc = $snap_doc]
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-        pub struct DeviceCounters {
+        pub struct $snap {
             $($(#[$doc])* pub $name: u64,)*
         }
 
-        /// The live counters (one atomic each), shared by the device and its readers.
+        #[doc = $shared_doc]
         #[derive(Debug, Default)]
-        pub struct SharedCounters {
+        pub struct $shared {
             $($(#[$doc])* pub $name: AtomicU64,)*
         }
 
-        impl SharedCounters {
+        impl $shared {
             /// Reads every counter.
-            pub fn snapshot(&self) -> DeviceCounters {
-                DeviceCounters { $($name: self.$name.load(Ordering::Relaxed),)* }
+            pub fn snapshot(&self) -> $snap {
+                $snap { $($name: self.$name.load(Ordering::Relaxed),)* }
             }
 
             /// Sets every counter to zero.
+            // The hint counters' owner never resets them (their set is crate-private).
+            #[allow(dead_code)]
             pub fn reset(&self) {
                 $(self.$name.store(0, Ordering::Relaxed);)*
             }
         }
 
-        impl DeviceCounters {
+        impl $snap {
             /// The counts accumulated since `earlier` (a snapshot taken before).
-            pub fn since(&self, earlier: &DeviceCounters) -> DeviceCounters {
-                DeviceCounters { $($name: self.$name.saturating_sub(earlier.$name),)* }
+            pub fn since(&self, earlier: &$snap) -> $snap {
+                $snap { $($name: self.$name.saturating_sub(earlier.$name),)* }
             }
 
             /// Every counter with its name, in declaration order.
@@ -41,8 +48,11 @@ macro_rules! counters {
         }
     };
 }
+pub(crate) use counter_set;
 
-counters! {
+counter_set! {
+    "A snapshot of the device's counters." DeviceCounters,
+    "The live counters (one atomic each), shared by the device and its readers." SharedCounters {
     /// Inflate and deflate buffers popped (good and bad).
     buffers,
     /// Buffers refused with an error (returned used, length 0).
@@ -85,7 +95,7 @@ counters! {
     stats_unknown_tags,
     /// Times a queue broke and the device set DEVICE_NEEDS_RESET.
     queue_errors,
-}
+}}
 
 impl DeviceCounters {
     /// Seconds spent decoding.
@@ -101,4 +111,9 @@ impl DeviceCounters {
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Nanoseconds in `d` for a counter, saturating (a u64 of nanoseconds is 584 years).
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

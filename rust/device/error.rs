@@ -1,6 +1,7 @@
 //! Errors of the balloon device: what a guest can get wrong in a buffer, and what can go wrong
 //! on the host while serving it.
 
+use super::role::QueueRole;
 use crate::memory::MemoryError;
 use crate::pages::PagesError;
 use crate::transport::TransportError;
@@ -18,8 +19,8 @@ pub enum BalloonError {
     /// that follow, a PFN array not a multiple of 4 bytes, ...).
     #[error("{queue} queue: bad {encoding} message: {source}")]
     Decode {
-        /// "inflate" or "deflate".
-        queue: &'static str,
+        /// Inflate or deflate.
+        queue: QueueRole,
         /// The negotiated encoding's name.
         encoding: &'static str,
         /// What the decoder found.
@@ -28,8 +29,8 @@ pub enum BalloonError {
     /// A device-writable buffer on a queue whose buffers the device only reads (§5.5.6).
     #[error("{queue} queue: device-writable buffer [{addr:#x}, +{len:#x}) in a request the device only reads (§5.5.6)")]
     WritableSegment {
-        /// Queue name.
-        queue: &'static str,
+        /// The queue.
+        queue: QueueRole,
         /// Buffer address.
         addr: u64,
         /// Buffer length.
@@ -38,8 +39,8 @@ pub enum BalloonError {
     /// A message longer than its encoding allows; refused before a byte of it is read.
     #[error("{queue} queue: message of {len} bytes is longer than the {max} a {encoding} message may be")]
     MessageTooLong {
-        /// Queue name.
-        queue: &'static str,
+        /// The queue.
+        queue: QueueRole,
         /// The encoding.
         encoding: &'static str,
         /// Readable bytes in the chain.
@@ -73,8 +74,8 @@ pub enum BalloonError {
     /// The ring itself is broken; the device needs a reset (DEVICE_NEEDS_RESET, §2.1.2).
     #[error("{queue} queue is broken, device needs reset: {source}")]
     Queue {
-        /// Queue name.
-        queue: &'static str,
+        /// The queue.
+        queue: QueueRole,
         /// The ring error.
         source: VirtqError,
     },
@@ -82,8 +83,8 @@ pub enum BalloonError {
     /// reset (DEVICE_NEEDS_RESET, §2.1.2).
     #[error("{queue} queue needs reset (DEVICE_NEEDS_RESET)")]
     NeedsReset {
-        /// Queue name.
-        queue: &'static str,
+        /// The queue.
+        queue: QueueRole,
     },
     /// A host memory operation (discard, populate) failed.
     #[error("host memory: {0}")]

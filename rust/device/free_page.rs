@@ -17,17 +17,174 @@
 //! issued again before the driver's STOP for it; the device never writes a hinted block; DONE
 //! tells the guest to reuse the blocks it holds.
 
+use super::handler::{read_chain, refuse_hint, Cx, Effects, Handler, QueueHandler, Step};
 use super::hints::{add, remember, FreePageStatus, HintError, HintEvent};
+use super::BalloonDevice;
 use crate::abi::{
     CONFIG_FREE_PAGE_HINT_CMD_ID, VIRTIO_BALLOON_CMD_ID_DONE, VIRTIO_BALLOON_CMD_ID_MIN,
 };
+use crate::device::role::QueueRole;
 use crate::device::BalloonError;
 use crate::pages::hint::{decode_block, decode_cmd_id, CMD_ID_LEN, CMD_ID_STOP};
 use crate::pages::HintBlock;
+use crate::virtq::DescriptorChain;
 
-use super::BalloonDevice;
+const QUEUE: QueueRole = QueueRole::FreePage;
 
-const QUEUE: &str = "free-page";
+/// The free page queue's handler: the hinting status and the id rules.
+#[derive(Debug, Default)]
+pub(crate) struct FreePageHandler {
+    status: FreePageStatus,
+    /// The last id issued and whether the driver has sent STOP since (the reuse rule).
+    last_id: Option<u32>,
+    stop_seen: bool,
+    /// Ids issued before `last_id` (their late buffers are quietly ignored).
+    retired: Vec<u32>,
+    scratch: Vec<u8>,
+}
+
+impl QueueHandler for FreePageHandler {
+    /// One buffer: a command id (out-buffer) or free blocks (in-buffers); used with length 0.
+    fn handle(&mut self, cx: &Cx, chain: &DescriptorChain, fx: &mut impl Effects) -> Step {
+        let (readable, writable) = (chain.readable(), chain.writable());
+        let outcome = match (readable.first(), writable.first()) {
+            (Some(_), None) => self.cmd(cx, chain, fx).map(|()| 0),
+            (None, Some(_)) => self.blocks(cx, chain, fx),
+            (Some(r), Some(_)) => Err(HintError::Direction {
+                queue: QUEUE,
+                addr: r.addr.raw(),
+                len: r.len,
+                found: "mixed",
+                expected: "a command id out-buffer or block in-buffers",
+            }
+            .into()),
+            (None, None) => Ok(0),
+        };
+        match outcome {
+            Ok(pages) => Step::done(pages),
+            Err(e) => refuse_hint(cx, fx, e),
+        }
+    }
+}
+
+impl FreePageHandler {
+    /// Issues `cmd_id` (≥ 2; not again before the driver's STOP for it).
+    fn start(&mut self, cmd_id: u32) -> Result<(), HintError> {
+        let reused = self.last_id == Some(cmd_id) && !self.stop_seen;
+        if cmd_id < VIRTIO_BALLOON_CMD_ID_MIN || reused {
+            return Err(HintError::CmdIdNotAllowed { cmd_id });
+        }
+        if let Some(old) = self.last_id.replace(cmd_id) {
+            if old != cmd_id {
+                remember(&mut self.retired, old);
+            }
+        }
+        self.stop_seen = false;
+        self.status = FreePageStatus::Requested(cmd_id);
+        Ok(())
+    }
+
+    /// A command id out-buffer: the guest's start ack or its STOP.
+    fn cmd(
+        &mut self,
+        cx: &Cx,
+        chain: &DescriptorChain,
+        fx: &mut impl Effects,
+    ) -> Result<(), BalloonError> {
+        let len = chain.readable_len();
+        // Refuse anything but 4 bytes before reading a byte of it.
+        if len != CMD_ID_LEN as u64 {
+            let source = crate::pages::PagesError::CmdIdLength {
+                len: usize::try_from(len).unwrap_or(usize::MAX),
+                expected: CMD_ID_LEN,
+            };
+            return Err(HintError::BadCmdId { source }.into());
+        }
+        read_chain(cx.mem, chain, QUEUE, &mut self.scratch)?;
+        let cmd_id = decode_cmd_id(&[self.scratch.as_slice()])
+            .map_err(|source| HintError::BadCmdId { source })?;
+        let c = cx.hints;
+        match self.status {
+            FreePageStatus::Requested(id) if cmd_id == id => {
+                self.status = FreePageStatus::Start(id);
+                add(&c.cmd_id_acks, 1);
+                Ok(())
+            }
+            FreePageStatus::Start(id) if cmd_id == CMD_ID_STOP => {
+                self.status = FreePageStatus::Stop;
+                self.stop_seen = true;
+                add(&c.guest_stops, 1);
+                fx.hint(HintEvent::Finished { id: u64::from(id) });
+                Ok(())
+            }
+            _ if cmd_id == CMD_ID_STOP => {
+                // The guest's STOP after the host stopped (or for an older id): the driver is
+                // done with whatever it was answering.
+                self.stop_seen = true;
+                add(&c.guest_stops, 1);
+                Ok(())
+            }
+            status => {
+                add(&c.stale_cmd_ids, 1);
+                if self.last_id == Some(cmd_id) || self.retired.contains(&cmd_id) {
+                    // An ack that crossed the host's STOP or a newer id: expected.
+                    Ok(())
+                } else {
+                    Err(HintError::UnknownCmdId { cmd_id, status }.into())
+                }
+            }
+        }
+    }
+
+    /// Block in-buffers: all checked first; hints only while an id is started. Returns the
+    /// pages hinted.
+    fn blocks(
+        &mut self,
+        cx: &Cx,
+        chain: &DescriptorChain,
+        fx: &mut impl Effects,
+    ) -> Result<u64, BalloonError> {
+        let max_pfn = cx.mem.pages();
+        let blocks = chain.writable();
+        for s in blocks {
+            decode_segment(s, max_pfn, QUEUE)?;
+        }
+        let c = cx.hints;
+        let nblocks = blocks.len() as u64;
+        let FreePageStatus::Start(id) = self.status else {
+            add(&c.stale_blocks, nblocks);
+            return Ok(0);
+        };
+        let mut pages = 0;
+        for s in blocks {
+            let r = decode_segment(s, max_pfn, QUEUE)?;
+            pages += r.len;
+            fx.hint(HintEvent::Pages {
+                id: u64::from(id),
+                pfn: r.start,
+                npages: r.len,
+            });
+        }
+        add(&c.hint_blocks, nblocks);
+        add(&c.hint_pages, pages);
+        Ok(pages)
+    }
+}
+
+/// One device-writable segment as a block of whole pages inside guest RAM.
+pub(crate) fn decode_segment(
+    s: &crate::virtq::Segment,
+    max_pfn: u64,
+    queue: QueueRole,
+) -> Result<crate::memory::PageRange, HintError> {
+    let block = HintBlock {
+        addr: s.addr.raw(),
+        len: u64::from(s.len),
+    };
+    let (start, len) =
+        decode_block(block, max_pfn).map_err(|source| HintError::BadBlock { queue, source })?;
+    Ok(crate::memory::PageRange::new(start, len))
+}
 
 impl BalloonDevice {
     fn free_page_queue(&self) -> Result<u16, BalloonError> {
@@ -41,8 +198,18 @@ impl BalloonDevice {
             })
     }
 
+    fn free_page_handler(&mut self) -> Result<&mut FreePageHandler, BalloonError> {
+        self.free_page_queue()?;
+        match self.handler_mut(QUEUE) {
+            Some(Handler::FreePage(h)) => Ok(h),
+            _ => Err(BalloonError::NotReady {
+                reason: format!("no {QUEUE} queue"),
+            }),
+        }
+    }
+
     fn write_cmd_id(&mut self, id: u32, status: FreePageStatus) -> Result<(), BalloonError> {
-        self.hints.free_page.status = status;
+        self.free_page_handler()?.status = status;
         self.transport
             .device_write_config_u32(CONFIG_FREE_PAGE_HINT_CMD_ID, id)?;
         Ok(())
@@ -53,19 +220,7 @@ impl BalloonDevice {
     ///
     /// An id may be issued again only after the driver sent STOP for it (spec).
     pub fn start_free_page_hint(&mut self, cmd_id: u32) -> Result<(), BalloonError> {
-        self.free_page_queue()?;
-        let fp = &self.hints.free_page;
-        let reused = fp.last_id == Some(cmd_id) && !fp.stop_seen;
-        if cmd_id < VIRTIO_BALLOON_CMD_ID_MIN || reused {
-            return Err(HintError::CmdIdNotAllowed { cmd_id }.into());
-        }
-        let fp = &mut self.hints.free_page;
-        if let Some(old) = fp.last_id.replace(cmd_id) {
-            if old != cmd_id {
-                remember(&mut fp.retired, old);
-            }
-        }
-        fp.stop_seen = false;
+        self.free_page_handler()?.start(cmd_id)?;
         add(&self.hints.counters.cmd_ids_issued, 1);
         self.write_cmd_id(cmd_id, FreePageStatus::Requested(cmd_id))
     }
@@ -73,166 +228,20 @@ impl BalloonDevice {
     /// Stops hinting (config reads STOP): blocks arriving from now on are ignored. QEMU does
     /// this before every dirty-log sync (protocol.md §4.2).
     pub fn stop_free_page_hint(&mut self) -> Result<(), BalloonError> {
-        self.free_page_queue()?;
         self.write_cmd_id(CMD_ID_STOP, FreePageStatus::Stop)
     }
 
     /// The host no longer needs hints (config reads DONE): the guest may reuse its blocks.
     /// Sent at the end of a migration, whether it succeeded, failed or was cancelled.
     pub fn free_page_hint_done(&mut self) -> Result<(), BalloonError> {
-        self.free_page_queue()?;
         self.write_cmd_id(VIRTIO_BALLOON_CMD_ID_DONE, FreePageStatus::Done)
     }
 
     /// The free page hinting status.
     pub fn free_page_status(&self) -> FreePageStatus {
-        self.hints.free_page.status
-    }
-
-    /// Serves the free page queue: command ids and blocks, each buffer used with length 0.
-    pub(super) fn process_free_page(
-        &mut self,
-        index: u16,
-    ) -> Result<super::QueueRun, BalloonError> {
-        let broken = |source| BalloonError::Queue {
-            queue: QUEUE,
-            source,
-        };
-        let mut run = super::QueueRun::default();
-        let mut chain = std::mem::take(&mut self.chain);
-        let mut blocks: Vec<HintBlock> = Vec::new();
-        let res = loop {
-            match self.pop_bounded(index, run.buffers, &mut chain) {
-                Ok(false) => break Ok(()),
-                Ok(true) => {}
-                Err(e) => break Err(broken(e)),
-            }
-            run.buffers += 1;
-            let (readable, writable) = (chain.readable(), chain.writable());
-            let outcome = match (readable.first(), writable.first()) {
-                (Some(_), None) => self.free_page_cmd(&chain),
-                (None, Some(_)) => {
-                    blocks.clear();
-                    blocks.extend(writable.iter().map(|s| HintBlock {
-                        addr: s.addr.raw(),
-                        len: u64::from(s.len),
-                    }));
-                    self.free_page_blocks(&blocks).map(|n| run.pages += n)
-                }
-                (Some(r), Some(_)) => Err(HintError::Direction {
-                    queue: QUEUE,
-                    addr: r.addr.raw(),
-                    len: r.len,
-                    found: "mixed",
-                    expected: "a command id out-buffer or block in-buffers",
-                }
-                .into()),
-                (None, None) => Ok(()),
-            };
-            if let Err(e) = outcome {
-                run.bad_buffers += 1;
-                self.hint_refused(e);
-            }
-            if let Err(e) = self.queue(index).add_used(chain.head(), 0) {
-                break Err(broken(e));
-            }
-        };
-        self.chain = chain;
-        res?;
-        if run.buffers > 0 {
-            run.interrupted = self.signal_hint_queue(index, QUEUE)?;
+        match self.handler(QUEUE) {
+            Some(Handler::FreePage(h)) => h.status,
+            _ => FreePageStatus::default(),
         }
-        Ok(run)
-    }
-
-    /// A command id out-buffer: the guest's start ack or its STOP.
-    fn free_page_cmd(&mut self, chain: &crate::virtq::DescriptorChain) -> Result<(), BalloonError> {
-        let len = chain.readable_len();
-        // Refuse anything but 4 bytes before reading a byte of it.
-        if len != CMD_ID_LEN as u64 {
-            let source = crate::pages::PagesError::CmdIdLength {
-                len: usize::try_from(len).unwrap_or(usize::MAX),
-                expected: CMD_ID_LEN,
-            };
-            return Err(HintError::BadCmdId { source }.into());
-        }
-        self.scratch.clear();
-        chain
-            .read_into(&self.mem, &mut self.scratch)
-            .map_err(|source| BalloonError::Queue {
-                queue: QUEUE,
-                source,
-            })?;
-        let b = &self.scratch;
-        let cmd_id =
-            decode_cmd_id(&[b.as_slice()]).map_err(|source| HintError::BadCmdId { source })?;
-        let c = &self.hints.counters;
-        let fp = &mut self.hints.free_page;
-        match fp.status {
-            FreePageStatus::Requested(id) if cmd_id == id => {
-                fp.status = FreePageStatus::Start(id);
-                add(&c.cmd_id_acks, 1);
-                Ok(())
-            }
-            FreePageStatus::Start(id) if cmd_id == CMD_ID_STOP => {
-                fp.status = FreePageStatus::Stop;
-                fp.stop_seen = true;
-                add(&c.guest_stops, 1);
-                self.hints.emit(HintEvent::Finished { id: u64::from(id) });
-                Ok(())
-            }
-            _ if cmd_id == CMD_ID_STOP => {
-                // The guest's STOP after the host stopped (or for an older id): the driver is
-                // done with whatever it was answering.
-                fp.stop_seen = true;
-                add(&c.guest_stops, 1);
-                Ok(())
-            }
-            status => {
-                add(&c.stale_cmd_ids, 1);
-                if fp.last_id == Some(cmd_id) || fp.retired.contains(&cmd_id) {
-                    // An ack that crossed the host's STOP or a newer id: expected.
-                    Ok(())
-                } else {
-                    Err(HintError::UnknownCmdId { cmd_id, status }.into())
-                }
-            }
-        }
-    }
-
-    /// Block in-buffers: all checked first; hints only while an id is started.
-    fn free_page_blocks(&mut self, blocks: &[HintBlock]) -> Result<u64, BalloonError> {
-        let max_pfn = self.mem.pages();
-        let mut runs = std::mem::take(&mut self.runs);
-        runs.clear();
-        let checked = blocks.iter().try_for_each(|&b| {
-            let r = decode_block(b, max_pfn).map_err(|source| HintError::BadBlock {
-                queue: QUEUE,
-                source,
-            })?;
-            runs.push(r);
-            Ok::<(), HintError>(())
-        });
-        let res = checked.map_err(BalloonError::from).map(|()| {
-            let c = &self.hints.counters;
-            let FreePageStatus::Start(id) = self.hints.free_page.status else {
-                add(&c.stale_blocks, blocks.len() as u64);
-                return 0;
-            };
-            let mut pages = 0;
-            for &(pfn, npages) in &runs {
-                pages += npages;
-                self.hints.emit(HintEvent::Pages {
-                    id: u64::from(id),
-                    pfn,
-                    npages,
-                });
-            }
-            add(&c.hint_blocks, blocks.len() as u64);
-            add(&c.hint_pages, pages);
-            pages
-        });
-        self.runs = runs;
-        res
     }
 }

@@ -15,6 +15,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::device::role::QueueRole;
 use crate::memory::{GuestAddress, Pfn, PAGE_SIZE};
 use crate::pages::PagesError;
 
@@ -131,8 +132,8 @@ pub enum HintError {
     /// must be in-buffers, or a chain mixing both).
     #[error("{queue} queue: buffer [{addr:#x}, +{len:#x}) is {found}, expected {expected}")]
     Direction {
-        /// Queue name.
-        queue: &'static str,
+        /// The queue.
+        queue: QueueRole,
         /// First offending buffer.
         addr: u64,
         /// Its length.
@@ -161,8 +162,8 @@ pub enum HintError {
     /// A block that is not whole pages inside guest RAM.
     #[error("{queue} queue: bad block: {source}")]
     BadBlock {
-        /// Queue name.
-        queue: &'static str,
+        /// The queue.
+        queue: QueueRole,
         /// What the check found.
         source: PagesError,
     },
@@ -181,36 +182,9 @@ pub enum HintError {
     },
 }
 
-macro_rules! hint_counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// What the hint queues have done, a snapshot.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-        pub struct HintCounters {
-            $($(#[$doc])* pub $name: u64,)*
-        }
-
-        /// The live hint counters.
-        #[derive(Debug, Default)]
-        pub(crate) struct SharedHintCounters {
-            $(pub(crate) $name: AtomicU64,)*
-        }
-
-        impl SharedHintCounters {
-            pub(crate) fn snapshot(&self) -> HintCounters {
-                HintCounters { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-
-        impl HintCounters {
-            /// The counts accumulated since `earlier`.
-            pub fn since(&self, earlier: &HintCounters) -> HintCounters {
-                HintCounters { $($name: self.$name.saturating_sub(earlier.$name),)* }
-            }
-        }
-    };
-}
-
-hint_counters! {
+crate::device::counters::counter_set! {
+    "What the hint queues have done, a snapshot." HintCounters,
+    "The live hint counters." SharedHintCounters {
     /// GET_UNUSED_PAGES requests written into the guest's request buffer.
     unused_requests,
     /// Unused-page reply buffers popped (good and bad).
@@ -245,32 +219,7 @@ hint_counters! {
     report_discards,
     /// Hint-queue buffers refused with an error.
     bad_buffers,
-}
-
-/// The misc queue's state.
-#[derive(Debug, Default)]
-pub(crate) struct MiscState {
-    /// The guest's 16-byte request buffer, while the device holds it.
-    pub(crate) held: Option<(u16, GuestAddress)>,
-    /// The request the device waits for replies to.
-    pub(crate) current: Option<u64>,
-    /// A request to write as soon as the guest posts its buffer.
-    pub(crate) pending: Option<u64>,
-    /// Ids of requests the host gave up on, newest last (their late replies are quietly
-    /// dropped rather than logged as errors).
-    pub(crate) retired: Vec<u64>,
-}
-
-/// The free page queue's state.
-#[derive(Debug, Default)]
-pub(crate) struct FreePageState {
-    pub(crate) status: FreePageStatus,
-    /// The last id issued and whether the driver has sent STOP since (the reuse rule).
-    pub(crate) last_id: Option<u32>,
-    pub(crate) stop_seen: bool,
-    /// Ids issued before `last_id` (their late buffers are quietly ignored).
-    pub(crate) retired: Vec<u32>,
-}
+}}
 
 /// Most retired ids remembered (older ones count as unknown).
 pub(crate) const RETIRED_IDS: usize = 64;
@@ -278,8 +227,6 @@ pub(crate) const RETIRED_IDS: usize = 64;
 /// Everything the hint queues keep inside the device.
 #[derive(Default)]
 pub(crate) struct HintQueues {
-    pub(crate) misc: MiscState,
-    pub(crate) free_page: FreePageState,
     pub(crate) sink: Option<HintSink>,
     pub(crate) dirty: Option<WriteLog>,
     pub(crate) counters: Arc<SharedHintCounters>,
@@ -288,8 +235,6 @@ pub(crate) struct HintQueues {
 impl std::fmt::Debug for HintQueues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HintQueues")
-            .field("misc", &self.misc)
-            .field("free_page", &self.free_page)
             .field("sink", &self.sink.is_some())
             .field("dirty", &self.dirty.is_some())
             .finish()
@@ -297,12 +242,6 @@ impl std::fmt::Debug for HintQueues {
 }
 
 impl HintQueues {
-    /// Forgets per-queue state after a device reset (counters, sink and hook stay).
-    pub(crate) fn reset(&mut self) {
-        self.misc = MiscState::default();
-        self.free_page = FreePageState::default();
-    }
-
     pub(crate) fn emit(&self, e: HintEvent) {
         if let Some(s) = &self.sink {
             s(e);
@@ -340,8 +279,8 @@ impl super::BalloonDevice {
     /// fields of every queue, the misc request, discarded pages), as a VMM logs device DMA for a
     /// migration's dirty tracking.
     pub fn set_write_log(&mut self, log: Option<WriteLog>) {
-        for h in self.handlers.iter_mut().flatten() {
-            h.queue.set_write_log(log.clone());
+        for s in self.slots.iter_mut().flatten() {
+            s.queue.set_write_log(log.clone());
         }
         self.hints.dirty = log;
     }

@@ -87,7 +87,7 @@ impl HostPageTracker {
         Some(HostPageTracker {
             shift,
             guest_pages,
-            counts: vec![0; guest_pages.div_ceil(per) as usize],
+            counts: vec![0; usize::try_from(guest_pages.div_ceil(per)).ok()?],
             policy,
             full: 0,
         })
@@ -116,7 +116,7 @@ impl HostPageTracker {
 
     /// Ballooned 4 KiB pages in host page `hp` (0 past the end).
     pub fn count(&self, hp: u64) -> u64 {
-        self.counts.get(hp as usize).map_or(0, |c| u64::from(*c))
+        self.counts.get(slot(hp)).map_or(0, |c| u64::from(*c))
     }
 
     /// 4 KiB pages host page `hp` covers (the last one may be short).
@@ -152,10 +152,10 @@ impl HostPageTracker {
             self.each(start, len, |hp, lo, hi| {
                 let fresh = (hi - lo) - balloon.count_range(lo, hi - lo);
                 let cap = self.capacity(hp);
-                let c = &mut counts[hp as usize];
+                let c = &mut counts[slot(hp)];
                 let was_full = u64::from(*c) == cap;
                 // Bounded by `cap` (fits u16): the bitmap never counts a page twice.
-                *c = (u64::from(*c) + fresh).min(cap) as u16;
+                *c = count16((u64::from(*c) + fresh).min(cap));
                 let now_full = u64::from(*c) == cap;
                 if now_full && !was_full {
                     full += 1;
@@ -182,11 +182,11 @@ impl HostPageTracker {
             self.each(start, len, |hp, lo, hi| {
                 let gone = balloon.count_range(lo, hi - lo);
                 let cap = self.capacity(hp);
-                let c = &mut counts[hp as usize];
+                let c = &mut counts[slot(hp)];
                 if gone > 0 && u64::from(*c) == cap {
                     full -= 1;
                 }
-                *c = u64::from(*c).saturating_sub(gone) as u16;
+                *c = count16(u64::from(*c).saturating_sub(gone));
             });
             self.counts = counts;
             self.full = full;
@@ -196,10 +196,10 @@ impl HostPageTracker {
     /// Recounts from `balloon` (after the balloon changed without the tracker).
     pub fn rebuild(&mut self, balloon: &PageSet) {
         self.full = 0;
-        for hp in 0..self.counts.len() as u64 {
+        for (i, hp) in (0..self.counts.len()).zip(0u64..) {
             let cap = self.capacity(hp);
             let n = balloon.count_range(hp << self.shift, cap);
-            self.counts[hp as usize] = n as u16;
+            self.counts[i] = count16(n);
             if n == cap {
                 self.full += 1;
             }
@@ -223,3 +223,14 @@ fn push_run(runs: &mut Vec<(u64, u64)>, start: u64, len: u64) {
 #[cfg(test)]
 #[path = "host_pages_tests.rs"]
 mod tests;
+
+/// Host page `hp` as an index of `counts`: a host page of guest RAM, which is mapped in this
+/// process, so its number fits a `usize` (an impossible one indexes nothing).
+fn slot(hp: u64) -> usize {
+    usize::try_from(hp).unwrap_or(usize::MAX)
+}
+
+/// A per-host-page count: at most the pages per host page, 1 << 15 (checked in `new`).
+fn count16(n: u64) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}

@@ -8,86 +8,47 @@
 //! As QEMU, the device does not discard when the guest poisons free pages with a non-zero
 //! `poison_val` (a discarded page would read back as zeros, not the pattern).
 
+use super::free_page::decode_segment;
+use super::handler::{refuse_hint, Cx, Effects, QueueHandler, Step};
 use super::hints::{add, HintError};
-use crate::abi::CONFIG_POISON_VAL;
-use crate::device::{merge_runs, BalloonError};
-use crate::memory::{Pfn, PAGE_SIZE};
-use crate::pages::hint::decode_block;
-use crate::pages::HintBlock;
+use super::runs::{merge_ranges, total_pages};
+use crate::device::role::QueueRole;
+use crate::memory::PageRange;
+use crate::virtq::DescriptorChain;
 
-use super::BalloonDevice;
+const QUEUE: QueueRole = QueueRole::Reporting;
 
-const QUEUE: &str = "reporting";
+/// The reporting queue's handler (stateless but for its run buffer).
+#[derive(Debug, Default)]
+pub(crate) struct ReportingHandler {
+    runs: Vec<PageRange>,
+}
 
-impl BalloonDevice {
-    /// Serves the reporting queue: checks every block of a request, discards them, uses it.
-    pub(super) fn process_reporting(
-        &mut self,
-        index: u16,
-    ) -> Result<super::QueueRun, BalloonError> {
-        let broken = |source| BalloonError::Queue {
-            queue: QUEUE,
-            source,
-        };
-        let poisoned = self.features.is_some_and(|f| f.page_poison())
-            && self.transport.read_config_u32(CONFIG_POISON_VAL)? != 0;
-        let mut run = super::QueueRun::default();
-        let mut chain = std::mem::take(&mut self.chain);
-        let mut runs = std::mem::take(&mut self.runs);
-        let res = loop {
-            match self.pop_bounded(index, run.buffers, &mut chain) {
-                Ok(false) => break Ok(()),
-                Ok(true) => {}
-                Err(e) => break Err(broken(e)),
-            }
-            run.buffers += 1;
-            add(&self.hints.counters.reports, 1);
-            runs.clear();
-            match Self::check_report(&chain, self.mem.pages(), &mut runs) {
-                Ok(()) => {
-                    let blocks = runs.len() as u64;
-                    merge_runs(&mut runs);
-                    let pages: u64 = runs.iter().map(|r| r.1).sum();
-                    if !poisoned {
-                        for &(pfn, n) in &runs {
-                            add(&self.hints.counters.report_discards, 1);
-                            // Inside guest RAM: checked by `check_report`, and again below.
-                            if let Err(e) = self.mem.discard(Pfn(pfn).addr(), n * PAGE_SIZE) {
-                                add(&self.counters.discard_errors, 1);
-                                self.log(e.into());
-                            }
-                            // The pages now read as zeros: logged like a device write.
-                            self.hints.wrote(Pfn(pfn).addr(), n * PAGE_SIZE);
-                        }
-                    }
-                    add(&self.hints.counters.reported_blocks, blocks);
-                    add(&self.hints.counters.reported_pages, pages);
-                    run.pages += pages;
-                }
-                Err(e) => {
-                    run.bad_buffers += 1;
-                    self.hint_error(e);
-                }
-            }
-            if let Err(e) = self.queue(index).add_used(chain.head(), 0) {
-                break Err(broken(e));
-            }
-        };
-        self.chain = chain;
-        self.runs = runs;
-        res?;
-        if run.buffers > 0 {
-            run.interrupted = self.signal_hint_queue(index, QUEUE)?;
+impl QueueHandler for ReportingHandler {
+    /// One report: checks every block, asks for them to be discarded, used with length 0.
+    fn handle(&mut self, cx: &Cx, chain: &DescriptorChain, fx: &mut impl Effects) -> Step {
+        let h = cx.hints;
+        add(&h.reports, 1);
+        self.runs.clear();
+        if let Err(e) = self.check(chain, cx.mem.pages()) {
+            return refuse_hint(cx, fx, e.into());
         }
-        Ok(run)
+        let blocks = self.runs.len() as u64;
+        merge_ranges(&mut self.runs);
+        let pages = total_pages(&self.runs);
+        if !cx.poisoned {
+            add(&h.report_discards, self.runs.len() as u64);
+            fx.discard_reported(&self.runs);
+        }
+        add(&h.reported_blocks, blocks);
+        add(&h.reported_pages, pages);
+        Step::done(pages)
     }
+}
 
+impl ReportingHandler {
     /// Every buffer of a report must be device-writable, whole pages, inside guest RAM.
-    fn check_report(
-        chain: &crate::virtq::DescriptorChain,
-        max_pfn: u64,
-        runs: &mut Vec<(u64, u64)>,
-    ) -> Result<(), HintError> {
+    fn check(&mut self, chain: &DescriptorChain, max_pfn: u64) -> Result<(), HintError> {
         if let Some(s) = chain.readable().first() {
             return Err(HintError::Direction {
                 queue: QUEUE,
@@ -98,15 +59,7 @@ impl BalloonDevice {
             });
         }
         for s in chain.writable() {
-            let block = HintBlock {
-                addr: s.addr.raw(),
-                len: u64::from(s.len),
-            };
-            let r = decode_block(block, max_pfn).map_err(|source| HintError::BadBlock {
-                queue: QUEUE,
-                source,
-            })?;
-            runs.push(r);
+            self.runs.push(decode_segment(s, max_pfn, QUEUE)?);
         }
         Ok(())
     }

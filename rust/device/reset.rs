@@ -22,13 +22,11 @@ impl BalloonDevice {
     /// A driver's write of 0 to the status register does this by itself; call it directly only
     /// when the host resets the device without the driver (the transport stays as it is).
     pub fn reset(&mut self) {
-        self.handlers.clear();
+        // The handlers go with their queues: what they held and their protocol state.
+        self.slots.clear();
         self.features = None;
         self.encoding = Encoding::Pfn;
-        self.stats.held = None;
-        self.hints.reset();
-        self.heads.clear();
-        self.runs.clear();
+        self.used.clear();
         self.seen_resets = self.transport.resets();
     }
 
@@ -70,9 +68,9 @@ impl BalloonDevice {
         next_avail: u16,
         next_used: u16,
     ) -> Result<(), BalloonError> {
-        match self.handlers.get_mut(usize::from(index)) {
-            Some(Some(h)) => {
-                h.queue.set_indices(next_avail, next_used);
+        match self.slots.get_mut(usize::from(index)) {
+            Some(Some(s)) => {
+                s.queue.set_indices(next_avail, next_used);
                 Ok(())
             }
             _ => Err(BalloonError::NotReady {

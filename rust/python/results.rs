@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use pyo3::prelude::*;
 
 use super::records::record;
-use crate::device::DeviceCounters;
-use crate::machine::ScenarioInfo;
 use crate::bench::{BenchMigrateRow, BenchProgress, PumpResult};
 use crate::bench::{HugeBenchRow, HugeBenchTable, InflateBenchRow, InflateBenchTable};
+use crate::device::DeviceCounters;
+use crate::machine::ScenarioInfo;
 use crate::memory::{HugePageStats, HugetlbPool};
 use crate::migration::{DestReport, Progress};
 

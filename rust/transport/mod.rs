@@ -13,10 +13,12 @@
 //! 4. set up each queue (size, ring addresses, ready);
 //! 5. DRIVER_OK.
 //!
-//! The balloon's wire helpers that both sides need (which encoding the negotiated features
-//! select, how long a message may be) are in [`crate::abi`]: a transport knows nothing balloon-specific.
+//! Nothing here is balloon-specific: the balloon's wire vocabulary (which encoding the
+//! negotiated features select, how long a message may be) is in [`crate::abi`]. A transport
+//! drives a device through [`VirtioDevice`].
 
 mod config;
+mod device;
 mod error;
 mod status;
 
@@ -24,6 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use config::{ConfigSpace, CONFIG_SPACE_SIZE};
+pub use device::{Activation, QueueActivation, VirtioDevice};
 pub use error::TransportError;
 pub use status::*;
 
@@ -397,6 +400,36 @@ impl Transport {
     /// What the driver set for queue `index`.
     pub fn queue(&self, index: u16) -> Result<QueueSetup, TransportError> {
         Ok(*lock(&self.slot(index)?.setup))
+    }
+
+    /// Queue `index` as the driver set it up, for [`VirtioDevice::activate`]; `None` if it is
+    /// not ready.
+    pub fn queue_activation(&self, index: u16) -> Result<Option<QueueActivation>, TransportError> {
+        let slot = self.slot(index)?;
+        let setup = *lock(&slot.setup);
+        Ok(match (setup.ready, setup.layout) {
+            (true, Some(layout)) => Some(QueueActivation {
+                layout,
+                kick: slot.kick.clone(),
+                call: slot.interrupt.clone(),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Driver write of whole le32 config fields from byte `offset`.
+    pub fn driver_write_config(&self, offset: usize, data: &[u8]) -> Result<(), TransportError> {
+        if data.len() % 4 != 0 || data.is_empty() {
+            return Err(TransportError::ConfigOffset { offset });
+        }
+        for (i, w) in data.chunks_exact(4).enumerate() {
+            let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            let at = offset
+                .checked_add(4 * i)
+                .ok_or(TransportError::ConfigOffset { offset })?;
+            self.driver_write_config_u32(at, v)?;
+        }
+        Ok(())
     }
 
     /// The notifier the driver signals for queue `index` (`QueueNotify`).

@@ -18,7 +18,8 @@ use super::error::VhostUserError;
 use super::handler::{Handler, Offer};
 use super::shared::{lock, Shared};
 use super::wire;
-use crate::virtq::EventFd;
+use crate::transport::VirtioDevice;
+use crate::virtq::{EventFd, Notifier};
 
 /// A frontend that stalls mid-message is dropped after this long.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,14 +89,15 @@ fn run(
         {
             let h = lock(handler);
             if let Some(dev) = &h.device {
-                if let Some(fd) = dev.transport().config_notifier().raw_fd() {
+                if let Some(fd) = dev.config_notifier().raw_fd() {
                     add(fd, Src::Config);
                 }
-                for i in 0..h.running_queues() as u16 {
-                    if let Some(k) = &h.vrings[usize::from(i)].kick {
+                for i in 0..h.running_queues() {
+                    let v = &h.vrings[usize::from(i)];
+                    if let Some(k) = &v.kick {
                         add(k.as_raw_fd(), Src::Kick(i));
                     }
-                    if let Some(fd) = dev.transport().interrupt_notifier(i)?.raw_fd() {
+                    if let Some(fd) = v.interrupt.as_ref().and_then(Notifier::raw_fd) {
                         add(fd, Src::Interrupt(i));
                     }
                 }
@@ -128,25 +130,26 @@ fn run(
                     if let Some(k) = h.vrings[usize::from(i)].kick.as_mut() {
                         drain(k);
                     }
-                    if i < h.running_queues() as u16 {
+                    if i < h.running_queues() {
                         serve_queue(&mut h, i, shared);
                     }
                 }
                 Src::Interrupt(i) => {
                     let h = lock(handler);
-                    if let Some(dev) = &h.device {
-                        let fired = dev.transport().interrupt_notifier(i)?.take()?;
-                        if fired > 0 {
-                            if let Some(call) = &h.vrings[usize::from(i)].call {
-                                signal(call);
-                            }
-                        }
+                    let v = &h.vrings[usize::from(i)];
+                    let fired = match &v.interrupt {
+                        Some(n) => n.take()?,
+                        None => 0,
+                    };
+                    // The device's interrupt, forwarded to the frontend's call fd.
+                    if let (true, Some(call)) = (fired > 0, &v.call) {
+                        signal(call);
                     }
                 }
                 Src::Config => {
                     let h = lock(handler);
                     if let Some(dev) = &h.device {
-                        if dev.transport().config_notifier().take()? > 0 {
+                        if dev.config_notifier().take()? > 0 {
                             if let Some(b) = backend.as_ref() {
                                 if let Err(e) = wire::send_config_change(b) {
                                     shared.log(&e);
@@ -208,7 +211,7 @@ fn front_message(
         Ok(true) => {
             // Kicks that came before the last ring was enabled are still in the kick fds,
             // but serve every queue once in case the frontend kicked and drained early.
-            for i in 0..h.running_queues() as u16 {
+            for i in 0..h.running_queues() {
                 serve_queue(&mut h, i, shared);
             }
         }
@@ -225,7 +228,7 @@ fn front_message(
 fn serve_queue(h: &mut Handler, i: u16, shared: &Shared) {
     if let Some(dev) = h.device.as_mut() {
         let reported = dev.hint_counters().reported_pages;
-        if let Err(e) = dev.process_queue(i) {
+        if let Err(e) = dev.notify(i) {
             shared.log(format!("queue {i}: {e}"));
         }
         // Reported pages the device kept because the guest poisons them are not discards.

@@ -1,13 +1,13 @@
 //! The vhost-user message handler: one frontend's negotiation, memory and vrings, and the
-//! balloon device it drives through the in-process [`Transport`](crate::transport::Transport).
+//! balloon device it drives through [`VirtioDevice`], the interface every transport uses.
 //!
 //! vhost-user has no status register (we do not offer the STATUS protocol feature), so the
 //! device's life follows the vrings (vhost-user spec, "Starting and stopping rings"): once
 //! every queue the negotiated features make present has a size, addresses and a kick fd and
-//! is enabled, the handler plays the driver's side of virtio 1.2 §3.1.1 on the transport
-//! (features, FEATURES_OK, queues, DRIVER_OK) and activates a fresh device. New features, a
-//! ring reconfigured, or a ring disabled while the device runs (what virtio_uml does when the
-//! driver module is unloaded) reset it; the next negotiation builds a new device instance.
+//! is enabled, the handler activates a fresh device with the acked features and the rings
+//! (translated from the frontend's addresses). New features, a ring reconfigured, or a ring
+//! disabled while the device runs (what virtio_uml does when the driver module is unloaded)
+//! reset it; the next negotiation builds a new device instance.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -24,12 +24,10 @@ use super::memory::FrontendMemory;
 use super::shared::{Shared, Totals};
 use crate::abi::{AbiMode, BalloonFeatures, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL};
 use crate::device::{BalloonDevice, DeviceConfig, HintEvent};
+use crate::memory::GuestAddress;
 use crate::memory::{Pfn, PAGE_SIZE};
-use crate::transport::{
-    CONFIG_SPACE_SIZE, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER,
-    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
-};
-use crate::virtq::{check_queue_size, QueueLayout};
+use crate::transport::{Activation, QueueActivation, VirtioDevice, CONFIG_SPACE_SIZE};
+use crate::virtq::{check_queue_size, Notifier, QueueLayout};
 
 /// Largest config read we answer (the balloon's 16 bytes, zero-filled after).
 const MAX_CONFIG_READ: u32 = 256;
@@ -43,6 +41,8 @@ pub(crate) struct Vring {
     pub(crate) kick: Option<File>,
     pub(crate) call: Option<File>,
     pub(crate) enabled: bool,
+    /// What the device signals for used buffers, while it runs on this ring.
+    pub(crate) interrupt: Option<Notifier>,
 }
 
 /// What the backend offers one frontend.
@@ -81,6 +81,7 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
 }
 
 /// One frontend's state.
+#[derive(Debug)]
 pub struct Handler {
     pub(crate) shared: Arc<Shared>,
     pub(crate) offer: Offer,
@@ -94,16 +95,6 @@ pub struct Handler {
     pub(crate) hint_discarded: Arc<AtomicU64>,
     /// Reported pages the current device kept (the guest poisons free pages).
     pub(crate) reported_kept: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for Handler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handler")
-            .field("acked", &self.acked)
-            .field("protocol", &self.protocol)
-            .field("active", &self.active)
-            .finish()
-    }
 }
 
 impl Handler {
@@ -125,9 +116,9 @@ impl Handler {
     }
 
     fn vring(&mut self, index: u32) -> Result<&mut Vring, VhostUserError> {
-        let count = self.vrings.len() as u16;
+        let count = MAX_QUEUES;
         self.vrings
-            .get_mut(index as usize)
+            .get_mut(usize::try_from(index).unwrap_or(usize::MAX))
             .ok_or(VhostUserError::NoSuchQueue { index, count })
     }
 
@@ -211,42 +202,27 @@ impl Handler {
         let Some(dev) = self.device.as_mut() else {
             return Ok(false);
         };
-        let t = Arc::clone(dev.transport());
-        // The driver's side of §3.1.1, for the frontend's driver.
-        t.reset();
-        t.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER)?;
-        t.set_driver_features(acked & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())?;
-        let st = t.set_status(
-            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
-        )?;
-        if st & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-            return Err(VhostUserError::FeaturesNotOffered {
-                features: acked,
-                offered: self.offer.virtio_features(),
+        // The frontend's negotiation, handed to the device as any transport hands it over:
+        // the acked features and each ring, with an eventfd for the device's interrupts that the
+        // connection forwards to the frontend's call fd (`conn.rs`).
+        let mut queues = Vec::with_capacity(n);
+        for (i, v) in (0u16..).zip(&mut self.vrings[..n]) {
+            let [d, a, u] = v.addr.unwrap_or_default();
+            let layout = QueueLayout::new(v.num, GuestAddress(d), GuestAddress(a), GuestAddress(u))
+                .map_err(|e| VhostUserError::BadMessage {
+                    op: "SET_VRING_ADDR",
+                    reason: format!("queue {i}: {e}"),
+                })?;
+            let call = Notifier::eventfd()?;
+            v.interrupt = Some(call.clone());
+            queues.push(QueueActivation {
+                layout,
+                kick: Notifier::eventfd()?,
+                call,
             });
         }
-        for (i, v) in self.vrings[..n].iter().enumerate() {
-            let [d, a, u] = v.addr.unwrap_or_default();
-            let layout = QueueLayout::new(
-                v.num,
-                crate::memory::GuestAddress(d),
-                crate::memory::GuestAddress(a),
-                crate::memory::GuestAddress(u),
-            )
-            .map_err(|e| VhostUserError::BadMessage {
-                op: "SET_VRING_ADDR",
-                reason: format!("queue {i}: {e}"),
-            })?;
-            t.set_queue(i as u16, layout)?;
-            t.set_queue_ready(i as u16, true)?;
-        }
-        t.set_status(
-            VIRTIO_CONFIG_S_ACKNOWLEDGE
-                | VIRTIO_CONFIG_S_DRIVER
-                | VIRTIO_CONFIG_S_FEATURES_OK
-                | VIRTIO_CONFIG_S_DRIVER_OK,
-        )?;
-        dev.activate()?;
+        let features = acked & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        VirtioDevice::activate(dev, Activation { features, queues })?;
         // Hinted blocks are free in the guest: give them back to the host (as Firecracker).
         let mem = Arc::clone(dev.memory());
         let discarded = Arc::clone(&self.hint_discarded);
@@ -263,14 +239,14 @@ impl Handler {
 
     /// A change to ring `index` while the device runs resets it (a renegotiation follows).
     fn ring_changed(&mut self, index: u32) {
-        if self.active && (index as usize) < self.running_queues() {
+        if self.active && index < u32::from(self.running_queues()) {
             self.reset_device();
         }
     }
 
-    pub(crate) fn running_queues(&self) -> usize {
+    pub(crate) fn running_queues(&self) -> u16 {
         match (&self.device, self.active) {
-            (Some(d), true) => usize::from(d.num_queues()),
+            (Some(d), true) => d.num_queues(),
             _ => 0,
         }
     }
@@ -385,13 +361,15 @@ impl Handler {
     ) -> Result<VhostUserVringState, VhostUserError> {
         self.vring(index)?;
         let mut next = 0u16;
-        if self.active && (index as usize) < self.running_queues() {
+        let running = u16::try_from(index)
+            .ok()
+            .filter(|&i| self.active && i < self.running_queues());
+        if let Some(i) = running {
             if let Some(dev) = self.device.as_mut() {
-                let _ = dev.process_queue(index as u16);
-                if let Ok(setup) = dev.transport().queue(index as u16) {
-                    if let Some(l) = setup.layout {
-                        next = dev.memory().read_u16(l.avail_idx()).unwrap_or(0);
-                    }
+                let _ = dev.notify(i);
+                if let Some([_, avail, _]) = self.vrings[usize::from(i)].addr {
+                    // avail->idx is the ring's second le16 (§2.7.6).
+                    next = dev.memory().read_u16(GuestAddress(avail + 2)).unwrap_or(0);
                 }
             }
             self.reset_device();
@@ -449,7 +427,7 @@ impl Handler {
         let (o, e) = (offset as usize, (end as usize).min(CONFIG_SPACE_SIZE));
         if o < e {
             match &self.device {
-                Some(d) => d.transport().config().read(o, &mut out[..e - o])?,
+                Some(d) => d.read_config(o, &mut out[..e - o])?,
                 None => {
                     let mut all = [0u8; CONFIG_SPACE_SIZE];
                     all[..4]
@@ -467,7 +445,7 @@ impl Handler {
         buf: &[u8],
         _flags: VhostUserConfigFlags,
     ) -> Result<(), VhostUserError> {
-        let len = buf.len() as u32;
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         let err = |reason| VhostUserError::Config {
             offset,
             len,
@@ -481,16 +459,14 @@ impl Handler {
         }
         let dev = self
             .device
-            .as_ref()
+            .as_mut()
             .ok_or(err("no device yet (SET_MEM_TABLE first)"))?;
-        for (i, w) in buf.chunks_exact(4).enumerate() {
-            let at = offset as usize + 4 * i;
+        for at in (offset as usize..).step_by(4).take(buf.len() / 4) {
             if at != CONFIG_ACTUAL && at != CONFIG_POISON_VAL {
                 return Err(err("read-only field"));
             }
-            let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            dev.transport().driver_write_config_u32(at, v)?;
         }
+        dev.write_config(offset as usize, buf)?;
         Ok(())
     }
 }

@@ -3,8 +3,11 @@
 //! Linux `virtio_balloon` driver drives our [`BalloonDevice`](crate::device::BalloonDevice).
 //!
 //! The rust-vmm `vhost` crate parses the protocol's messages and passes fds (`req`);
-//! `handler` checks every field and drives the device through the in-process transport;
-//! `conn` runs one frontend's poll loop; `server` ([`VhostUserBackend`]) accepts frontends one at a time.
+//! `handler` checks every field and drives the device through
+//! [`VirtioDevice`](crate::transport::VirtioDevice), as any transport does;
+//! `conn` runs one frontend's poll loop; `server` accepts frontends one at a time.
+
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 mod conn;
 mod error;
@@ -79,10 +82,9 @@ pub const STAT_NAMES: [&str; 16] = [
 /// The device's last stats sample by [`STAT_NAMES`].
 pub fn named_stats(d: &crate::device::BalloonDevice) -> Vec<(&'static str, u64)> {
     let s = d.stats();
-    STAT_NAMES
-        .iter()
-        .enumerate()
-        .filter_map(|(tag, n)| s.get(tag as u16).map(|v| (*n, v)))
+    (0u16..)
+        .zip(STAT_NAMES)
+        .filter_map(|(tag, n)| s.get(tag).map(|v| (n, v)))
         .collect()
 }
 

@@ -9,7 +9,7 @@ use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 
 use super::error::VhostUserError;
 
@@ -17,11 +17,11 @@ use super::error::VhostUserError;
 pub const SET_BACKEND_REQ_FD: u32 = 21;
 /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
 pub const BACKEND_CONFIG_CHANGE_MSG: u32 = 2;
+/// A message header: request, flags, payload size, each le32.
 const HEADER: usize = 12;
+/// The protocol version in a header's flags (the vhost crate's `VERSION` is the mask of its
+/// two bits).
 const VERSION: u32 = 0x1;
-const VERSION_MASK: u32 = 0x3;
-const REPLY: u32 = 0x4;
-const NEED_REPLY: u32 = 0x8;
 /// Most fds we accept on one message before refusing it (the rest are closed).
 const MAX_FDS: usize = 8;
 /// Largest payload a front-channel message may carry (the vhost crate's MAX_MSG_SIZE).
@@ -50,6 +50,10 @@ pub enum Pending {
     Message(u32),
 }
 
+/// Bytes of `MAX_FDS` descriptors in a control message (a few dozen; fits a u32).
+#[allow(clippy::cast_possible_truncation)]
+const FDS_BYTES: u32 = (MAX_FDS * mem::size_of::<libc::c_int>()) as u32;
+
 /// Looks at the next message without taking it (a peek without a control buffer receives no
 /// fds). The vhost crate retries a short read forever, so it only gets whole messages: a
 /// frontend that stalls mid-message can then be dropped instead of blocking us.
@@ -77,7 +81,8 @@ pub fn peek_request(s: &UnixStream) -> Result<Pending, VhostUserError> {
             }),
         };
     }
-    let n = n as usize;
+    // Not negative: checked above.
+    let n = n.unsigned_abs();
     if n == 0 {
         return Ok(Pending::Closed);
     }
@@ -102,7 +107,7 @@ pub fn take_backend_req_fd(s: &UnixStream, protocol: u64) -> Result<UnixStream, 
     let mut cbuf = [0u64; 16];
     let space = {
         // SAFETY: CMSG_SPACE is a pure computation.
-        unsafe { libc::CMSG_SPACE((MAX_FDS * mem::size_of::<libc::c_int>()) as u32) as usize }
+        unsafe { libc::CMSG_SPACE(FDS_BYTES) as usize }
     };
     let mut iov = libc::iovec {
         iov_base: h.as_mut_ptr().cast(),
@@ -135,11 +140,11 @@ pub fn take_backend_req_fd(s: &UnixStream, protocol: u64) -> Result<UnixStream, 
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    if (n as usize) < HEADER {
+    if n.unsigned_abs() < HEADER {
         return Err(bad(format!("{n}-byte header")));
     }
     let (flags, size) = (word(&h, 4), word(&h, 8));
-    if flags & VERSION_MASK != VERSION || size != 0 || fds.len() != 1 {
+    if flags & VhostUserHeaderFlag::VERSION.bits() != VERSION || size != 0 || fds.len() != 1 {
         return Err(bad(format!(
             "flags {flags:#x}, size {size}, {} fds (version 1, no payload, one fd expected)",
             fds.len()
@@ -149,8 +154,13 @@ pub fn take_backend_req_fd(s: &UnixStream, protocol: u64) -> Result<UnixStream, 
         return Err(bad("BACKEND_REQ was not negotiated".into()));
     }
     let reply_ack = protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
-    if reply_ack && flags & NEED_REPLY != 0 {
-        let mut r = header(SET_BACKEND_REQ_FD, VERSION | REPLY, 8).to_vec();
+    if reply_ack && flags & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
+        let mut r = header(
+            SET_BACKEND_REQ_FD,
+            VERSION | VhostUserHeaderFlag::REPLY.bits(),
+            8,
+        )
+        .to_vec();
         r.extend_from_slice(&0u64.to_le_bytes());
         send_all(s, &r)?;
     }
@@ -168,7 +178,7 @@ fn send_all(s: &UnixStream, buf: &[u8]) -> Result<(), VhostUserError> {
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
         )
     };
-    if n < 0 || n as usize != buf.len() {
+    if usize::try_from(n).ok() != Some(buf.len()) {
         return Err(VhostUserError::BackendChannel {
             reason: format!(
                 "send of {} bytes: {}",

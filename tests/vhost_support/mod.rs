@@ -192,6 +192,18 @@ impl Guest {
         self.kicks[q].write(1).unwrap();
     }
 
+    /// Populates `pages` guest pages at `gpa` and hands them to queue `q` as one
+    /// device-writable block (a free page hint or a report), waiting until it is used.
+    pub fn give_block(&mut self, q: usize, gpa: u64, pages: u64) {
+        populate(&self.mem, gpa, pages);
+        let len = u32::try_from(pages * PAGE_SIZE).unwrap();
+        self.queues[q]
+            .add_chain(&[], &[(GuestAddress(gpa), len)])
+            .unwrap();
+        self.kicks[q].write(1).unwrap();
+        self.used(q);
+    }
+
     /// Waits for a used buffer on queue `q`, and checks the call fd fired.
     pub fn used(&mut self, q: usize) -> UsedElem {
         let t0 = Instant::now();
