@@ -6,11 +6,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use vballoon::device::hostile::GuardedMemory;
 use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig, QueueRole};
 use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::bitmap::BmapHeader;
 use vballoon::pages::{encode, Encoding, PagesError};
+use vballoon::rig::hostile::GuardedMemory;
 use vballoon::rig::DriverStart;
 use vballoon::transport::VIRTIO_CONFIG_S_NEEDS_RESET;
 use vballoon::virtq::{DriverQueue, NotifyMode, Segment, VirtqError};

@@ -4,7 +4,7 @@
 //! nothing outside guest RAM touched, every changed guest page logged, no write while reset,
 //! the balloon's size matching the counters.
 
-use vballoon::device::hostile_lifecycle::{lifecycle_seeds, LifecycleHarness, LIFECYCLE_HEADER};
+use vballoon::rig::hostile_lifecycle::{lifecycle_seeds, LifecycleHarness, LIFECYCLE_HEADER};
 use vballoon::util::Rng;
 
 #[test]

@@ -6,7 +6,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use vballoon::device::hostile::GuardedMemory;
 use vballoon::device::{
     BalloonDevice, BalloonError, DeviceConfig, FreePageStatus, HintError, HintEvent, HintOffer,
 };
@@ -15,6 +14,7 @@ use vballoon::pages::bitmap::{
     BmapHeader, ReqHeader, BALLOON_FLAG_CONT, BALLOON_FLAG_DONE, BALLOON_GET_UNUSED_PAGES,
 };
 use vballoon::pages::PagesError;
+use vballoon::rig::hostile::GuardedMemory;
 use vballoon::rig::DriverStart;
 use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 

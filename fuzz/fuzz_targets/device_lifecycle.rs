@@ -11,7 +11,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vballoon::device::hostile_lifecycle::LifecycleHarness;
+use vballoon::rig::hostile_lifecycle::LifecycleHarness;
 
 static HARNESS: OnceLock<LifecycleHarness> = OnceLock::new();
 

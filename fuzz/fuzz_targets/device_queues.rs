@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vballoon::device::hostile::Harness;
+use vballoon::rig::hostile::Harness;
 
 static HARNESS: OnceLock<Harness> = OnceLock::new();
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vballoon::device::hostile::GuardedMemory;
+use vballoon::rig::hostile::GuardedMemory;
 use vballoon::migration::hostile;
 
 static MEM: OnceLock<GuardedMemory> = OnceLock::new();

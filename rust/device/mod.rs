@@ -28,8 +28,8 @@
 //! - A driver reset (status 0) drops queues, features and encoding; the device follows the
 //!   driver's renegotiation (`reset.rs`). Every write into guest RAM is logged
 //!   ([`BalloonDevice::set_write_log`]) for a migration's dirty tracking.
-//! - `hostile`, `hostile_lifecycle` (feature `test-utils`): the harnesses the fuzz targets and the hostile-guest
-//!   tests share.
+//! - The harnesses the fuzz targets and the hostile-guest tests share are in `crate::rig`
+//!   (feature `test-utils`).
 
 #![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
@@ -38,14 +38,6 @@ mod config;
 mod counters;
 mod error;
 mod host_pages;
-// Fuzz and hostile-test harnesses: their casts are on the harness's own sizes (a few pages
-// of guest RAM, one page buffers), not on values the guest chooses.
-#[cfg(any(test, feature = "test-utils"))]
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-pub mod hostile;
-#[cfg(any(test, feature = "test-utils"))]
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-pub mod hostile_lifecycle;
 mod role;
 // The memory helper's file (issue #8 item 3 moves it into memory/, where its casts are checked).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -1,9 +1,18 @@
 //! Scaffolding for tests, fuzz targets and benches (the `test-utils` feature; not in a release
-//! build): the one driver start-up sequence every rig plays against a [`BalloonDevice`].
+//! build): the one driver start-up sequence every rig plays against a [`BalloonDevice`], and
+//! the hostile-guest harnesses the fuzz targets and tests share ([`hostile`]: every queue,
+//! [`hostile_lifecycle`]: the device's whole life).
 //!
 //! The real guest driver ([`crate::guest::BalloonDriver::probe`]) masks features and
 //! reserves its buffer area between the steps; a rig wants only the bare sequence of virtio 1.2
 //! §3.1.1 with its rings where it says, so that is written here once.
+
+// The harnesses' casts are on their own sizes (a few pages of guest RAM, one-page buffers),
+// not on values the guest chooses.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub mod hostile;
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub mod hostile_lifecycle;
 
 use std::sync::Arc;
 

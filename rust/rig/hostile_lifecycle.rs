@@ -18,12 +18,12 @@
 use std::sync::{Arc, Mutex};
 
 use super::hostile::GuardedMemory;
-use super::{BalloonDevice, DeviceConfig, DiscardPolicy, HintOffer, WriteLog};
 use crate::abi::{
     bit, AbiMode, BalloonFeatures, CONFIG_ACTUAL, CONFIG_POISON_VAL, VBALLOON_F_PAGE_AUTO,
     VBALLOON_F_PAGE_EXTENTS, VIRTIO_BALLOON_F_FREE_PAGE_HINT, VIRTIO_BALLOON_F_PAGE_POISON,
     VIRTIO_BALLOON_F_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
 };
+use crate::device::{BalloonDevice, DeviceConfig, DiscardPolicy, HintOffer, WriteLog};
 use crate::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use crate::pages::{Encoding, PageSet};
 use crate::rig::DriverStart;

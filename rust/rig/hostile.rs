@@ -10,7 +10,7 @@ use std::ptr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{BalloonDevice, DeviceConfig, DiscardPolicy, HintOffer};
+use crate::device::{BalloonDevice, DeviceConfig, DiscardPolicy, HintOffer};
 use crate::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
 use crate::pages::Encoding;
 use crate::rig::DriverStart;
