@@ -8,7 +8,6 @@ use super::config::DeviceConfig;
 use super::counters::{add, DeviceCounters, SharedCounters};
 use super::error::BalloonError;
 use super::stats::StatsSample;
-use super::vectored::SelfMadvise;
 use crate::abi::{
     bit, BalloonFeatures, QueueIndexes, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
     VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_PAGE_POISON, VIRTIO_ID_BALLOON,
@@ -154,9 +153,6 @@ pub struct BalloonDevice {
     hints: hints::HintQueues,
     errors: VecDeque<BalloonError>,
     errors_total: u64,
-    /// For [`DiscardPolicy::Vectored`]: our pidfd, and whether the kernel took it so far.
-    self_madvise: Option<SelfMadvise>,
-    vectored_ok: bool,
     /// RAM on 2 MiB host pages: which host pages are full (see `host_pages`).
     huge: Option<huge::HugeState>,
     /// The transport's reset count the device last acted on (`reset.rs`).
@@ -166,7 +162,7 @@ pub struct BalloonDevice {
     // Reused per batch so the hot path does not allocate.
     chain: DescriptorChain,
     scratch: Vec<u8>,
-    runs: Vec<(u64, u64)>,
+    runs: Vec<crate::memory::PageRange>,
     heads: Vec<u16>,
 }
 
@@ -241,8 +237,6 @@ impl BalloonDevice {
             hints: hints::HintQueues::default(),
             errors: VecDeque::new(),
             errors_total: 0,
-            self_madvise: None,
-            vectored_ok: true,
             huge,
             seen_resets,
             rearm: false,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::{BalloonDevice, QueueRole, QueueRun};
 use crate::device::counters::{add, SharedCounters};
 use crate::device::error::BalloonError;
-use crate::memory::GuestMemory;
+use crate::memory::{GuestMemory, PageRange};
 use crate::pages::{decode, Encoding, PageSink};
 use crate::transport::wire::max_message_len;
 use crate::virtq::DescriptorChain;
@@ -23,7 +23,7 @@ pub const BATCH_RUNS: usize = 1 << 16;
 /// Where one message's runs go: the device's run buffer, applied whenever it fills.
 struct ChunkSink<'a> {
     dev: &'a mut BalloonDevice,
-    runs: &'a mut Vec<(u64, u64)>,
+    runs: &'a mut Vec<PageRange>,
     role: QueueRole,
     /// Pages moved in or out of the balloon by the chunks applied so far.
     pages: u64,
@@ -58,7 +58,7 @@ impl PageSink for ChunkSink<'_> {
         if self.runs.len() >= BATCH_RUNS {
             self.make_room();
         }
-        self.runs.push((start, len));
+        self.runs.push(PageRange::new(start, len));
     }
 }
 

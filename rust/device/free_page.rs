@@ -22,6 +22,7 @@ use crate::abi::{
     CONFIG_FREE_PAGE_HINT_CMD_ID, VIRTIO_BALLOON_CMD_ID_DONE, VIRTIO_BALLOON_CMD_ID_MIN,
 };
 use crate::device::BalloonError;
+use crate::memory::PageRange;
 use crate::pages::hint::{decode_block, decode_cmd_id, CMD_ID_LEN, CMD_ID_STOP};
 use crate::pages::HintBlock;
 
@@ -220,7 +221,11 @@ impl BalloonDevice {
                 return 0;
             };
             let mut pages = 0;
-            for &(pfn, npages) in &runs {
+            for &PageRange {
+                start: pfn,
+                len: npages,
+            } in &runs
+            {
                 pages += npages;
                 self.hints.emit(HintEvent::Pages {
                     id: u64::from(id),

@@ -15,6 +15,7 @@
 use super::hints::{add, remember, HintError, HintEvent};
 use super::BalloonDevice;
 use crate::device::BalloonError;
+use crate::memory::PageRange;
 use crate::pages::bitmap::{self, ReqHeader, BMAP_HEADER_LEN, MAX_BMAP_LEN, REQ_HEADER_LEN};
 
 const QUEUE: &str = "misc";
@@ -177,7 +178,8 @@ impl BalloonDevice {
             source,
         });
         let decoded = decoded.and_then(|()| {
-            bitmap::decode(&[scratch.as_slice()], self.mem.pages(), &mut runs)
+            let mut sink = |start, len| runs.push(PageRange::new(start, len));
+            bitmap::decode(&[scratch.as_slice()], self.mem.pages(), &mut sink)
                 .map_err(|source| HintError::BadReply { source }.into())
         });
         self.scratch = scratch;
@@ -189,7 +191,7 @@ impl BalloonDevice {
     fn accept_reply(
         &mut self,
         h: bitmap::BmapHeader,
-        runs: &[(u64, u64)],
+        runs: &[PageRange],
     ) -> Result<u64, BalloonError> {
         let m = &self.hints.misc;
         if m.current != Some(h.req_id) {
@@ -205,7 +207,11 @@ impl BalloonDevice {
             .into());
         }
         let mut pages = 0;
-        for &(pfn, npages) in runs {
+        for &PageRange {
+            start: pfn,
+            len: npages,
+        } in runs
+        {
             pages += npages;
             self.hints.emit(HintEvent::Pages {
                 id: h.req_id,

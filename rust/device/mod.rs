@@ -31,7 +31,6 @@ mod host_pages;
 pub mod hostile;
 pub mod hostile_lifecycle;
 pub mod stats;
-mod vectored;
 
 pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, BATCH_RUNS, ERROR_LOG_LEN};
 pub use balloon::{

@@ -11,7 +11,7 @@
 use super::hints::{add, HintError};
 use crate::abi::CONFIG_POISON_VAL;
 use crate::device::{merge_runs, BalloonError};
-use crate::memory::{Pfn, PAGE_SIZE};
+use crate::memory::{DiscardMode, PageRange, PAGE_SIZE};
 use crate::pages::hint::decode_block;
 use crate::pages::HintBlock;
 
@@ -47,17 +47,15 @@ impl BalloonDevice {
                 Ok(()) => {
                     let blocks = runs.len() as u64;
                     merge_runs(&mut runs);
-                    let pages: u64 = runs.iter().map(|r| r.1).sum();
+                    let pages: u64 = runs.iter().map(|r| r.len).sum();
                     if !poisoned {
-                        for &(pfn, n) in &runs {
-                            add(&self.hints.counters.report_discards, 1);
-                            // Inside guest RAM: checked by `check_report`, and again below.
-                            if let Err(e) = self.mem.discard(Pfn(pfn).addr(), n * PAGE_SIZE) {
-                                add(&self.counters.discard_errors, 1);
-                                self.log(e.into());
-                            }
+                        // Inside guest RAM: checked by `check_report`, and again by the memory
+                        // layer's discard, the same backend inflate uses.
+                        add(&self.hints.counters.report_discards, runs.len() as u64);
+                        self.discard(&runs, DiscardMode::PerRun);
+                        for r in &runs {
                             // The pages now read as zeros: logged like a device write.
-                            self.hints.wrote(Pfn(pfn).addr(), n * PAGE_SIZE);
+                            self.hints.wrote(r.first().addr(), r.len * PAGE_SIZE);
                         }
                     }
                     add(&self.hints.counters.reported_blocks, blocks);
@@ -86,7 +84,7 @@ impl BalloonDevice {
     fn check_report(
         chain: &crate::virtq::DescriptorChain,
         max_pfn: u64,
-        runs: &mut Vec<(u64, u64)>,
+        runs: &mut Vec<PageRange>,
     ) -> Result<(), HintError> {
         if let Some(s) = chain.readable().first() {
             return Err(HintError::Direction {

@@ -35,6 +35,8 @@ mod sink;
 mod stream;
 mod window;
 
+/// A run of pages: the shape every decoder, sink and set exchanges (the memory layer's type).
+pub use crate::memory::PageRange;
 pub use atomic::AtomicPageBitmap;
 pub use bitmap::{BmapHeader, ReqHeader};
 pub use encoding::{decode, decode_into, encode, encode_with, Decoded, Encoding, Message, Pages};
