@@ -36,3 +36,6 @@ pub use rss::{process_peak_rss_bytes, process_rss_bytes};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod regions_tests;
