@@ -211,10 +211,7 @@ pub fn merge_runs(runs: &mut Vec<PageRange>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ranges(v: &[(u64, u64)]) -> Vec<PageRange> {
-        v.iter().map(|&(s, l)| PageRange::new(s, l)).collect()
-    }
+    use crate::memory::page_ranges as ranges;
 
     #[test]
     fn test_count_and_runs_within_bounds() {

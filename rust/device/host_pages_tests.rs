@@ -1,4 +1,5 @@
 use super::*;
+use crate::memory::page_ranges as ranges;
 
 const HP: u64 = 512;
 
@@ -17,10 +18,6 @@ fn deflate(t: &mut HostPageTracker, set: &mut PageSet, runs: &[(u64, u64)]) {
     for &(s, l) in runs {
         set.remove_range(s, l);
     }
-}
-
-fn ranges(runs: &[(u64, u64)]) -> Vec<PageRange> {
-    runs.iter().map(|&(s, l)| PageRange::new(s, l)).collect()
 }
 
 #[test]

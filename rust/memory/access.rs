@@ -24,6 +24,29 @@ macro_rules! le_accessors {
     )*};
 }
 
+/// `load_uN`/`store_uN` pairs: naturally aligned little-endian atomics with a given ordering.
+macro_rules! atomic_accessors {
+    ($($t:ty, $atomic:ty, $load:ident, $store:ident;)*) => {$(
+        #[doc = concat!("Atomically loads the naturally aligned little-endian ", stringify!($t),
+            " at `addr` with `order`.")]
+        pub fn $load(&self, addr: GuestAddress, order: Ordering) -> Result<$t, MemoryError> {
+            let p = self.aligned_ptr(addr, size_of::<$t>() as u64)?;
+            // SAFETY: `p` is in bounds and naturally aligned (checked by `aligned_ptr`); the
+            // mapping outlives this call.
+            Ok(<$t>::from_le(unsafe { <$atomic>::from_ptr(p.cast()) }.load(order)))
+        }
+
+        #[doc = concat!("Atomically stores a naturally aligned little-endian ", stringify!($t),
+            " at `addr` with `order`.")]
+        pub fn $store(&self, addr: GuestAddress, v: $t, order: Ordering) -> Result<(), MemoryError> {
+            let p = self.aligned_ptr(addr, size_of::<$t>() as u64)?;
+            // SAFETY: as in the load.
+            unsafe { <$atomic>::from_ptr(p.cast()) }.store(v.to_le(), order);
+            Ok(())
+        }
+    )*};
+}
+
 impl GuestMemory {
     fn aligned_ptr(&self, addr: GuestAddress, width: u64) -> Result<*mut u8, MemoryError> {
         if !addr.is_aligned(width) {
@@ -79,60 +102,12 @@ impl GuestMemory {
         u64, read_u64, write_u64;
     }
 
-    /// Atomically loads the naturally aligned little-endian u16 at `addr` with `order`.
-    ///
-    /// Ring indexes shared with the other side use this, so that the ordering the virtio spec
-    /// asks for (§2.7.13) is expressed with real acquire/release operations.
-    pub fn load_u16(&self, addr: GuestAddress, order: Ordering) -> Result<u16, MemoryError> {
-        let p = self.aligned_ptr(addr, 2)?;
-        // SAFETY: `p` is in bounds and 2-byte aligned; the mapping outlives this call.
-        Ok(u16::from_le(
-            unsafe { AtomicU16::from_ptr(p.cast()) }.load(order),
-        ))
-    }
-
-    /// Atomically stores a naturally aligned little-endian u16 at `addr` with `order`.
-    pub fn store_u16(
-        &self,
-        addr: GuestAddress,
-        v: u16,
-        order: Ordering,
-    ) -> Result<(), MemoryError> {
-        let p = self.aligned_ptr(addr, 2)?;
-        // SAFETY: as in `load_u16`.
-        unsafe { AtomicU16::from_ptr(p.cast()) }.store(v.to_le(), order);
-        Ok(())
-    }
-
-    /// Atomically loads the naturally aligned little-endian u32 at `addr` with `order`.
-    pub fn load_u32(&self, addr: GuestAddress, order: Ordering) -> Result<u32, MemoryError> {
-        let p = self.aligned_ptr(addr, 4)?;
-        // SAFETY: `p` is in bounds and 4-byte aligned.
-        Ok(u32::from_le(
-            unsafe { AtomicU32::from_ptr(p.cast()) }.load(order),
-        ))
-    }
-
-    /// Atomically stores a naturally aligned little-endian u32 at `addr` with `order`.
-    pub fn store_u32(
-        &self,
-        addr: GuestAddress,
-        v: u32,
-        order: Ordering,
-    ) -> Result<(), MemoryError> {
-        let p = self.aligned_ptr(addr, 4)?;
-        // SAFETY: `p` is in bounds and 4-byte aligned.
-        unsafe { AtomicU32::from_ptr(p.cast()) }.store(v.to_le(), order);
-        Ok(())
-    }
-
-    /// Atomically loads the naturally aligned little-endian u64 at `addr` with `order`.
-    pub fn load_u64(&self, addr: GuestAddress, order: Ordering) -> Result<u64, MemoryError> {
-        let p = self.aligned_ptr(addr, 8)?;
-        // SAFETY: `p` is in bounds and 8-byte aligned.
-        Ok(u64::from_le(
-            unsafe { AtomicU64::from_ptr(p.cast()) }.load(order),
-        ))
+    // Ring indexes shared with the other side use these, so that the ordering the virtio spec
+    // asks for (§2.7.13) is expressed with real acquire/release operations.
+    atomic_accessors! {
+        u16, AtomicU16, load_u16, store_u16;
+        u32, AtomicU32, load_u32, store_u32;
+        u64, AtomicU64, load_u64, store_u64;
     }
 
     /// Whether every byte of `[addr, addr + len)` is zero.

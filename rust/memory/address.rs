@@ -121,6 +121,12 @@ impl fmt::Display for PageRange {
     }
 }
 
+/// Test shorthand: `(start, len)` pairs as page ranges.
+#[cfg(test)]
+pub(crate) fn page_ranges(v: &[(u64, u64)]) -> Vec<PageRange> {
+    v.iter().map(|&(s, l)| PageRange::new(s, l)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

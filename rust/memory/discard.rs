@@ -218,11 +218,8 @@ fn split_runs(runs: &[PageRange], n: usize, unit: u64) -> Vec<Vec<PageRange>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::page_ranges as ranges;
     use crate::memory::{Backing, PAGE_SIZE};
-
-    fn ranges(v: &[(u64, u64)]) -> Vec<PageRange> {
-        v.iter().map(|&(s, l)| PageRange::new(s, l)).collect()
-    }
 
     #[test]
     fn test_split_runs_balances_pages_and_loses_nothing() {

@@ -22,6 +22,8 @@ mod seal;
 mod vectored;
 
 pub use access::is_zero_raw;
+#[cfg(test)]
+pub(crate) use address::page_ranges;
 pub use address::{GuestAddress, PageRange, Pfn, PAGE_SHIFT, PAGE_SIZE};
 pub use backing::Backing;
 pub use discard::{

@@ -79,41 +79,7 @@ impl DeviceQueue {
         self.write_log = WriteLogSlot(log);
     }
 
-    /// Sets the notifier the driver kicks (`kick`) and the one this side signals (`interrupt`).
-    pub fn set_notifiers(&mut self, kick: Notifier, interrupt: Notifier) {
-        self.kick = kick;
-        self.interrupt = interrupt;
-    }
-
-    /// The notifier the driver signals when it adds buffers.
-    pub fn kick_notifier(&self) -> &Notifier {
-        &self.kick
-    }
-
-    /// The notifier this side signals when it used buffers.
-    pub fn interrupt_notifier(&self) -> &Notifier {
-        &self.interrupt
-    }
-
-    /// Guest memory the queue lives in.
-    pub fn mem(&self) -> &Arc<GuestMemory> {
-        &self.mem
-    }
-
-    /// Where the rings are.
-    pub fn layout(&self) -> &QueueLayout {
-        &self.layout
-    }
-
-    /// Queue size.
-    pub fn size(&self) -> u16 {
-        self.layout.size()
-    }
-
-    /// The negotiated features.
-    pub fn features(&self) -> u64 {
-        self.features
-    }
+    super::accessors::queue_end_accessors!();
 
     /// Whether a driver error put the queue in needs-reset (virtio DEVICE_NEEDS_RESET, 0x40).
     pub fn needs_reset(&self) -> bool {

@@ -138,41 +138,7 @@ impl DriverQueue {
         Ok(())
     }
 
-    /// Sets the notifier this side kicks (`kick`) and the one the device signals (`interrupt`).
-    pub fn set_notifiers(&mut self, kick: Notifier, interrupt: Notifier) {
-        self.kick = kick;
-        self.interrupt = interrupt;
-    }
-
-    /// The notifier this side signals when it adds buffers.
-    pub fn kick_notifier(&self) -> &Notifier {
-        &self.kick
-    }
-
-    /// The notifier the device signals when it used buffers.
-    pub fn interrupt_notifier(&self) -> &Notifier {
-        &self.interrupt
-    }
-
-    /// Guest memory the queue lives in.
-    pub fn mem(&self) -> &Arc<GuestMemory> {
-        &self.mem
-    }
-
-    /// Where the rings are.
-    pub fn layout(&self) -> &QueueLayout {
-        &self.layout
-    }
-
-    /// Queue size.
-    pub fn size(&self) -> u16 {
-        self.layout.size()
-    }
-
-    /// The negotiated features.
-    pub fn features(&self) -> u64 {
-        self.features
-    }
+    super::accessors::queue_end_accessors!();
 
     /// The indirect area in use, if chains can go indirect.
     pub fn indirect_area(&self) -> Option<IndirectArea> {

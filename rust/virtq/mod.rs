@@ -12,6 +12,7 @@
 //! through atomics on guest memory with the ordering the spec asks for (§2.7.13), and no
 //! reference into guest RAM is ever made. Section numbers (§) are those of virtio 1.2.
 
+mod accessors;
 mod chain;
 pub mod defs;
 mod desc;
