@@ -48,6 +48,7 @@ pub const WINDOW_PFNS: u64 = PFNS_PER_BMAP * BALLOON_BMAP_COUNT as u64;
 /// Longest bitmap one message may carry, in bytes (1 MiB).
 pub const MAX_BMAP_LEN: u64 = (BALLOON_BMAP_SIZE * BALLOON_BMAP_COUNT) as u64;
 /// The only `page_shift` accepted: bits stand for 4 KiB balloon pages (`PAGE_SHIFT` on x86).
+#[allow(clippy::cast_possible_truncation)] // 12: fits.
 pub const BMAP_PAGE_SHIFT: u16 = super::BALLOON_PFN_SHIFT as u16;
 /// `cmd` of an inflate or deflate message (v3 leaves it zero).
 pub const BMAP_CMD_RESIZE: u16 = 0;

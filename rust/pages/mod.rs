@@ -21,6 +21,8 @@
 //! All PFNs are in 4 KiB units ([`BALLOON_PFN_SHIFT`]); `max_pfn` is always the number of
 //! guest pages, an exclusive bound.
 
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 mod atomic;
 pub mod auto;
 pub mod bitmap;

@@ -38,6 +38,7 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
     let run = |start: u64, len: u64| {
         for pfn in start..start + len {
             // check_below: pfn < 2^32.
+            #[allow(clippy::cast_possible_truncation)]
             buf.extend_from_slice(&(pfn as u32).to_le_bytes());
             if buf.len() == PFN_ARRAY_MAX_LEN {
                 emit(&[&buf]);

@@ -307,10 +307,9 @@ impl DeviceQueue {
         let writable = d.is_write_only();
         // Readable buffers must all come before writable ones (§2.7.4.2).
         if !writable && chain.has_writable() {
-            return Err(VirtqError::WritableBeforeReadable {
-                // < size <= 32768, so it fits.
-                index: chain.len() as u16,
-            });
+            // < size <= 32768, so it never saturates.
+            let index = u16::try_from(chain.len()).unwrap_or(u16::MAX);
+            return Err(VirtqError::WritableBeforeReadable { index });
         }
         chain.push(Segment {
             addr: GuestAddress(d.addr),

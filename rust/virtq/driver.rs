@@ -207,21 +207,25 @@ impl DriverQueue {
             if s.writable {
                 seen_writable = true;
             } else if seen_writable {
-                return Err(VirtqError::WritableBeforeReadable { index: i as u16 });
+                let index = u16::try_from(i).unwrap_or(u16::MAX);
+                return Err(VirtqError::WritableBeforeReadable { index });
             }
         }
         let size = self.layout.size();
         // Indirect or not, no chain may be longer than the queue size (§2.7.5.3.1).
+        let too_many = VirtqError::TooManySegments {
+            segments: n,
+            limit: usize::from(size),
+        };
         if n > usize::from(size) {
-            return Err(VirtqError::TooManySegments {
-                segments: n,
-                limit: usize::from(size),
-            });
+            return Err(too_many);
         }
+        // At most the queue size (32768).
+        let n16 = u16::try_from(n).map_err(|_| too_many)?;
         let indirect = self
             .indirect
             .filter(|a| n > 1 && n <= usize::from(a.entries_per_chain));
-        let needed = if indirect.is_some() { 1 } else { n as u16 };
+        let needed = if indirect.is_some() { 1 } else { n16 };
         if needed > self.num_free {
             return Err(VirtqError::QueueFull {
                 needed: u32::from(needed),
@@ -234,23 +238,24 @@ impl DriverQueue {
             let table = GuestAddress(
                 area.base.raw() + IndirectArea::bytes(1, area.entries_per_chain) * u64::from(head),
             );
-            for i in 0..n {
-                let s = seg(i);
-                let last = i + 1 == n;
+            for i in 0..n16 {
+                let s = seg(usize::from(i));
+                let last = i + 1 == n16;
                 let d = Descriptor::new(
                     s.addr.raw(),
                     s.len,
                     flags(&s) | if last { 0 } else { VIRTQ_DESC_F_NEXT },
-                    if last { 0 } else { i as u16 + 1 },
+                    if last { 0 } else { i + 1 },
                 );
-                d.write_to(&self.mem, GuestAddress(table.raw() + DESC_SIZE * i as u64))?;
+                d.write_to(
+                    &self.mem,
+                    GuestAddress(table.raw() + DESC_SIZE * u64::from(i)),
+                )?;
             }
-            let d = Descriptor::new(
-                table.raw(),
-                (n as u64 * DESC_SIZE) as u32,
-                VIRTQ_DESC_F_INDIRECT,
-                0,
-            );
+            // At most 32768 descriptors of 16 bytes: 512 KiB.
+            #[allow(clippy::cast_possible_truncation)]
+            let table_len = (u64::from(n16) * DESC_SIZE) as u32;
+            let d = Descriptor::new(table.raw(), table_len, VIRTQ_DESC_F_INDIRECT, 0);
             d.write_to(&self.mem, self.layout.desc(head))?;
             self.free_head = self.desc_next[usize::from(head)];
         } else {
@@ -308,6 +313,8 @@ impl DriverQueue {
                 return Ok(true);
             }
             let new = self.avail_idx;
+            // At most u16::MAX: checked just above.
+            #[allow(clippy::cast_possible_truncation)]
             let old = new - Wrapping(added as u16);
             let avail_event = self
                 .mem
