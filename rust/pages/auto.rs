@@ -23,6 +23,7 @@
 //! messages, each with its own header.
 
 use super::bitmap::{self, BmapHeader, BITMAP_PFN_LIMIT, BMAP_HEADER_LEN};
+use super::decoder::decoder;
 use super::extents::{self, EXTENTS_MAX_MESSAGE_LEN};
 use super::sink::Coalescer;
 use super::stream::Stream;
@@ -84,47 +85,30 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
     Ok(())
 }
 
-/// Decodes one auto message, handing its pages to `sink` as runs.
-///
-/// Returns the bitmap header when the body was a bitmap. `max_pfn` and the all-or-nothing
-/// check are as for the body's own decoder.
-pub fn decode<S, K>(
-    segments: &[S],
-    max_pfn: u64,
-    sink: &mut K,
-) -> Result<Option<BmapHeader>, PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    decode_stream(Stream::new(segments), max_pfn, &mut Coalescer::new(sink))
-}
-
-/// Decodes an auto message from the rest of `st`.
-pub(crate) fn decode_stream<S, K>(
-    mut st: Stream<'_, S>,
-    max_pfn: u64,
-    sink: &mut Coalescer<'_, K>,
-) -> Result<Option<BmapHeader>, PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    let len = st.remaining();
-    let need = AUTO_HEADER_LEN;
-    let h = st
-        .read::<AUTO_HEADER_LEN>()
-        .ok_or(PagesError::AutoHeaderTruncated { len, need })?;
-    if let Some(offset) = (1..AUTO_HEADER_LEN).find(|&i| h[i] != 0) {
-        return Err(PagesError::AutoReserved {
-            offset,
-            value: h[offset],
-        });
-    }
-    match h[0] {
-        AUTO_KIND_BITMAP => bitmap::decode_stream(st, max_pfn, sink).map(Some),
-        AUTO_KIND_EXTENTS => extents::decode_stream(st, max_pfn, sink).map(|()| None),
-        kind => Err(PagesError::UnknownAutoKind { kind }),
+decoder! {
+    /// Decodes one auto message, handing its pages to `sink` as runs.
+    ///
+    /// Returns the bitmap header when the body was a bitmap. `max_pfn` and the all-or-nothing
+    /// check are as for the body's own decoder.
+    pub fn decode -> Option<BmapHeader>;
+    /// Decodes an auto message from the rest of `st`.
+    fn decode_stream(mut st, max_pfn, sink) {
+        let len = st.remaining();
+        let need = AUTO_HEADER_LEN;
+        let h = st
+            .read::<AUTO_HEADER_LEN>()
+            .ok_or(PagesError::AutoHeaderTruncated { len, need })?;
+        if let Some(offset) = (1..AUTO_HEADER_LEN).find(|&i| h[i] != 0) {
+            return Err(PagesError::AutoReserved {
+                offset,
+                value: h[offset],
+            });
+        }
+        match h[0] {
+            AUTO_KIND_BITMAP => bitmap::decode_stream(st, max_pfn, sink).map(Some),
+            AUTO_KIND_EXTENTS => extents::decode_stream(st, max_pfn, sink).map(|()| None),
+            kind => Err(PagesError::UnknownAutoKind { kind }),
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! joining runs that touch. Records may overlap or come in any order; a long record may hold a
 //! short length.
 
+use super::decoder::decoder;
 use super::sink::Coalescer;
 use super::stream::Stream;
 use super::window;
@@ -95,61 +96,48 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
     Ok(())
 }
 
-/// Decodes one extents message, handing its runs to `sink` in message order.
-///
-/// `max_pfn` is the number of guest pages; a page at or past it (or past `sink.limit()`) is an
-/// error. The whole message is checked before `sink` sees a page.
-pub fn decode<S, K>(segments: &[S], max_pfn: u64, sink: &mut K) -> Result<(), PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    decode_stream(Stream::new(segments), max_pfn, &mut Coalescer::new(sink))
-}
-
-/// Decodes an extents message from the rest of `st`.
-pub(crate) fn decode_stream<S, K>(
-    st: Stream<'_, S>,
-    max_pfn: u64,
-    sink: &mut Coalescer<'_, K>,
-) -> Result<(), PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    let len = st.remaining();
-    if len > EXTENTS_MAX_MESSAGE_LEN {
-        return Err(PagesError::ExtentsTooLong {
-            len,
-            max: EXTENTS_MAX_MESSAGE_LEN,
-        });
-    }
-    if len % EXTENT_SHORT_LEN != 0 {
-        return Err(PagesError::ExtentsLength { len });
-    }
-    let limit = max_pfn.min(sink.limit());
-    // Pass 1 checks every record, pass 2 hands them over.
-    for_each_record(st.clone(), |pfn, n, offset| {
-        if n == 0 {
-            return Err(PagesError::ZeroLengthExtent { pfn, offset });
-        }
-        let end = pfn
-            .checked_add(n)
-            .ok_or(PagesError::RunOverflow { pfn, len: n })?;
-        if end > limit {
-            return Err(PagesError::PageOutsideRam {
-                pfn: pfn.max(limit),
-                max_pfn: limit,
+decoder! {
+    /// Decodes one extents message, handing its runs to `sink` in message order.
+    ///
+    /// `max_pfn` is the number of guest pages; a page at or past it (or past `sink.limit()`) is an
+    /// error. The whole message is checked before `sink` sees a page.
+    pub fn decode -> ();
+    /// Decodes an extents message from the rest of `st`.
+    fn decode_stream(st, max_pfn, sink) {
+        let len = st.remaining();
+        if len > EXTENTS_MAX_MESSAGE_LEN {
+            return Err(PagesError::ExtentsTooLong {
+                len,
+                max: EXTENTS_MAX_MESSAGE_LEN,
             });
         }
+        if len % EXTENT_SHORT_LEN != 0 {
+            return Err(PagesError::ExtentsLength { len });
+        }
+        let limit = max_pfn.min(sink.limit());
+        // Pass 1 checks every record, pass 2 hands them over.
+        for_each_record(st.clone(), |pfn, n, offset| {
+            if n == 0 {
+                return Err(PagesError::ZeroLengthExtent { pfn, offset });
+            }
+            let end = pfn
+                .checked_add(n)
+                .ok_or(PagesError::RunOverflow { pfn, len: n })?;
+            if end > limit {
+                return Err(PagesError::PageOutsideRam {
+                    pfn: pfn.max(limit),
+                    max_pfn: limit,
+                });
+            }
+            Ok(())
+        })?;
+        for_each_record(st, |pfn, n, _| {
+            sink.run(pfn, n);
+            Ok(())
+        })?;
+        sink.flush();
         Ok(())
-    })?;
-    for_each_record(st, |pfn, n, _| {
-        sink.run(pfn, n);
-        Ok(())
-    })?;
-    sink.flush();
-    Ok(())
+    }
 }
 
 /// Calls `f(pfn, npages, byte_offset)` for each record of the rest of `st`.

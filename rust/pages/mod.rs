@@ -26,6 +26,7 @@
 mod atomic;
 pub mod auto;
 pub mod bitmap;
+mod decoder;
 mod encoding;
 mod error;
 pub mod extents;
