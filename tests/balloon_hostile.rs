@@ -10,7 +10,7 @@ use vballoon::device::hostile::GuardedMemory;
 use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig};
 use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::bitmap::BmapHeader;
-use vballoon::pages::{encode, Encoding, PagesError};
+use vballoon::pages::{encode, Encoding, PageRange, PagesError};
 use vballoon::transport::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -21,7 +21,7 @@ const PAGES: u64 = 1024;
 /// Pages filled with a pattern that no refused message may discard.
 const SENTINEL: (u64, u64) = (512, 256);
 /// Pages the good messages inflate.
-const GOOD: &[(u64, u64)] = &[(800, 8), (810, 1)];
+const GOOD: &[PageRange] = &[PageRange::new(800, 8), PageRange::new(810, 1)];
 const BUFS: u64 = 0x40000;
 
 struct Rig {

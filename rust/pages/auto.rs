@@ -115,7 +115,7 @@ decoder! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pages::PageSet;
+    use crate::pages::{PageRange, PageSet};
 
     fn kinds(msgs: &[Message]) -> Vec<u8> {
         msgs.iter().map(|m| m.segments[0][0]).collect()
@@ -125,7 +125,7 @@ mod tests {
     fn test_picks_extents_for_long_runs_and_bitmap_for_scatter() {
         let dense = PageSet::from_runs(1 << 21, [(0, 1 << 20)]).unwrap();
         assert_eq!(kinds(&encode(&dense).unwrap()), vec![AUTO_KIND_EXTENTS]);
-        let scattered: Vec<(u64, u64)> = (0..4096).map(|i| (i * 2, 1)).collect();
+        let scattered: Vec<PageRange> = (0..4096).map(|i| PageRange::new(i * 2, 1)).collect();
         let msgs = encode(&scattered[..]).unwrap();
         assert_eq!(kinds(&msgs), vec![AUTO_KIND_BITMAP]);
         let mut back = PageSet::new(1 << 21);

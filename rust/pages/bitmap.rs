@@ -467,6 +467,7 @@ mod tests {
         assert_eq!(segs[1].len(), BALLOON_BMAP_SIZE);
         assert_eq!(segs[1][BALLOON_BMAP_SIZE - 1], 0xc0);
         assert_eq!(segs[2], vec![0x03, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(encode(&runs[..]).unwrap(), msgs);
+        let ranges = runs.map(|(s, l)| crate::memory::PageRange::new(s, l));
+        assert_eq!(encode(&ranges[..]).unwrap(), msgs);
     }
 }

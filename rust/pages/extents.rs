@@ -17,7 +17,7 @@ use super::decoder::decoder;
 use super::sink::Coalescer;
 use super::stream::Stream;
 use super::window;
-use super::{Message, PageSink, Pages, PagesError};
+use super::{Message, PageRange, PageSink, Pages, PagesError};
 
 /// Width of the length field of a record (`VIRTIO_BALLOON_NR_PFN_BITS`, despite its name).
 pub const EXTENT_LEN_BITS: u32 = 12;
@@ -66,7 +66,7 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
     match pages {
         Pages::Set(_) => window::check_below(pages, EXTENT_PFN_LIMIT)?,
         Pages::Runs(list) => {
-            for &(pfn, len) in list {
+            for &PageRange { start: pfn, len } in list {
                 pfn.checked_add(len)
                     .ok_or(PagesError::RunOverflow { pfn, len })?;
                 if len > 0 && pfn >= EXTENT_PFN_LIMIT {
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn test_messages_split_at_32k_between_records() {
-        let runs: Vec<(u64, u64)> = (0..5000).map(|i| (i * 2, 1)).collect();
+        let runs: Vec<PageRange> = (0..5000).map(|i| PageRange::new(i * 2, 1)).collect();
         let msgs = encode(&runs[..]).unwrap();
         let lens: Vec<_> = msgs.iter().map(|m| m.segments[0].len()).collect();
         assert_eq!(lens, vec![32768, (5000 - 4096) * 8]);
