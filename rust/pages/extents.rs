@@ -14,6 +14,7 @@
 //! short length.
 
 use super::decoder::decoder;
+use super::outbuf::OutBuf;
 use super::sink::Coalescer;
 use super::stream::Stream;
 use super::window;
@@ -78,22 +79,11 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
             }
         }
     }
-    let mut buf = Vec::with_capacity(EXTENTS_MAX_MESSAGE_LEN);
-    let run = |pfn: u64, len: u64| {
-        if len == 0 {
-            return;
+    OutBuf::new(EXTENTS_MAX_MESSAGE_LEN, emit).encode_runs(pages, |out, pfn, len| {
+        if len > 0 {
+            push_record(out.room(record_len(len)), pfn, len);
         }
-        if buf.len() + record_len(len) > EXTENTS_MAX_MESSAGE_LEN {
-            emit(&[&buf]);
-            buf.clear();
-        }
-        push_record(&mut buf, pfn, len);
-    };
-    pages.for_each_run(run);
-    if !buf.is_empty() {
-        emit(&[&buf]);
-    }
-    Ok(())
+    })
 }
 
 decoder! {

@@ -31,6 +31,7 @@ mod encoding;
 mod error;
 pub mod extents;
 pub mod hint;
+mod outbuf;
 pub mod pfn;
 mod runs;
 mod set;

@@ -10,6 +10,7 @@
 //! Legacy devices take guest-endian PFNs; like the rest of vballoon this is little-endian only.
 
 use super::decoder::decoder;
+use super::outbuf::OutBuf;
 use super::sink::Coalescer;
 use super::stream::Stream;
 use super::window;
@@ -35,23 +36,13 @@ pub fn encode<'a>(pages: impl Into<Pages<'a>>) -> Result<Vec<Message>, PagesErro
 /// emitted unless every page is below 2^32.
 pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(), PagesError> {
     window::check_below(pages, PFN_LIMIT)?;
-    let mut buf = Vec::with_capacity(PFN_ARRAY_MAX_LEN);
-    let run = |start: u64, len: u64| {
+    OutBuf::new(PFN_ARRAY_MAX_LEN, emit).encode_runs(pages, |out, start, len| {
         for pfn in start..start + len {
             // check_below: pfn < 2^32.
             #[allow(clippy::cast_possible_truncation)]
-            buf.extend_from_slice(&(pfn as u32).to_le_bytes());
-            if buf.len() == PFN_ARRAY_MAX_LEN {
-                emit(&[&buf]);
-                buf.clear();
-            }
+            out.room(4).extend_from_slice(&(pfn as u32).to_le_bytes());
         }
-    };
-    pages.for_each_run(run);
-    if !buf.is_empty() {
-        emit(&[&buf]);
-    }
-    Ok(())
+    })
 }
 
 decoder! {
