@@ -19,7 +19,7 @@ use super::defs::{
 };
 use super::desc::Descriptor;
 use super::error::{Result, VirtqError};
-use super::event_idx::need_event;
+use super::event_idx::PeerRequest;
 use super::layout::QueueLayout;
 use super::notify::Notifier;
 use super::write_log::{WriteLog, WriteLogSlot};
@@ -360,17 +360,12 @@ impl DeviceQueue {
         if new == old {
             return Ok(false);
         }
-        if self.event_idx {
-            let used_event = self
-                .mem
-                .load_u16(self.layout.used_event(), Ordering::Relaxed)?;
-            Ok(need_event(used_event, new.0, old.0))
-        } else {
-            let flags = self
-                .mem
-                .load_u16(self.layout.avail_flags(), Ordering::Relaxed)?;
-            Ok(flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0)
-        }
+        let driver = PeerRequest {
+            event_idx: self.event_idx.then(|| self.layout.used_event()),
+            flags: self.layout.avail_flags(),
+            decline: VIRTQ_AVAIL_F_NO_INTERRUPT,
+        };
+        Ok(driver.wants(&self.mem, new.0, old.0)?)
     }
 
     /// Signals the interrupt notifier if [`DeviceQueue::needs_interrupt`]; returns whether it did.

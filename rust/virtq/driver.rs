@@ -21,7 +21,7 @@ use super::defs::{
 };
 use super::desc::Descriptor;
 use super::error::{Result, VirtqError};
-use super::event_idx::need_event;
+use super::event_idx::PeerRequest;
 use super::layout::{avail_ring_bytes, desc_table_bytes, used_ring_bytes, QueueLayout};
 use super::notify::Notifier;
 
@@ -307,25 +307,20 @@ impl DriverQueue {
         if added == 0 {
             return Ok(false);
         }
-        if self.event_idx {
-            if added > u32::from(u16::MAX) {
-                // The window wrapped: the event index was certainly passed.
-                return Ok(true);
-            }
-            let new = self.avail_idx;
-            // At most u16::MAX: checked just above.
-            #[allow(clippy::cast_possible_truncation)]
-            let old = new - Wrapping(added as u16);
-            let avail_event = self
-                .mem
-                .load_u16(self.layout.avail_event(), Ordering::Relaxed)?;
-            Ok(need_event(avail_event, new.0, old.0))
-        } else {
-            let flags = self
-                .mem
-                .load_u16(self.layout.used_flags(), Ordering::Relaxed)?;
-            Ok(flags & VIRTQ_USED_F_NO_NOTIFY == 0)
+        if self.event_idx && added > u32::from(u16::MAX) {
+            // The window wrapped: the event index was certainly passed.
+            return Ok(true);
         }
+        let new = self.avail_idx;
+        // At most u16::MAX with EVENT_IDX (checked just above); unused without.
+        #[allow(clippy::cast_possible_truncation)]
+        let old = new - Wrapping(added as u16);
+        let device = PeerRequest {
+            event_idx: self.event_idx.then(|| self.layout.avail_event()),
+            flags: self.layout.used_flags(),
+            decline: VIRTQ_USED_F_NO_NOTIFY,
+        };
+        Ok(device.wants(&self.mem, new.0, old.0)?)
     }
 
     /// Kicks the device if [`DriverQueue::should_kick`]; returns whether it did.
