@@ -213,15 +213,14 @@ impl DriverQueue {
         }
         let size = self.layout.size();
         // Indirect or not, no chain may be longer than the queue size (§2.7.5.3.1).
-        let too_many = VirtqError::TooManySegments {
+        let too_many = || VirtqError::TooManySegments {
             segments: n,
             limit: usize::from(size),
         };
-        if n > usize::from(size) {
-            return Err(too_many);
-        }
-        // At most the queue size (32768).
-        let n16 = u16::try_from(n).map_err(|_| too_many)?;
+        let n16 = u16::try_from(n)
+            .ok()
+            .filter(|&n16| n16 <= size)
+            .ok_or_else(too_many)?;
         let indirect = self
             .indirect
             .filter(|a| n > 1 && n <= usize::from(a.entries_per_chain));
