@@ -1,4 +1,7 @@
 //! Bounds-checked copies and atomics on guest RAM: nothing here hands out a reference into it.
+//!
+//! All `#[inline]`: the virtqueue code copies fixed 16-byte descriptors, which only become a
+//! couple of moves (not a `memmove` call) where the copy is inlined into the caller.
 
 use std::ptr;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -11,6 +14,7 @@ use super::guest::GuestMemory;
 macro_rules! le_accessors {
     ($($t:ty, $read:ident, $write:ident;)*) => {$(
         #[doc = concat!("Reads a little-endian ", stringify!($t), " at `addr` (any alignment).")]
+        #[inline]
         pub fn $read(&self, addr: GuestAddress) -> Result<$t, MemoryError> {
             let mut b = [0u8; size_of::<$t>()];
             self.read(addr, &mut b)?;
@@ -18,6 +22,7 @@ macro_rules! le_accessors {
         }
 
         #[doc = concat!("Writes a little-endian ", stringify!($t), " at `addr` (any alignment).")]
+        #[inline]
         pub fn $write(&self, addr: GuestAddress, v: $t) -> Result<(), MemoryError> {
             self.write(addr, &v.to_le_bytes())
         }
@@ -29,6 +34,7 @@ macro_rules! atomic_accessors {
     ($($t:ty, $atomic:ty, $load:ident, $store:ident;)*) => {$(
         #[doc = concat!("Atomically loads the naturally aligned little-endian ", stringify!($t),
             " at `addr` with `order`.")]
+        #[inline]
         pub fn $load(&self, addr: GuestAddress, order: Ordering) -> Result<$t, MemoryError> {
             let p = self.aligned_ptr(addr, size_of::<$t>() as u64)?;
             // SAFETY: `p` is in bounds and naturally aligned (checked by `aligned_ptr`); the
@@ -38,6 +44,7 @@ macro_rules! atomic_accessors {
 
         #[doc = concat!("Atomically stores a naturally aligned little-endian ", stringify!($t),
             " at `addr` with `order`.")]
+        #[inline]
         pub fn $store(&self, addr: GuestAddress, v: $t, order: Ordering) -> Result<(), MemoryError> {
             let p = self.aligned_ptr(addr, size_of::<$t>() as u64)?;
             // SAFETY: as in the load.
@@ -48,6 +55,7 @@ macro_rules! atomic_accessors {
 }
 
 impl GuestMemory {
+    #[inline]
     fn aligned_ptr(&self, addr: GuestAddress, width: u64) -> Result<*mut u8, MemoryError> {
         if !addr.is_aligned(width) {
             return Err(MemoryError::Misaligned {
@@ -59,6 +67,7 @@ impl GuestMemory {
     }
 
     /// Copies guest RAM at `addr` into `buf`.
+    #[inline]
     pub fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
         let src = self.host_ptr(addr, buf.len() as u64)?;
         // SAFETY: `src` is valid for `buf.len()` bytes (checked above) and cannot overlap a Rust
@@ -68,6 +77,7 @@ impl GuestMemory {
     }
 
     /// Copies `buf` into guest RAM at `addr`.
+    #[inline]
     pub fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
         let dst = self.host_ptr(addr, buf.len() as u64)?;
         // SAFETY: as in `read`, with the roles swapped.
@@ -85,6 +95,7 @@ impl GuestMemory {
     }
 
     /// Reads a little-endian u8 at `addr`.
+    #[inline]
     pub fn read_u8(&self, addr: GuestAddress) -> Result<u8, MemoryError> {
         let p = self.host_ptr(addr, 1)?;
         // SAFETY: `p` is in bounds; AtomicU8 has no alignment requirement.
@@ -92,6 +103,7 @@ impl GuestMemory {
     }
 
     /// Writes a little-endian u8 at `addr`.
+    #[inline]
     pub fn write_u8(&self, addr: GuestAddress, v: u8) -> Result<(), MemoryError> {
         self.write(addr, &[v])
     }

@@ -237,19 +237,19 @@ impl DriverQueue {
             let table = GuestAddress(
                 area.base.raw() + IndirectArea::bytes(1, area.entries_per_chain) * u64::from(head),
             );
-            for i in 0..n16 {
-                let s = seg(usize::from(i));
-                let last = i + 1 == n16;
+            for i in 0..n {
+                let s = seg(i);
+                let last = i + 1 == n;
+                // i < n <= the queue size (32768), so the next index fits.
+                #[allow(clippy::cast_possible_truncation)]
+                let next = if last { 0 } else { i as u16 + 1 };
                 let d = Descriptor::new(
                     s.addr.raw(),
                     s.len,
                     flags(&s) | if last { 0 } else { VIRTQ_DESC_F_NEXT },
-                    if last { 0 } else { i + 1 },
+                    next,
                 );
-                d.write_to(
-                    &self.mem,
-                    GuestAddress(table.raw() + DESC_SIZE * u64::from(i)),
-                )?;
+                d.write_to(&self.mem, GuestAddress(table.raw() + DESC_SIZE * i as u64))?;
             }
             // At most 32768 descriptors of 16 bytes: 512 KiB.
             #[allow(clippy::cast_possible_truncation)]
