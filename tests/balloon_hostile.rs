@@ -9,7 +9,7 @@ use std::sync::Arc;
 use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig, QueueRole};
 use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
 use vballoon::pages::bitmap::BmapHeader;
-use vballoon::pages::{encode, Encoding, PagesError};
+use vballoon::pages::{encode, Encoding, PageRange, PagesError};
 use vballoon::rig::hostile::GuardedMemory;
 use vballoon::rig::DriverStart;
 use vballoon::transport::VIRTIO_CONFIG_S_NEEDS_RESET;
@@ -19,7 +19,7 @@ const PAGES: u64 = 1024;
 /// Pages filled with a pattern that no refused message may discard.
 const SENTINEL: (u64, u64) = (512, 256);
 /// Pages the good messages inflate.
-const GOOD: &[(u64, u64)] = &[(800, 8), (810, 1)];
+const GOOD: &[PageRange] = &[PageRange::new(800, 8), PageRange::new(810, 1)];
 const BUFS: u64 = 0x40000;
 
 struct Rig {

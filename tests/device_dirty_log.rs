@@ -10,7 +10,7 @@ use vballoon::abi::{AbiMode, BalloonFeatures};
 use vballoon::device::{BalloonDevice, DeviceConfig, HintOffer, QueueRole, WriteLog};
 use vballoon::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use vballoon::pages::hint::encode_cmd_id;
-use vballoon::pages::{encode, Encoding, PageSet};
+use vballoon::pages::{encode, Encoding, PageRange, PageSet};
 use vballoon::rig::DriverStart;
 use vballoon::virtq::defs::{feature, VIRTIO_F_EVENT_IDX};
 use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
@@ -135,7 +135,8 @@ impl Rig {
 fn test_every_queue_and_refusal_logs_what_it_writes() {
     let mut r = rig();
     let bitmap = |runs: &[(u64, u64)]| -> Vec<(Vec<u8>, bool)> {
-        let m = encode(Encoding::Bitmap, runs).unwrap().remove(0);
+        let runs: Vec<PageRange> = runs.iter().map(|&r| r.into()).collect();
+        let m = encode(Encoding::Bitmap, &runs).unwrap().remove(0);
         m.segments.into_iter().map(|s| (s, false)).collect()
     };
     let serve = |role| move |d: &mut BalloonDevice| drop(d.process_queue(r_index(d, role)));

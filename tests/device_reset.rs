@@ -9,7 +9,7 @@ use std::sync::Arc;
 use vballoon::abi::{bit, VBALLOON_F_PAGE_AUTO, VIRTIO_BALLOON_F_STATS_VQ};
 use vballoon::device::{BalloonDevice, BalloonError, DeviceConfig, QueueRole};
 use vballoon::memory::{GuestAddress, GuestMemory, PAGE_SIZE};
-use vballoon::pages::{encode, Encoding, PageSet};
+use vballoon::pages::{encode, Encoding, PageRange, PageSet};
 use vballoon::rig::DriverStart;
 use vballoon::transport::{Transport, VIRTIO_CONFIG_S_NEEDS_RESET};
 use vballoon::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
@@ -57,7 +57,8 @@ fn negotiate(
 impl Driver {
     /// Posts `runs` in `enc` on `queue` (one chain per message) and kicks.
     fn send(&mut self, mem: &GuestMemory, queue: u16, enc: Encoding, runs: &[(u64, u64)]) {
-        for m in encode(enc, runs).unwrap() {
+        let runs: Vec<PageRange> = runs.iter().map(|&r| r.into()).collect();
+        for m in encode(enc, &runs).unwrap() {
             let mut segs = Vec::new();
             for s in &m.segments {
                 mem.write(GuestAddress(self.next_buf), s).unwrap();

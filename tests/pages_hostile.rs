@@ -8,7 +8,7 @@ mod pages_hostile_support;
 use pages_hostile_support::*;
 use vballoon::pages::bitmap::{self, BmapHeader, ReqHeader, MAX_BMAP_LEN, WINDOW_PFNS};
 use vballoon::pages::pfn::{self, PFN_LIMIT};
-use vballoon::pages::{encode, Encoding, PageSet, PagesError};
+use vballoon::pages::{encode, Encoding, PageRange, PageSet, PagesError};
 
 // ---- pfn arrays -----------------------------------------------------------------------------
 
@@ -60,7 +60,7 @@ fn test_pfn_past_sink_limit_even_if_inside_max_pfn() {
 
 #[test]
 fn test_pfn_encoder_refuses_pfn_of_2_pow_32() {
-    let runs = [(5, 1), (PFN_LIMIT - 1, 2)];
+    let runs = [PageRange::new(5, 1), PageRange::new(PFN_LIMIT - 1, 2)];
     assert_eq!(
         encode(Encoding::Pfn, &runs[..]),
         Err(PagesError::PfnTooLarge {
@@ -74,7 +74,7 @@ fn test_pfn_encoder_refuses_pfn_of_2_pow_32() {
 fn test_encoder_refuses_overflowing_run() {
     for enc in Encoding::ALL {
         assert_eq!(
-            encode(enc, &[(u64::MAX - 1, 5)][..]),
+            encode(enc, &[PageRange::new(u64::MAX - 1, 5)][..]),
             Err(PagesError::RunOverflow {
                 pfn: u64::MAX - 1,
                 len: 5
@@ -268,7 +268,7 @@ fn test_req_header_wrong_length() {
 #[test]
 fn test_bitmap_encoder_refuses_pfn_of_2_pow_52() {
     assert_eq!(
-        encode(Encoding::Bitmap, &[(1 << 52, 1)][..]),
+        encode(Encoding::Bitmap, &[PageRange::new(1 << 52, 1)][..]),
         Err(PagesError::PfnTooLarge {
             pfn: 1 << 52,
             limit: 1 << 52

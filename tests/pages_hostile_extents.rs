@@ -7,7 +7,7 @@ use pages_hostile_support::*;
 use vballoon::pages::auto::{self, AUTO_KIND_BITMAP, AUTO_KIND_EXTENTS};
 use vballoon::pages::bitmap::BmapHeader;
 use vballoon::pages::extents::{self, EXTENTS_MAX_MESSAGE_LEN, EXTENT_PFN_LIMIT};
-use vballoon::pages::{Encoding, PagesError};
+use vballoon::pages::{Encoding, PageRange, PagesError};
 
 // ---- extents --------------------------------------------------------------------------------
 
@@ -75,7 +75,7 @@ fn test_extents_run_past_end_of_ram() {
 #[test]
 fn test_extents_encoder_refuses_pfn_of_2_pow_52() {
     assert_eq!(
-        extents::encode(&[(EXTENT_PFN_LIMIT, 1)][..]),
+        extents::encode(&[PageRange::new(EXTENT_PFN_LIMIT, 1)][..]),
         Err(PagesError::PfnTooLarge {
             pfn: EXTENT_PFN_LIMIT,
             limit: EXTENT_PFN_LIMIT

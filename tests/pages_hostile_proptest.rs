@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use vballoon::pages::auto::{self, AUTO_KIND_BITMAP, AUTO_KIND_EXTENTS};
 use vballoon::pages::bitmap::ReqHeader;
 use vballoon::pages::hint::{self, HintBlock};
-use vballoon::pages::{decode, encode, Encoding};
+use vballoon::pages::{decode, encode, Encoding, PageRange};
 
 // ---- no input panics ------------------------------------------------------------------------
 
@@ -65,8 +65,9 @@ proptest! {
         flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4),
         max_pfn in 0u64..9000,
     ) {
+        let ranges: Vec<PageRange> = runs.iter().map(|&r| r.into()).collect();
         for enc in Encoding::ALL {
-            for m in encode(enc, &runs).unwrap() {
+            for m in encode(enc, &ranges).unwrap() {
                 let mut bytes = m.concat();
                 for &(at, x) in &flips {
                     let i = at % bytes.len();

@@ -12,7 +12,8 @@ use vballoon::pages::extents::EXTENTS_MAX_MESSAGE_LEN;
 use vballoon::pages::hint::{self, HINT_BLOCK_BYTES, HINT_BLOCK_ORDER};
 use vballoon::pages::pfn::PFN_ARRAY_MAX_LEN;
 use vballoon::pages::{
-    decode, decode_into, encode, AtomicPageBitmap, Coalescer, Encoding, Message, PageSet, Pages,
+    decode, decode_into, encode, AtomicPageBitmap, Coalescer, Encoding, Message, PageRange,
+    PageSet, Pages,
 };
 
 /// 128 GiB of 4 KiB pages.
@@ -125,6 +126,7 @@ proptest! {
     #[test]
     fn prop_every_encoding_round_trips_runs((n, runs) in page_set()) {
         let set = PageSet::from_runs(n, runs.iter().copied()).unwrap();
+        let runs: Vec<PageRange> = runs.iter().map(|&r| r.into()).collect();
         for enc in Encoding::ALL {
             let msgs = encode(enc, &runs).unwrap();
             prop_assert_eq!(&decode_all(enc, &msgs, n), &set, "{}", enc);
@@ -305,7 +307,9 @@ fn test_empty_set_sends_nothing_but_a_done_reply() {
     for enc in Encoding::ALL {
         assert!(encode(enc, &set).unwrap().is_empty(), "{enc}");
         assert!(
-            encode(enc, Pages::Runs(&[(5, 0)])).unwrap().is_empty(),
+            encode(enc, Pages::Runs(&[PageRange::new(5, 0)]))
+                .unwrap()
+                .is_empty(),
             "{enc}"
         );
     }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use super::config::DeviceConfig;
 use super::counters::{DeviceCounters, SharedCounters};
 use super::error::BalloonError;
-use super::vectored::SelfMadvise;
 use crate::abi::StatsSample;
 use crate::abi::{
     bit, BalloonFeatures, CONFIG_ACTUAL, CONFIG_NUM_PAGES, CONFIG_POISON_VAL,
@@ -29,7 +28,7 @@ pub use super::role::QueueRole;
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 #[path = "discard.rs"]
 mod discard;
-pub use discard::merge_runs;
+pub use runs::merge_runs;
 #[path = "free_page.rs"]
 mod free_page;
 #[path = "handler.rs"]
@@ -89,9 +88,6 @@ pub struct BalloonDevice {
     hints: hints::HintQueues,
     errors: VecDeque<BalloonError>,
     errors_total: u64,
-    /// For [`DiscardPolicy::Vectored`]: our pidfd, and whether the kernel took it so far.
-    self_madvise: Option<SelfMadvise>,
-    vectored_ok: bool,
     /// RAM on 2 MiB host pages: which host pages are full (see `host_pages`).
     huge: Option<huge::HugeState>,
     /// The transport's reset count the device last acted on (`reset.rs`).
@@ -101,7 +97,6 @@ pub struct BalloonDevice {
     // Reused per batch so the hot path does not allocate.
     chain: DescriptorChain,
     used: Vec<(u16, u32)>,
-    tuple_runs: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for BalloonDevice {
@@ -167,14 +162,11 @@ impl BalloonDevice {
             hints: hints::HintQueues::default(),
             errors: VecDeque::new(),
             errors_total: 0,
-            self_madvise: None,
-            vectored_ok: true,
             huge,
             seen_resets,
             rearm: false,
             chain: DescriptorChain::new(),
             used: Vec::new(),
-            tuple_runs: Vec::new(),
         })
     }
 

@@ -37,13 +37,10 @@ pub enum DiscardPolicy {
     Parallel,
 }
 
-/// Average run length, in pages, below which a [`DiscardPolicy::Parallel`] batch goes vectored.
-pub const PARALLEL_DISCARD_MIN_RUN_PAGES: u64 = 512;
-
-/// Most threads a [`DiscardPolicy::Parallel`] batch uses (bounded by the host's cores).
-pub const PARALLEL_DISCARD_THREADS: usize = 4;
-/// Smallest batch, in pages, worth splitting across threads (64 MiB).
-pub const PARALLEL_DISCARD_MIN_PAGES: u64 = 16384;
+// The memory layer's parallel-discard thresholds, which this policy follows.
+pub use crate::memory::{
+    PARALLEL_DISCARD_MIN_PAGES, PARALLEL_DISCARD_MIN_RUN_PAGES, PARALLEL_DISCARD_THREADS,
+};
 
 impl DiscardPolicy {
     /// Every policy.

@@ -181,9 +181,7 @@ pub(crate) fn decode_segment(
         addr: s.addr.raw(),
         len: u64::from(s.len),
     };
-    let (start, len) =
-        decode_block(block, max_pfn).map_err(|source| HintError::BadBlock { queue, source })?;
-    Ok(crate::memory::PageRange::new(start, len))
+    decode_block(block, max_pfn).map_err(|source| HintError::BadBlock { queue, source })
 }
 
 impl BalloonDevice {

@@ -19,7 +19,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::memory::PAGE_SIZE;
+use crate::memory::{PageRange, PAGE_SIZE};
 use crate::pages::PageSet;
 
 /// What the device does with a THP huge page only part of which is in the balloon.
@@ -140,13 +140,8 @@ impl HostPageTracker {
     /// Accounts for `runs` (sorted, disjoint, inside guest RAM) about to enter `balloon`, and
     /// appends to `discard` the runs that give memory back (see [`HugePartial`]). Must be
     /// called before the runs are inserted: the bitmap says which pages are new.
-    pub fn inflate(
-        &mut self,
-        balloon: &PageSet,
-        runs: &[(u64, u64)],
-        discard: &mut Vec<(u64, u64)>,
-    ) {
-        for &(start, len) in runs {
+    pub fn inflate(&mut self, balloon: &PageSet, runs: &[PageRange], discard: &mut Vec<PageRange>) {
+        for &PageRange { start, len } in runs {
             let mut counts = std::mem::take(&mut self.counts);
             let mut full = self.full;
             self.each(start, len, |hp, lo, hi| {
@@ -175,8 +170,8 @@ impl HostPageTracker {
     }
 
     /// Accounts for `runs` about to leave `balloon` (call before removing them).
-    pub fn deflate(&mut self, balloon: &PageSet, runs: &[(u64, u64)]) {
-        for &(start, len) in runs {
+    pub fn deflate(&mut self, balloon: &PageSet, runs: &[PageRange]) {
+        for &PageRange { start, len } in runs {
             let mut counts = std::mem::take(&mut self.counts);
             let mut full = self.full;
             self.each(start, len, |hp, lo, hi| {
@@ -208,16 +203,16 @@ impl HostPageTracker {
 }
 
 /// Appends `(start, len)` to sorted `runs`, joining it to the last run if they touch.
-fn push_run(runs: &mut Vec<(u64, u64)>, start: u64, len: u64) {
+fn push_run(runs: &mut Vec<PageRange>, start: u64, len: u64) {
     if let Some(last) = runs.last_mut() {
-        let end = last.0 + last.1;
+        let end = last.end();
         if start <= end {
             // Touching, or the same host page again within one batch.
-            last.1 = end.max(start + len) - last.0;
+            last.len = end.max(start + len) - last.start;
             return;
         }
     }
-    runs.push((start, len));
+    runs.push(PageRange::new(start, len));
 }
 
 #[cfg(test)]

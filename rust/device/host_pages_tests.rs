@@ -1,19 +1,20 @@
 use super::*;
+use crate::memory::page_ranges as ranges;
 
 const HP: u64 = 512;
 
 /// Applies `runs` to both the tracker and the balloon as the device does; returns the discards.
 fn inflate(t: &mut HostPageTracker, set: &mut PageSet, runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
-    t.inflate(set, runs, &mut out);
+    t.inflate(set, &ranges(runs), &mut out);
     for &(s, l) in runs {
         set.insert_range(s, l);
     }
-    out
+    out.iter().map(|r| (r.start, r.len)).collect()
 }
 
 fn deflate(t: &mut HostPageTracker, set: &mut PageSet, runs: &[(u64, u64)]) {
-    t.deflate(set, runs);
+    t.deflate(set, &ranges(runs));
     for &(s, l) in runs {
         set.remove_range(s, l);
     }
@@ -138,13 +139,14 @@ fn test_counts_match_the_balloon_after_random_inflates_and_deflates() {
         v % m
     };
     for _ in 0..2000 {
-        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut merged: Vec<PageRange> = Vec::new();
         for _ in 0..1 + next(4) {
             let len = 1 + next(if next(4) == 0 { 700 } else { 40 });
             let start = next(n - len);
-            runs.push((start, len));
+            merged.push(PageRange::new(start, len));
         }
-        crate::device::merge_runs(&mut runs);
+        crate::device::merge_runs(&mut merged);
+        let runs: Vec<(u64, u64)> = merged.iter().map(|r| (r.start, r.len)).collect();
         if next(3) == 0 {
             deflate(&mut t, &mut set, &runs);
         } else {

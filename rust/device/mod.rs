@@ -39,9 +39,6 @@ mod counters;
 mod error;
 mod host_pages;
 mod role;
-// The memory helper's file (issue #8 item 3 moves it into memory/, where its casts are checked).
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-mod vectored;
 
 pub use crate::abi::StatsSample;
 pub use balloon::{merge_runs, BalloonDevice, QueueRole, QueueRun, BATCH_RUNS, ERROR_LOG_LEN};

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::handler::{read_chain, refuse_writable, Cx, Effects, Finish, QueueHandler, Step};
-use super::runs::merge_ranges;
+use super::runs::merge_runs;
 use crate::abi::max_message_len;
 use crate::device::counters::{add, nanos};
 use crate::device::error::BalloonError;
@@ -55,7 +55,7 @@ struct ChunkSink<'a, F> {
 impl<F: Effects> ChunkSink<'_, F> {
     /// Merges the buffer and applies it if it is still more than half full.
     fn make_room(&mut self) {
-        merge_ranges(self.runs);
+        merge_runs(self.runs);
         if self.runs.len() > BATCH_RUNS / 2 {
             self.apply();
         }
@@ -64,7 +64,7 @@ impl<F: Effects> ChunkSink<'_, F> {
     /// Applies and empties the run buffer.
     fn apply(&mut self) {
         let t0 = Instant::now();
-        merge_ranges(self.runs);
+        merge_runs(self.runs);
         self.pages += self.fx.pages(self.role, self.runs);
         self.runs.clear();
         *self.applying += t0.elapsed();

@@ -11,7 +11,7 @@
 use super::free_page::decode_segment;
 use super::handler::{refuse_hint, Cx, Effects, QueueHandler, Step};
 use super::hints::{add, HintError};
-use super::runs::{merge_ranges, total_pages};
+use super::runs::{merge_runs, total_pages};
 use crate::device::role::QueueRole;
 use crate::memory::PageRange;
 use crate::virtq::DescriptorChain;
@@ -34,7 +34,7 @@ impl QueueHandler for ReportingHandler {
             return refuse_hint(cx, fx, e.into());
         }
         let blocks = self.runs.len() as u64;
-        merge_ranges(&mut self.runs);
+        merge_runs(&mut self.runs);
         let pages = total_pages(&self.runs);
         if !cx.poisoned {
             add(&h.report_discards, self.runs.len() as u64);

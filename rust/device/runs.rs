@@ -3,7 +3,7 @@
 use crate::memory::PageRange;
 
 /// Sorts runs and merges those that overlap or touch, in place.
-pub fn merge_ranges(runs: &mut Vec<PageRange>) {
+pub fn merge_runs(runs: &mut Vec<PageRange>) {
     if runs.len() < 2 {
         return;
     }
@@ -38,13 +38,13 @@ mod tests {
     }
 
     #[test]
-    fn test_merge_ranges_joins_overlapping_and_touching() {
+    fn test_merge_runs_joins_overlapping_and_touching() {
         let mut r = ranges(&[(10, 2), (0, 4), (4, 1), (11, 5), (30, 1)]);
-        merge_ranges(&mut r);
+        merge_runs(&mut r);
         assert_eq!(r, ranges(&[(0, 5), (10, 6), (30, 1)]));
         assert_eq!(total_pages(&r), 12);
         let mut one = ranges(&[(3, 1)]);
-        merge_ranges(&mut one);
+        merge_runs(&mut one);
         assert_eq!(one, ranges(&[(3, 1)]));
     }
 }

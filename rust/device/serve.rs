@@ -12,7 +12,7 @@ use crate::abi::CONFIG_POISON_VAL;
 use crate::device::counters::add;
 use crate::device::error::BalloonError;
 use crate::device::role::QueueRole;
-use crate::memory::{GuestAddress, PageRange, PAGE_SIZE};
+use crate::memory::{DiscardMode, GuestAddress, PageRange, PAGE_SIZE};
 use crate::virtq::{DeviceQueue, VirtqError};
 
 /// What one run of a queue handler did.
@@ -38,22 +38,17 @@ pub(super) struct Slot {
 
 impl Effects for BalloonDevice {
     fn pages(&mut self, role: QueueRole, runs: &[PageRange]) -> u64 {
-        // The one place runs become discard.rs's (start, len) tuples, until it takes ranges.
-        let mut t = std::mem::take(&mut self.tuple_runs);
-        t.clear();
-        t.extend(runs.iter().map(|r| (r.start, r.len)));
-        let moved = match role {
-            QueueRole::Inflate => self.inflate(&t),
-            _ => self.deflate(&t),
-        };
-        self.tuple_runs = t;
-        moved
+        match role {
+            QueueRole::Inflate => self.inflate(runs),
+            _ => self.deflate(runs),
+        }
     }
 
     fn discard_reported(&mut self, runs: &[PageRange]) {
+        // Inside guest RAM: checked by the handler, and again by the memory layer's discard,
+        // the same backend inflate uses.
+        self.discard(runs, DiscardMode::PerRun);
         for r in runs {
-            // Inside guest RAM: checked by the handler, and again by GuestMemory.
-            self.discard(r.start, r.len);
             // The pages now read as zeros: logged like a device write.
             self.hints.wrote(r.first().addr(), r.len * PAGE_SIZE);
         }

@@ -57,7 +57,7 @@ use crate::abi::{
     VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
     VIRTIO_ID_BALLOON,
 };
-use crate::memory::{GuestMemory, Pfn, PAGE_SIZE};
+use crate::memory::{GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use crate::pages::{encode_with, Encoding, Message, Pages};
 use crate::transport::{
     Transport, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -232,7 +232,7 @@ pub struct BalloonDriver {
     batch: Option<Batch>,
     stats_in_flight: Option<u16>,
     counters: DriverCounters,
-    runs: Vec<(u64, u64)>,
+    runs: Vec<PageRange>,
     segs: Vec<Segment>,
     hints: hints::HintDriver,
 }
@@ -391,14 +391,14 @@ impl BalloonDriver {
     }
 
     /// Turns blocks into runs in the order given, joining neighbours.
-    fn runs_of(blocks: &[u64], runs: &mut Vec<(u64, u64)>) {
+    fn runs_of(blocks: &[u64], runs: &mut Vec<PageRange>) {
         runs.clear();
         for &b in blocks {
             let (pfn, order) = unpack(b);
             let len = 1u64 << order;
             match runs.last_mut() {
-                Some((s, l)) if *s + *l == pfn.0 => *l += len,
-                _ => runs.push((pfn.0, len)),
+                Some(r) if r.end() == pfn.0 => r.len += len,
+                _ => runs.push(PageRange::new(pfn.0, len)),
             }
         }
     }
@@ -498,8 +498,8 @@ impl BalloonDriver {
             Dir::Inflate => {
                 let mut runs = std::mem::take(&mut self.runs);
                 Self::runs_of(&b.blocks, &mut runs);
-                for &(s, l) in &runs {
-                    guest.note_discarded(Pfn(s), l);
+                for r in &runs {
+                    guest.note_discarded(r.first(), r.len);
                 }
                 self.runs = runs;
                 self.ballooned.extend_from_slice(&b.blocks);

@@ -115,10 +115,23 @@ impl PageRange {
     }
 }
 
+impl From<(u64, u64)> for PageRange {
+    /// A `(start, len)` pair (never `(start, end)`).
+    fn from((start, len): (u64, u64)) -> PageRange {
+        PageRange { start, len }
+    }
+}
+
 impl fmt::Display for PageRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "pages [{:#x}, {:#x})", self.start, self.end())
     }
+}
+
+/// Test shorthand: `(start, len)` pairs as page ranges.
+#[cfg(test)]
+pub(crate) fn page_ranges(v: &[(u64, u64)]) -> Vec<PageRange> {
+    v.iter().map(|&(s, l)| PageRange::new(s, l)).collect()
 }
 
 #[cfg(test)]

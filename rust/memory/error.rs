@@ -15,6 +15,25 @@ pub enum MemoryError {
         /// Size of guest RAM.
         size: u64,
     },
+    /// The access lies inside guest RAM's span but not inside one region (it is in a hole or
+    /// crosses from one region into the next).
+    #[error("guest access [{addr:#x}, +{len:#x}) does not lie inside one region of guest RAM")]
+    NotInOneRegion {
+        /// First guest-physical byte asked for.
+        addr: u64,
+        /// Length asked for.
+        len: u64,
+    },
+    /// A region of a multi-region guest is malformed.
+    #[error("guest RAM region at {guest_base:#x} of {size:#x} bytes: {reason}")]
+    BadRegion {
+        /// Its guest-physical base.
+        guest_base: u64,
+        /// Its size.
+        size: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// An atomic access was not naturally aligned.
     #[error("guest address {addr:#x} is not {align}-byte aligned")]
     Misaligned {

@@ -17,8 +17,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::address::{GuestAddress, PAGE_SIZE};
+use super::backing::Backing;
 use super::error::MemoryError;
-use super::region::{Backing, GuestMemory};
+use super::guest::GuestMemory;
 
 /// Size of a huge page: 2 MiB (x86-64 PMD), the only size these backings use.
 pub const HUGE_PAGE_SIZE: u64 = 2 << 20;

@@ -7,6 +7,8 @@
 use std::io;
 use std::sync::Mutex;
 
+use crate::util::lock;
+
 use super::error::MemoryError;
 use super::huge::HugetlbPool;
 
@@ -35,7 +37,7 @@ impl HugetlbReservation {
     /// [`MemoryError::HugePagesUnavailable`] when the kernel refuses (not root, or memory too
     /// fragmented to find that many 2 MiB pages), having put the pool back as it was.
     pub fn new(pages: u64) -> Result<HugetlbReservation, MemoryError> {
-        let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = lock(&STATE);
         let (orig, held) = match *st {
             Some(s) => s,
             None => (HugetlbPool::read()?.total, 0),
@@ -70,7 +72,7 @@ impl HugetlbReservation {
 
 impl Drop for HugetlbReservation {
     fn drop(&mut self) {
-        let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = lock(&STATE);
         let Some((orig, held)) = *st else { return };
         let held = held.saturating_sub(self.pages);
         *st = if held == 0 { None } else { Some((orig, held)) };

@@ -19,7 +19,10 @@ use std::os::unix::fs::FileExt;
 use super::address::{GuestAddress, PAGE_SIZE};
 use super::error::MemoryError;
 use super::pagemap_scan as scan;
-use super::region::{Backing, GuestMemory};
+use std::os::fd::AsRawFd;
+
+use super::backing::Backing;
+use super::guest::GuestMemory;
 
 /// `/proc/self/pagemap` bit 63: the page is present in RAM.
 const PM_PRESENT: u64 = 1 << 63;
@@ -72,20 +75,17 @@ impl GuestMemory {
     /// populated. A never-touched anonymous page that was read maps the shared zero page and
     /// counts as populated too (it then reads as zero).
     pub fn populated(&self, addr: GuestAddress, len: u64) -> Result<Vec<u8>, MemoryError> {
-        if !addr.is_aligned(PAGE_SIZE) || len % PAGE_SIZE != 0 {
-            return Err(MemoryError::NotPageAligned { addr: addr.0, len });
-        }
-        let host = self.host_ptr(addr, len)? as usize;
-        if self.backing() == Backing::Hugetlb {
+        let (r, off) = self.locate_pages(addr, len)?;
+        if r.backing == Backing::Hugetlb {
             // Hugetlb pages are never swapped, so residency is populated-ness; hugetlbfs has no
             // real SEEK_DATA (the whole file reads as data).
-            return self.residency(addr, len);
+            return r.residency(off, len);
         }
-        match self.memfd() {
-            None => pagemap_populated(host, len),
+        match &r.fd {
+            None => pagemap_populated(r.at(off) as usize, len),
             Some(fd) => {
-                let mut v = self.residency(addr, len)?;
-                seek_data_populated(fd, addr.0, &mut v)?;
+                let mut v = r.residency(off, len)?;
+                seek_data_populated(fd.as_raw_fd(), r.fd_offset + off, &mut v)?;
                 Ok(v)
             }
         }
@@ -105,20 +105,19 @@ impl GuestMemory {
         len: u64,
         scratch: &mut Vec<u8>,
     ) -> Result<bool, MemoryError> {
-        if !addr.is_aligned(PAGE_SIZE) || len % PAGE_SIZE != 0 {
-            return Err(MemoryError::NotPageAligned { addr: addr.0, len });
-        }
-        let p = self.host_ptr(addr, len)?;
+        let (r, off) = self.locate_pages(addr, len)?;
+        let p = r.at(off);
         if len == 0 {
             return Ok(true);
         }
         let n = len as usize;
-        if let Some(fd) = self.memfd() {
+        if let Some(fd) = &r.fd {
+            let (fd, file_off) = (fd.as_raw_fd(), r.fd_offset + off);
             scratch.resize(n.min(1 << 20), 0);
             let mut at = 0;
             while at < n {
                 let m = scratch.len().min(n - at);
-                pread_exact(fd, &mut scratch[..m], addr.0 + at as u64)?;
+                pread_exact(fd, &mut scratch[..m], file_off + at as u64)?;
                 // SAFETY: `scratch[..m]` is our own initialised buffer.
                 if !unsafe { super::is_zero_raw(scratch.as_ptr(), m) } {
                     return Ok(false);
@@ -131,7 +130,7 @@ impl GuestMemory {
         // POPULATE_READ only maps pages for reading (the zero page where none is populated).
         // Failure (kernels before 5.14) just means the scan below faults page by page.
         unsafe { libc::madvise(p.cast(), n, libc::MADV_POPULATE_READ) };
-        // SAFETY: `p` is valid for `n` bytes (checked by `host_ptr`); the scan only reads.
+        // SAFETY: `p` is valid for `n` bytes (checked by `locate_pages`); the scan only reads.
         if !unsafe { super::is_zero_raw(p, n) } {
             return Ok(false);
         }

@@ -23,6 +23,7 @@
 //! messages, each with its own header.
 
 use super::bitmap::{self, BmapHeader, BITMAP_PFN_LIMIT, BMAP_HEADER_LEN};
+use super::decoder::decoder;
 use super::extents::{self, EXTENTS_MAX_MESSAGE_LEN};
 use super::sink::Coalescer;
 use super::stream::Stream;
@@ -84,54 +85,37 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
     Ok(())
 }
 
-/// Decodes one auto message, handing its pages to `sink` as runs.
-///
-/// Returns the bitmap header when the body was a bitmap. `max_pfn` and the all-or-nothing
-/// check are as for the body's own decoder.
-pub fn decode<S, K>(
-    segments: &[S],
-    max_pfn: u64,
-    sink: &mut K,
-) -> Result<Option<BmapHeader>, PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    decode_stream(Stream::new(segments), max_pfn, &mut Coalescer::new(sink))
-}
-
-/// Decodes an auto message from the rest of `st`.
-pub(crate) fn decode_stream<S, K>(
-    mut st: Stream<'_, S>,
-    max_pfn: u64,
-    sink: &mut Coalescer<'_, K>,
-) -> Result<Option<BmapHeader>, PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    let len = st.remaining();
-    let need = AUTO_HEADER_LEN;
-    let h = st
-        .read::<AUTO_HEADER_LEN>()
-        .ok_or(PagesError::AutoHeaderTruncated { len, need })?;
-    if let Some(offset) = (1..AUTO_HEADER_LEN).find(|&i| h[i] != 0) {
-        return Err(PagesError::AutoReserved {
-            offset,
-            value: h[offset],
-        });
-    }
-    match h[0] {
-        AUTO_KIND_BITMAP => bitmap::decode_stream(st, max_pfn, sink).map(Some),
-        AUTO_KIND_EXTENTS => extents::decode_stream(st, max_pfn, sink).map(|()| None),
-        kind => Err(PagesError::UnknownAutoKind { kind }),
+decoder! {
+    /// Decodes one auto message, handing its pages to `sink` as runs.
+    ///
+    /// Returns the bitmap header when the body was a bitmap. `max_pfn` and the all-or-nothing
+    /// check are as for the body's own decoder.
+    pub fn decode -> Option<BmapHeader>;
+    /// Decodes an auto message from the rest of `st`.
+    fn decode_stream(mut st, max_pfn, sink) {
+        let len = st.remaining();
+        let need = AUTO_HEADER_LEN;
+        let h = st
+            .read::<AUTO_HEADER_LEN>()
+            .ok_or(PagesError::AutoHeaderTruncated { len, need })?;
+        if let Some(offset) = (1..AUTO_HEADER_LEN).find(|&i| h[i] != 0) {
+            return Err(PagesError::AutoReserved {
+                offset,
+                value: h[offset],
+            });
+        }
+        match h[0] {
+            AUTO_KIND_BITMAP => bitmap::decode_stream(st, max_pfn, sink).map(Some),
+            AUTO_KIND_EXTENTS => extents::decode_stream(st, max_pfn, sink).map(|()| None),
+            kind => Err(PagesError::UnknownAutoKind { kind }),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pages::PageSet;
+    use crate::pages::{PageRange, PageSet};
 
     fn kinds(msgs: &[Message]) -> Vec<u8> {
         msgs.iter().map(|m| m.segments[0][0]).collect()
@@ -141,7 +125,7 @@ mod tests {
     fn test_picks_extents_for_long_runs_and_bitmap_for_scatter() {
         let dense = PageSet::from_runs(1 << 21, [(0, 1 << 20)]).unwrap();
         assert_eq!(kinds(&encode(&dense).unwrap()), vec![AUTO_KIND_EXTENTS]);
-        let scattered: Vec<(u64, u64)> = (0..4096).map(|i| (i * 2, 1)).collect();
+        let scattered: Vec<PageRange> = (0..4096).map(|i| PageRange::new(i * 2, 1)).collect();
         let msgs = encode(&scattered[..]).unwrap();
         assert_eq!(kinds(&msgs), vec![AUTO_KIND_BITMAP]);
         let mut back = PageSet::new(1 << 21);

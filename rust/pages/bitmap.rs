@@ -28,6 +28,7 @@
 //!   segments, so header and pieces may be split anywhere, and it accepts any `bmap_len` in
 //!   bytes up to 1 MiB (v3's unused-page path truncates `nr_pfn / 8`).
 
+use super::decoder::decoder;
 use super::sink::Coalescer;
 use super::stream::Stream;
 use super::window::{self, Window};
@@ -48,6 +49,7 @@ pub const WINDOW_PFNS: u64 = PFNS_PER_BMAP * BALLOON_BMAP_COUNT as u64;
 /// Longest bitmap one message may carry, in bytes (1 MiB).
 pub const MAX_BMAP_LEN: u64 = (BALLOON_BMAP_SIZE * BALLOON_BMAP_COUNT) as u64;
 /// The only `page_shift` accepted: bits stand for 4 KiB balloon pages (`PAGE_SHIFT` on x86).
+#[allow(clippy::cast_possible_truncation)] // 12: fits.
 pub const BMAP_PAGE_SHIFT: u16 = super::BALLOON_PFN_SHIFT as u16;
 /// `cmd` of an inflate or deflate message (v3 leaves it zero).
 pub const BMAP_CMD_RESIZE: u16 = 0;
@@ -303,82 +305,69 @@ fn emit_bytes(h: &BmapHeader, prefix: &[&[u8]], bytes: &[u8], emit: &mut dyn FnM
     emit(&segs);
 }
 
-/// Decodes one bitmap message, handing its pages to `sink` as maximal runs, lowest first.
-///
-/// `max_pfn` is the number of guest pages; a set bit at or past it (or past `sink.limit()`)
-/// is an error. The whole message is checked before `sink` sees a page. Returns the header.
-pub fn decode<S, K>(segments: &[S], max_pfn: u64, sink: &mut K) -> Result<BmapHeader, PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    decode_stream(Stream::new(segments), max_pfn, &mut Coalescer::new(sink))
-}
-
-/// Decodes a bitmap message from the rest of `st`.
-pub(crate) fn decode_stream<S, K>(
-    mut st: Stream<'_, S>,
-    max_pfn: u64,
-    sink: &mut Coalescer<'_, K>,
-) -> Result<BmapHeader, PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    let len = st.remaining();
-    let need = BMAP_HEADER_LEN;
-    let raw = st
-        .read::<BMAP_HEADER_LEN>()
-        .ok_or(PagesError::BitmapHeaderTruncated { len, need })?;
-    let h = BmapHeader::from_bytes(&raw);
-    h.validate()?;
-    // Bound the length before trusting it: a hostile bmap_len must not size anything.
-    if h.bmap_len > MAX_BMAP_LEN {
-        return Err(PagesError::BitmapTooLong {
-            bmap_len: h.bmap_len,
-            max: MAX_BMAP_LEN,
-        });
-    }
-    let body_len = st.remaining();
-    if body_len as u64 != h.bmap_len {
-        return Err(PagesError::BitmapLengthMismatch {
-            bmap_len: h.bmap_len,
-            body_len,
-        });
-    }
-    let nbits = h.bmap_len * 8;
-    if h.start_pfn.checked_add(nbits).is_none() {
-        return Err(PagesError::RunOverflow {
-            pfn: h.start_pfn,
-            len: nbits,
-        });
-    }
-    let limit = max_pfn.min(sink.limit());
-    // Pass 1: no set bit may lie at or past `limit`.
-    for_each_word(st.clone(), |off, w| {
-        let base = h.start_pfn + off;
-        let first_bad = limit.saturating_sub(base);
-        let bad = if first_bad >= runs::WORD_BITS {
-            0
-        } else {
-            w & (u64::MAX << first_bad)
-        };
-        if bad != 0 {
-            let pfn = base + u64::from(bad.trailing_zeros());
-            return Err(PagesError::PageOutsideRam {
-                pfn,
-                max_pfn: limit,
+decoder! {
+    /// Decodes one bitmap message, handing its pages to `sink` as maximal runs, lowest first.
+    ///
+    /// `max_pfn` is the number of guest pages; a set bit at or past it (or past `sink.limit()`)
+    /// is an error. The whole message is checked before `sink` sees a page. Returns the header.
+    pub fn decode -> BmapHeader;
+    /// Decodes a bitmap message from the rest of `st`.
+    fn decode_stream(mut st, max_pfn, sink) {
+        let len = st.remaining();
+        let need = BMAP_HEADER_LEN;
+        let raw = st
+            .read::<BMAP_HEADER_LEN>()
+            .ok_or(PagesError::BitmapHeaderTruncated { len, need })?;
+        let h = BmapHeader::from_bytes(&raw);
+        h.validate()?;
+        // Bound the length before trusting it: a hostile bmap_len must not size anything.
+        if h.bmap_len > MAX_BMAP_LEN {
+            return Err(PagesError::BitmapTooLong {
+                bmap_len: h.bmap_len,
+                max: MAX_BMAP_LEN,
             });
         }
-        Ok(())
-    })?;
-    // Pass 2: the message is valid; hand over its runs.
-    for_each_word(st, |off, w| {
-        runs::word_runs(h.start_pfn + off, w, |s, l| sink.run(s, l));
-        Ok(())
-    })?;
-    sink.flush();
-    Ok(h)
+        let body_len = st.remaining();
+        if body_len as u64 != h.bmap_len {
+            return Err(PagesError::BitmapLengthMismatch {
+                bmap_len: h.bmap_len,
+                body_len,
+            });
+        }
+        let nbits = h.bmap_len * 8;
+        if h.start_pfn.checked_add(nbits).is_none() {
+            return Err(PagesError::RunOverflow {
+                pfn: h.start_pfn,
+                len: nbits,
+            });
+        }
+        let limit = max_pfn.min(sink.limit());
+        // Pass 1: no set bit may lie at or past `limit`.
+        for_each_word(st.clone(), |off, w| {
+            let base = h.start_pfn + off;
+            let first_bad = limit.saturating_sub(base);
+            let bad = if first_bad >= runs::WORD_BITS {
+                0
+            } else {
+                w & (u64::MAX << first_bad)
+            };
+            if bad != 0 {
+                let pfn = base + u64::from(bad.trailing_zeros());
+                return Err(PagesError::PageOutsideRam {
+                    pfn,
+                    max_pfn: limit,
+                });
+            }
+            Ok(())
+        })?;
+        // Pass 2: the message is valid; hand over its runs.
+        for_each_word(st, |off, w| {
+            runs::word_runs(h.start_pfn + off, w, |s, l| sink.run(s, l));
+            Ok(())
+        })?;
+        sink.flush();
+        Ok(h)
+    }
 }
 
 /// Calls `f(bit_offset, word)` for each little-endian word of the rest of `st`; a short last
@@ -478,6 +467,7 @@ mod tests {
         assert_eq!(segs[1].len(), BALLOON_BMAP_SIZE);
         assert_eq!(segs[1][BALLOON_BMAP_SIZE - 1], 0xc0);
         assert_eq!(segs[2], vec![0x03, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(encode(&runs[..]).unwrap(), msgs);
+        let ranges = runs.map(|(s, l)| crate::memory::PageRange::new(s, l));
+        assert_eq!(encode(&ranges[..]).unwrap(), msgs);
     }
 }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use super::bitmap::BmapHeader;
 use super::sink::Coalescer;
 use super::stream::Stream;
-use super::{auto, bitmap, extents, pfn, PageSet, PageSink, PagesError};
+use super::{auto, bitmap, extents, pfn, PageRange, PageSet, PageSink, PagesError};
 
 /// A wire encoding of a page set, as sent on the inflate and deflate queues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,7 +61,7 @@ impl FromStr for Encoding {
     }
 }
 
-/// Pages to encode: a page set, or a list of runs `(start_pfn, len)`.
+/// Pages to encode: a page set, or a list of runs of pages.
 ///
 /// Runs may be unsorted, overlapping or empty. Encodings that list pages (pfn, extents) send
 /// runs in the order given; bitmap and auto sort and merge them first.
@@ -69,8 +69,8 @@ impl FromStr for Encoding {
 pub enum Pages<'a> {
     /// A dense set; sent lowest page first.
     Set(&'a PageSet),
-    /// Runs `(start_pfn, len)`.
-    Runs(&'a [(u64, u64)]),
+    /// Runs of pages.
+    Runs(&'a [PageRange]),
 }
 
 impl Pages<'_> {
@@ -79,7 +79,7 @@ impl Pages<'_> {
     pub fn for_each_run(&self, mut f: impl FnMut(u64, u64)) {
         match self {
             Pages::Set(set) => set.runs().for_each(|(s, l)| f(s, l)),
-            Pages::Runs(list) => list.iter().for_each(|&(s, l)| f(s, l)),
+            Pages::Runs(list) => list.iter().for_each(|r| f(r.start, r.len)),
         }
     }
 }
@@ -90,14 +90,14 @@ impl<'a> From<&'a PageSet> for Pages<'a> {
     }
 }
 
-impl<'a> From<&'a [(u64, u64)]> for Pages<'a> {
-    fn from(runs: &'a [(u64, u64)]) -> Pages<'a> {
+impl<'a> From<&'a [PageRange]> for Pages<'a> {
+    fn from(runs: &'a [PageRange]) -> Pages<'a> {
         Pages::Runs(runs)
     }
 }
 
-impl<'a> From<&'a Vec<(u64, u64)>> for Pages<'a> {
-    fn from(runs: &'a Vec<(u64, u64)>) -> Pages<'a> {
+impl<'a> From<&'a Vec<PageRange>> for Pages<'a> {
+    fn from(runs: &'a Vec<PageRange>) -> Pages<'a> {
         Pages::Runs(runs)
     }
 }

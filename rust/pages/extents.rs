@@ -13,10 +13,12 @@
 //! joining runs that touch. Records may overlap or come in any order; a long record may hold a
 //! short length.
 
+use super::decoder::decoder;
+use super::outbuf::OutBuf;
 use super::sink::Coalescer;
 use super::stream::Stream;
 use super::window;
-use super::{Message, PageSink, Pages, PagesError};
+use super::{Message, PageRange, PageSink, Pages, PagesError};
 
 /// Width of the length field of a record (`VIRTIO_BALLOON_NR_PFN_BITS`, despite its name).
 pub const EXTENT_LEN_BITS: u32 = 12;
@@ -65,7 +67,7 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
     match pages {
         Pages::Set(_) => window::check_below(pages, EXTENT_PFN_LIMIT)?,
         Pages::Runs(list) => {
-            for &(pfn, len) in list {
+            for &PageRange { start: pfn, len } in list {
                 pfn.checked_add(len)
                     .ok_or(PagesError::RunOverflow { pfn, len })?;
                 if len > 0 && pfn >= EXTENT_PFN_LIMIT {
@@ -77,79 +79,55 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
             }
         }
     }
-    let mut buf = Vec::with_capacity(EXTENTS_MAX_MESSAGE_LEN);
-    let run = |pfn: u64, len: u64| {
-        if len == 0 {
-            return;
+    OutBuf::new(EXTENTS_MAX_MESSAGE_LEN, emit).encode_runs(pages, |out, pfn, len| {
+        if len > 0 {
+            push_record(out.room(record_len(len)), pfn, len);
         }
-        if buf.len() + record_len(len) > EXTENTS_MAX_MESSAGE_LEN {
-            emit(&[&buf]);
-            buf.clear();
-        }
-        push_record(&mut buf, pfn, len);
-    };
-    pages.for_each_run(run);
-    if !buf.is_empty() {
-        emit(&[&buf]);
-    }
-    Ok(())
+    })
 }
 
-/// Decodes one extents message, handing its runs to `sink` in message order.
-///
-/// `max_pfn` is the number of guest pages; a page at or past it (or past `sink.limit()`) is an
-/// error. The whole message is checked before `sink` sees a page.
-pub fn decode<S, K>(segments: &[S], max_pfn: u64, sink: &mut K) -> Result<(), PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    decode_stream(Stream::new(segments), max_pfn, &mut Coalescer::new(sink))
-}
-
-/// Decodes an extents message from the rest of `st`.
-pub(crate) fn decode_stream<S, K>(
-    st: Stream<'_, S>,
-    max_pfn: u64,
-    sink: &mut Coalescer<'_, K>,
-) -> Result<(), PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    let len = st.remaining();
-    if len > EXTENTS_MAX_MESSAGE_LEN {
-        return Err(PagesError::ExtentsTooLong {
-            len,
-            max: EXTENTS_MAX_MESSAGE_LEN,
-        });
-    }
-    if len % EXTENT_SHORT_LEN != 0 {
-        return Err(PagesError::ExtentsLength { len });
-    }
-    let limit = max_pfn.min(sink.limit());
-    // Pass 1 checks every record, pass 2 hands them over.
-    for_each_record(st.clone(), |pfn, n, offset| {
-        if n == 0 {
-            return Err(PagesError::ZeroLengthExtent { pfn, offset });
-        }
-        let end = pfn
-            .checked_add(n)
-            .ok_or(PagesError::RunOverflow { pfn, len: n })?;
-        if end > limit {
-            return Err(PagesError::PageOutsideRam {
-                pfn: pfn.max(limit),
-                max_pfn: limit,
+decoder! {
+    /// Decodes one extents message, handing its runs to `sink` in message order.
+    ///
+    /// `max_pfn` is the number of guest pages; a page at or past it (or past `sink.limit()`) is an
+    /// error. The whole message is checked before `sink` sees a page.
+    pub fn decode -> ();
+    /// Decodes an extents message from the rest of `st`.
+    fn decode_stream(st, max_pfn, sink) {
+        let len = st.remaining();
+        if len > EXTENTS_MAX_MESSAGE_LEN {
+            return Err(PagesError::ExtentsTooLong {
+                len,
+                max: EXTENTS_MAX_MESSAGE_LEN,
             });
         }
+        if len % EXTENT_SHORT_LEN != 0 {
+            return Err(PagesError::ExtentsLength { len });
+        }
+        let limit = max_pfn.min(sink.limit());
+        // Pass 1 checks every record, pass 2 hands them over.
+        for_each_record(st.clone(), |pfn, n, offset| {
+            if n == 0 {
+                return Err(PagesError::ZeroLengthExtent { pfn, offset });
+            }
+            let end = pfn
+                .checked_add(n)
+                .ok_or(PagesError::RunOverflow { pfn, len: n })?;
+            if end > limit {
+                return Err(PagesError::PageOutsideRam {
+                    pfn: pfn.max(limit),
+                    max_pfn: limit,
+                });
+            }
+            Ok(())
+        })?;
+        for_each_record(st, |pfn, n, _| {
+            sink.run(pfn, n);
+            Ok(())
+        })?;
+        sink.flush();
         Ok(())
-    })?;
-    for_each_record(st, |pfn, n, _| {
-        sink.run(pfn, n);
-        Ok(())
-    })?;
-    sink.flush();
-    Ok(())
+    }
 }
 
 /// Calls `f(pfn, npages, byte_offset)` for each record of the rest of `st`.
@@ -199,7 +177,7 @@ mod tests {
 
     #[test]
     fn test_messages_split_at_32k_between_records() {
-        let runs: Vec<(u64, u64)> = (0..5000).map(|i| (i * 2, 1)).collect();
+        let runs: Vec<PageRange> = (0..5000).map(|i| PageRange::new(i * 2, 1)).collect();
         let msgs = encode(&runs[..]).unwrap();
         let lens: Vec<_> = msgs.iter().map(|m| m.segments[0].len()).collect();
         assert_eq!(lens, vec![32768, (5000 - 4096) * 8]);

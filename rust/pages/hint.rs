@@ -11,7 +11,7 @@
 use super::runs::Runs;
 use super::sink::Coalescer;
 use super::stream::Stream;
-use super::{PageSet, PageSink, PagesError, BALLOON_PFN_SHIFT};
+use super::{PageRange, PageSet, PageSink, PagesError, BALLOON_PFN_SHIFT};
 
 /// Bytes per page a hint address is counted in (4 KiB).
 pub const HINT_PAGE_SIZE: u64 = 1 << BALLOON_PFN_SHIFT;
@@ -118,7 +118,7 @@ pub fn blocks(set: &PageSet, min_order: u32, max_order: u32) -> Result<Blocks<'_
 /// Turns one descriptor `(addr, len)` into its pages `(start_pfn, npages)`.
 ///
 /// The block must be non-empty, whole 4 KiB pages, and inside the first `max_pfn` pages.
-pub fn decode_block(block: HintBlock, max_pfn: u64) -> Result<(u64, u64), PagesError> {
+pub fn decode_block(block: HintBlock, max_pfn: u64) -> Result<PageRange, PagesError> {
     let HintBlock { addr, len } = block;
     if len == 0 {
         return Err(PagesError::EmptyHint { addr });
@@ -136,7 +136,7 @@ pub fn decode_block(block: HintBlock, max_pfn: u64) -> Result<(u64, u64), PagesE
             max_pfn,
         });
     }
-    Ok((pfn, npages))
+    Ok(PageRange::new(pfn, npages))
 }
 
 /// Checks every block, then hands their pages to `sink` in order, joining blocks that touch.
@@ -152,8 +152,8 @@ where
     }
     let mut co = Coalescer::new(sink);
     for &b in blocks {
-        let (pfn, npages) = decode_block(b, limit)?;
-        co.run(pfn, npages);
+        let r = decode_block(b, limit)?;
+        co.run(r.start, r.len);
     }
     co.flush();
     Ok(co.pages())

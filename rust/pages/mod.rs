@@ -21,13 +21,17 @@
 //! All PFNs are in 4 KiB units ([`BALLOON_PFN_SHIFT`]); `max_pfn` is always the number of
 //! guest pages, an exclusive bound.
 
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 mod atomic;
 pub mod auto;
 pub mod bitmap;
+mod decoder;
 mod encoding;
 mod error;
 pub mod extents;
 pub mod hint;
+mod outbuf;
 pub mod pfn;
 mod runs;
 mod set;
@@ -35,6 +39,8 @@ mod sink;
 mod stream;
 mod window;
 
+/// A run of pages: the shape every decoder, sink and set exchanges (the memory layer's type).
+pub use crate::memory::PageRange;
 pub use atomic::AtomicPageBitmap;
 pub use bitmap::{BmapHeader, ReqHeader};
 pub use encoding::{decode, decode_into, encode, encode_with, Decoded, Encoding, Message, Pages};

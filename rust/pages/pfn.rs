@@ -9,6 +9,8 @@
 //!
 //! Legacy devices take guest-endian PFNs; like the rest of vballoon this is little-endian only.
 
+use super::decoder::decoder;
+use super::outbuf::OutBuf;
 use super::sink::Coalescer;
 use super::stream::Stream;
 use super::window;
@@ -34,82 +36,60 @@ pub fn encode<'a>(pages: impl Into<Pages<'a>>) -> Result<Vec<Message>, PagesErro
 /// emitted unless every page is below 2^32.
 pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(), PagesError> {
     window::check_below(pages, PFN_LIMIT)?;
-    let mut buf = Vec::with_capacity(PFN_ARRAY_MAX_LEN);
-    let run = |start: u64, len: u64| {
+    OutBuf::new(PFN_ARRAY_MAX_LEN, emit).encode_runs(pages, |out, start, len| {
         for pfn in start..start + len {
             // check_below: pfn < 2^32.
-            buf.extend_from_slice(&(pfn as u32).to_le_bytes());
-            if buf.len() == PFN_ARRAY_MAX_LEN {
-                emit(&[&buf]);
-                buf.clear();
-            }
+            #[allow(clippy::cast_possible_truncation)]
+            out.room(4).extend_from_slice(&(pfn as u32).to_le_bytes());
         }
-    };
-    pages.for_each_run(run);
-    if !buf.is_empty() {
-        emit(&[&buf]);
-    }
-    Ok(())
+    })
 }
 
-/// Decodes one PFN array, handing its pages to `sink` sorted, deduplicated, as maximal runs.
-///
-/// `max_pfn` is the number of guest pages; a PFN at or past it (or past `sink.limit()`) is an
-/// error. The whole array is checked before `sink` sees a page.
-pub fn decode<S, K>(segments: &[S], max_pfn: u64, sink: &mut K) -> Result<(), PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    decode_stream(Stream::new(segments), max_pfn, &mut Coalescer::new(sink))
-}
-
-/// Decodes a PFN array from the rest of `st`.
-pub(crate) fn decode_stream<S, K>(
-    mut st: Stream<'_, S>,
-    max_pfn: u64,
-    sink: &mut Coalescer<'_, K>,
-) -> Result<(), PagesError>
-where
-    S: AsRef<[u8]>,
-    K: PageSink + ?Sized,
-{
-    let len = st.remaining();
-    if len % PFN_ENTRY_LEN != 0 {
-        return Err(PagesError::PfnArrayLength { len });
-    }
-    let count = len / PFN_ENTRY_LEN;
-    if count > VIRTIO_BALLOON_ARRAY_PFNS_MAX {
-        return Err(PagesError::TooManyPfns {
-            count,
-            max: VIRTIO_BALLOON_ARRAY_PFNS_MAX,
-        });
-    }
-    let limit = max_pfn.min(sink.limit());
-    let mut pfns = [0u32; VIRTIO_BALLOON_ARRAY_PFNS_MAX];
-    for slot in &mut pfns[..count] {
-        let b = st
-            .read::<PFN_ENTRY_LEN>()
-            .ok_or(PagesError::PfnArrayLength { len })?;
-        *slot = u32::from_le_bytes(b);
-        if u64::from(*slot) >= limit {
-            return Err(PagesError::PageOutsideRam {
-                pfn: u64::from(*slot),
-                max_pfn: limit,
+decoder! {
+    /// Decodes one PFN array, handing its pages to `sink` sorted, deduplicated, as maximal runs.
+    ///
+    /// `max_pfn` is the number of guest pages; a PFN at or past it (or past `sink.limit()`) is an
+    /// error. The whole array is checked before `sink` sees a page.
+    pub fn decode -> ();
+    /// Decodes a PFN array from the rest of `st`.
+    fn decode_stream(mut st, max_pfn, sink) {
+        let len = st.remaining();
+        if len % PFN_ENTRY_LEN != 0 {
+            return Err(PagesError::PfnArrayLength { len });
+        }
+        let count = len / PFN_ENTRY_LEN;
+        if count > VIRTIO_BALLOON_ARRAY_PFNS_MAX {
+            return Err(PagesError::TooManyPfns {
+                count,
+                max: VIRTIO_BALLOON_ARRAY_PFNS_MAX,
             });
         }
-    }
-    let pfns = &mut pfns[..count];
-    pfns.sort_unstable();
-    let mut prev = None;
-    for &pfn in pfns.iter() {
-        if prev != Some(pfn) {
-            sink.run(u64::from(pfn), 1);
-            prev = Some(pfn);
+        let limit = max_pfn.min(sink.limit());
+        let mut pfns = [0u32; VIRTIO_BALLOON_ARRAY_PFNS_MAX];
+        for slot in &mut pfns[..count] {
+            let b = st
+                .read::<PFN_ENTRY_LEN>()
+                .ok_or(PagesError::PfnArrayLength { len })?;
+            *slot = u32::from_le_bytes(b);
+            if u64::from(*slot) >= limit {
+                return Err(PagesError::PageOutsideRam {
+                    pfn: u64::from(*slot),
+                    max_pfn: limit,
+                });
+            }
         }
+        let pfns = &mut pfns[..count];
+        pfns.sort_unstable();
+        let mut prev = None;
+        for &pfn in pfns.iter() {
+            if prev != Some(pfn) {
+                sink.run(u64::from(pfn), 1);
+                prev = Some(pfn);
+            }
+        }
+        sink.flush();
+        Ok(())
     }
-    sink.flush();
-    Ok(())
 }
 
 #[cfg(test)]

@@ -168,7 +168,8 @@ impl Iterator for Runs<'_> {
             // The run reaches the end of this word: skip full words, then count into the next.
             // Only words below `nbits` are looked at, so a run cut short by `runs_in` costs
             // the words it covers, not the rest of the set.
-            let limit = (self.nbits.div_ceil(WORD_BITS) as usize).min(self.words.len());
+            let words = usize::try_from(self.nbits.div_ceil(WORD_BITS)).unwrap_or(usize::MAX);
+            let limit = words.min(self.words.len());
             self.idx += 1;
             while self.idx < limit && self.words[self.idx] == u64::MAX {
                 self.idx += 1;

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::runs::{self, Runs, WORD_BITS};
-use super::PagesError;
+use super::{PageRange, PagesError};
 
 /// A dense page bitmap over PFNs `[0, npages)`.
 ///
@@ -92,15 +92,17 @@ impl PageSet {
         set
     }
 
-    /// A set over `npages` pages holding the given runs `(start_pfn, len)`.
+    /// A set over `npages` pages holding the given runs (page ranges, or `(start, len)`
+    /// pairs).
     ///
     /// Zero-length runs are skipped; runs may overlap and come in any order.
     pub fn from_runs(
         npages: u64,
-        runs: impl IntoIterator<Item = (u64, u64)>,
+        runs: impl IntoIterator<Item = impl Into<PageRange>>,
     ) -> Result<PageSet, PagesError> {
         let mut set = PageSet::try_new(npages)?;
-        for (start, len) in runs {
+        for r in runs {
+            let PageRange { start, len } = r.into();
             set.try_insert_range(start, len)?;
         }
         Ok(set)

@@ -2,7 +2,7 @@
 
 use super::bitmap::WINDOW_PFNS;
 use super::runs::{self, Runs, WORD_BITS};
-use super::{Pages, PagesError};
+use super::{PageRange, Pages, PagesError};
 
 /// Words in one full window.
 const WINDOW_WORDS: usize = (WINDOW_PFNS / WORD_BITS) as usize;
@@ -47,7 +47,7 @@ pub(crate) fn check_below(pages: Pages<'_>, limit: u64) -> Result<(), PagesError
             None => Ok(()),
         },
         Pages::Runs(list) => {
-            for &(pfn, len) in list {
+            for &PageRange { start: pfn, len } in list {
                 let end = pfn
                     .checked_add(len)
                     .ok_or(PagesError::RunOverflow { pfn, len })?;
@@ -127,11 +127,11 @@ pub(crate) fn for_each_window(pages: Pages<'_>, mut f: impl FnMut(&Window<'_>)) 
 }
 
 /// Sorts runs and joins the ones that overlap or touch, as `(start, end)` pairs.
-fn merge(list: &[(u64, u64)]) -> Vec<(u64, u64)> {
+fn merge(list: &[PageRange]) -> Vec<(u64, u64)> {
     let mut v: Vec<(u64, u64)> = list
         .iter()
-        .filter(|r| r.1 > 0)
-        .map(|&(s, l)| (s, s.saturating_add(l)))
+        .filter(|r| r.len > 0)
+        .map(|r| (r.start, r.end()))
         .collect();
     v.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());

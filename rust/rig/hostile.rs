@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::device::{BalloonDevice, DeviceConfig, DiscardPolicy, HintOffer};
-use crate::memory::{Backing, GuestAddress, GuestMemory, PAGE_SIZE};
+use crate::memory::{Backing, GuestAddress, GuestMemory, PageRange, PAGE_SIZE};
 use crate::pages::Encoding;
 use crate::rig::DriverStart;
 use crate::transport::Transport;
@@ -317,7 +317,11 @@ pub fn seed_inputs() -> Vec<Vec<u8>> {
                 encode_stats(&[(4, 1 << 20), (5, 2 << 20)], &mut b);
                 vec![b]
             } else {
-                let runs: &[(u64, u64)] = &[(8, 3), (13, 1), (20, 4)];
+                let runs = &[
+                    PageRange::new(8, 3),
+                    PageRange::new(13, 1),
+                    PageRange::new(20, 4),
+                ][..];
                 match encode(enc, runs) {
                     Ok(m) if !m.is_empty() => m[0].segments.clone(),
                     _ => continue,

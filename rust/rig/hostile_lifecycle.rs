@@ -24,7 +24,7 @@ use crate::abi::{
     VIRTIO_BALLOON_F_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
 };
 use crate::device::{BalloonDevice, DeviceConfig, DiscardPolicy, HintOffer, WriteLog};
-use crate::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
+use crate::memory::{GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use crate::pages::{Encoding, PageSet};
 use crate::rig::DriverStart;
 use crate::transport::Transport;
@@ -429,10 +429,14 @@ fn seed_for(h: &[u8; LIFECYCLE_HEADER]) -> Option<Vec<u8>> {
             encode_stats(&[(4, 1 << 20), (5, 2 << 20)], &mut b);
             vec![b]
         } else if i == q.inflate || i == q.deflate {
-            let runs: &[(u64, u64)] = if i == q.inflate {
-                &[(40, 3), (45, 1), (60, 500)]
+            let runs: &[PageRange] = if i == q.inflate {
+                &[
+                    PageRange::new(40, 3),
+                    PageRange::new(45, 1),
+                    PageRange::new(60, 500),
+                ]
             } else {
-                &[(40, 3)]
+                &[PageRange::new(40, 3)]
             };
             match encode(enc, runs) {
                 Ok(m) if !m.is_empty() => m[0].segments.clone(),

@@ -178,7 +178,9 @@ impl DescriptorChain {
     pub fn read_into(&self, mem: &GuestMemory, out: &mut Vec<u8>) -> Result<()> {
         let start = out.len();
         // Bounded by 2^32 in total, checked when the chain was popped.
-        out.resize(start + self.readable_len() as usize, 0);
+        let total = self.readable_len();
+        let len = usize::try_from(total).map_err(|_| VirtqError::ChainBytesOverflow { total })?;
+        out.resize(start + len, 0);
         let mut at = start;
         for s in self.readable() {
             let n = s.len as usize;

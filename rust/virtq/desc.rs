@@ -107,7 +107,7 @@ mod tests {
     fn test_bytes_are_little_endian_in_field_order() {
         let d = Descriptor::new(0x0807_0605_0403_0201, 0x0c0b_0a09, 0x0e0d, 0x100f);
         let b = d.to_le_bytes();
-        assert_eq!(b, core::array::from_fn(|i| i as u8 + 1));
+        assert_eq!(b, core::array::from_fn(|i| u8::try_from(i + 1).unwrap()));
         assert_eq!(Descriptor::from_le_bytes(b), d);
     }
 

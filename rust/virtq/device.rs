@@ -19,7 +19,7 @@ use super::defs::{
 };
 use super::desc::Descriptor;
 use super::error::{Result, VirtqError};
-use super::event_idx::need_event;
+use super::event_idx::PeerRequest;
 use super::layout::QueueLayout;
 use super::notify::Notifier;
 use super::write_log::{WriteLog, WriteLogSlot};
@@ -79,41 +79,7 @@ impl DeviceQueue {
         self.write_log = WriteLogSlot(log);
     }
 
-    /// Sets the notifier the driver kicks (`kick`) and the one this side signals (`interrupt`).
-    pub fn set_notifiers(&mut self, kick: Notifier, interrupt: Notifier) {
-        self.kick = kick;
-        self.interrupt = interrupt;
-    }
-
-    /// The notifier the driver signals when it adds buffers.
-    pub fn kick_notifier(&self) -> &Notifier {
-        &self.kick
-    }
-
-    /// The notifier this side signals when it used buffers.
-    pub fn interrupt_notifier(&self) -> &Notifier {
-        &self.interrupt
-    }
-
-    /// Guest memory the queue lives in.
-    pub fn mem(&self) -> &Arc<GuestMemory> {
-        &self.mem
-    }
-
-    /// Where the rings are.
-    pub fn layout(&self) -> &QueueLayout {
-        &self.layout
-    }
-
-    /// Queue size.
-    pub fn size(&self) -> u16 {
-        self.layout.size()
-    }
-
-    /// The negotiated features.
-    pub fn features(&self) -> u64 {
-        self.features
-    }
+    super::accessors::queue_end_accessors!();
 
     /// Whether a driver error put the queue in needs-reset (virtio DEVICE_NEEDS_RESET, 0x40).
     pub fn needs_reset(&self) -> bool {
@@ -341,10 +307,9 @@ impl DeviceQueue {
         let writable = d.is_write_only();
         // Readable buffers must all come before writable ones (§2.7.4.2).
         if !writable && chain.has_writable() {
-            return Err(VirtqError::WritableBeforeReadable {
-                // < size <= 32768, so it fits.
-                index: chain.len() as u16,
-            });
+            // < size <= 32768, so it never saturates.
+            let index = u16::try_from(chain.len()).unwrap_or(u16::MAX);
+            return Err(VirtqError::WritableBeforeReadable { index });
         }
         chain.push(Segment {
             addr: GuestAddress(d.addr),
@@ -395,17 +360,12 @@ impl DeviceQueue {
         if new == old {
             return Ok(false);
         }
-        if self.event_idx {
-            let used_event = self
-                .mem
-                .load_u16(self.layout.used_event(), Ordering::Relaxed)?;
-            Ok(need_event(used_event, new.0, old.0))
-        } else {
-            let flags = self
-                .mem
-                .load_u16(self.layout.avail_flags(), Ordering::Relaxed)?;
-            Ok(flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0)
-        }
+        let driver = PeerRequest {
+            event_idx: self.event_idx.then(|| self.layout.used_event()),
+            flags: self.layout.avail_flags(),
+            decline: VIRTQ_AVAIL_F_NO_INTERRUPT,
+        };
+        Ok(driver.wants(&self.mem, new.0, old.0)?)
     }
 
     /// Signals the interrupt notifier if [`DeviceQueue::needs_interrupt`]; returns whether it did.

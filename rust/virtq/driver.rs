@@ -21,7 +21,7 @@ use super::defs::{
 };
 use super::desc::Descriptor;
 use super::error::{Result, VirtqError};
-use super::event_idx::need_event;
+use super::event_idx::PeerRequest;
 use super::layout::{avail_ring_bytes, desc_table_bytes, used_ring_bytes, QueueLayout};
 use super::notify::Notifier;
 
@@ -138,41 +138,7 @@ impl DriverQueue {
         Ok(())
     }
 
-    /// Sets the notifier this side kicks (`kick`) and the one the device signals (`interrupt`).
-    pub fn set_notifiers(&mut self, kick: Notifier, interrupt: Notifier) {
-        self.kick = kick;
-        self.interrupt = interrupt;
-    }
-
-    /// The notifier this side signals when it adds buffers.
-    pub fn kick_notifier(&self) -> &Notifier {
-        &self.kick
-    }
-
-    /// The notifier the device signals when it used buffers.
-    pub fn interrupt_notifier(&self) -> &Notifier {
-        &self.interrupt
-    }
-
-    /// Guest memory the queue lives in.
-    pub fn mem(&self) -> &Arc<GuestMemory> {
-        &self.mem
-    }
-
-    /// Where the rings are.
-    pub fn layout(&self) -> &QueueLayout {
-        &self.layout
-    }
-
-    /// Queue size.
-    pub fn size(&self) -> u16 {
-        self.layout.size()
-    }
-
-    /// The negotiated features.
-    pub fn features(&self) -> u64 {
-        self.features
-    }
+    super::accessors::queue_end_accessors!();
 
     /// The indirect area in use, if chains can go indirect.
     pub fn indirect_area(&self) -> Option<IndirectArea> {
@@ -241,21 +207,24 @@ impl DriverQueue {
             if s.writable {
                 seen_writable = true;
             } else if seen_writable {
-                return Err(VirtqError::WritableBeforeReadable { index: i as u16 });
+                let index = u16::try_from(i).unwrap_or(u16::MAX);
+                return Err(VirtqError::WritableBeforeReadable { index });
             }
         }
         let size = self.layout.size();
         // Indirect or not, no chain may be longer than the queue size (§2.7.5.3.1).
-        if n > usize::from(size) {
-            return Err(VirtqError::TooManySegments {
-                segments: n,
-                limit: usize::from(size),
-            });
-        }
+        let too_many = || VirtqError::TooManySegments {
+            segments: n,
+            limit: usize::from(size),
+        };
+        let n16 = u16::try_from(n)
+            .ok()
+            .filter(|&n16| n16 <= size)
+            .ok_or_else(too_many)?;
         let indirect = self
             .indirect
             .filter(|a| n > 1 && n <= usize::from(a.entries_per_chain));
-        let needed = if indirect.is_some() { 1 } else { n as u16 };
+        let needed = if indirect.is_some() { 1 } else { n16 };
         if needed > self.num_free {
             return Err(VirtqError::QueueFull {
                 needed: u32::from(needed),
@@ -271,20 +240,21 @@ impl DriverQueue {
             for i in 0..n {
                 let s = seg(i);
                 let last = i + 1 == n;
+                // i < n <= the queue size (32768), so the next index fits.
+                #[allow(clippy::cast_possible_truncation)]
+                let next = if last { 0 } else { i as u16 + 1 };
                 let d = Descriptor::new(
                     s.addr.raw(),
                     s.len,
                     flags(&s) | if last { 0 } else { VIRTQ_DESC_F_NEXT },
-                    if last { 0 } else { i as u16 + 1 },
+                    next,
                 );
                 d.write_to(&self.mem, GuestAddress(table.raw() + DESC_SIZE * i as u64))?;
             }
-            let d = Descriptor::new(
-                table.raw(),
-                (n as u64 * DESC_SIZE) as u32,
-                VIRTQ_DESC_F_INDIRECT,
-                0,
-            );
+            // At most 32768 descriptors of 16 bytes: 512 KiB.
+            #[allow(clippy::cast_possible_truncation)]
+            let table_len = (u64::from(n16) * DESC_SIZE) as u32;
+            let d = Descriptor::new(table.raw(), table_len, VIRTQ_DESC_F_INDIRECT, 0);
             d.write_to(&self.mem, self.layout.desc(head))?;
             self.free_head = self.desc_next[usize::from(head)];
         } else {
@@ -336,23 +306,20 @@ impl DriverQueue {
         if added == 0 {
             return Ok(false);
         }
-        if self.event_idx {
-            if added > u32::from(u16::MAX) {
-                // The window wrapped: the event index was certainly passed.
-                return Ok(true);
-            }
-            let new = self.avail_idx;
-            let old = new - Wrapping(added as u16);
-            let avail_event = self
-                .mem
-                .load_u16(self.layout.avail_event(), Ordering::Relaxed)?;
-            Ok(need_event(avail_event, new.0, old.0))
-        } else {
-            let flags = self
-                .mem
-                .load_u16(self.layout.used_flags(), Ordering::Relaxed)?;
-            Ok(flags & VIRTQ_USED_F_NO_NOTIFY == 0)
+        if self.event_idx && added > u32::from(u16::MAX) {
+            // The window wrapped: the event index was certainly passed.
+            return Ok(true);
         }
+        let new = self.avail_idx;
+        // At most u16::MAX with EVENT_IDX (checked just above); unused without.
+        #[allow(clippy::cast_possible_truncation)]
+        let old = new - Wrapping(added as u16);
+        let device = PeerRequest {
+            event_idx: self.event_idx.then(|| self.layout.avail_event()),
+            flags: self.layout.used_flags(),
+            decline: VIRTQ_USED_F_NO_NOTIFY,
+        };
+        Ok(device.wants(&self.mem, new.0, old.0)?)
     }
 
     /// Kicks the device if [`DriverQueue::should_kick`]; returns whether it did.

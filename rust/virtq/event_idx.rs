@@ -1,6 +1,9 @@
 //! The event-index notification test (§2.7.7.2, §2.7.10).
 
 use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+
+use crate::memory::{GuestAddress, GuestMemory, MemoryError};
 
 /// Whether moving a ring index from `old_idx` to `new_idx` passed `event_idx`, so the other side
 /// asked to be notified.
@@ -11,6 +14,26 @@ use std::num::Wrapping;
 pub fn need_event(event_idx: u16, new_idx: u16, old_idx: u16) -> bool {
     let (e, n, o) = (Wrapping(event_idx), Wrapping(new_idx), Wrapping(old_idx));
     (n - e - Wrapping(1)).0 < (n - o).0
+}
+
+/// Where the other side of a queue says whether it wants a notification: its event index
+/// (§2.7.10, with VIRTIO_F_EVENT_IDX) or else its flags word and the bit that declines (§2.7.7:
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT`; §2.7.9: `VIRTQ_USED_F_NO_NOTIFY`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PeerRequest {
+    pub(super) event_idx: Option<GuestAddress>,
+    pub(super) flags: GuestAddress,
+    pub(super) decline: u16,
+}
+
+impl PeerRequest {
+    /// Whether the other side asked to be notified of our index moving from `old` to `new`.
+    pub(super) fn wants(self, mem: &GuestMemory, new: u16, old: u16) -> Result<bool, MemoryError> {
+        match self.event_idx {
+            Some(at) => Ok(need_event(mem.load_u16(at, Ordering::Relaxed)?, new, old)),
+            None => Ok(mem.load_u16(self.flags, Ordering::Relaxed)? & self.decline == 0),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@
 //! through atomics on guest memory with the ordering the spec asks for (§2.7.13), and no
 //! reference into guest RAM is ever made. Section numbers (§) are those of virtio 1.2.
 
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+mod accessors;
 mod chain;
 pub mod defs;
 mod desc;

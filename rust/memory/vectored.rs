@@ -3,26 +3,51 @@
 //! flushes of one call). A fragmented balloon is hundreds of thousands of short runs, and one
 //! `madvise` each costs a syscall and a TLB flush per run; one call per 1024 runs halves that.
 //!
-//! Only for anonymous RAM (memfd RAM needs `fallocate(PUNCH_HOLE)`, which has no vector form).
-//! Where the kernel refuses, the caller falls back to one discard per run.
+//! Only for private anonymous RAM (a file needs `fallocate(PUNCH_HOLE)`, which has no vector
+//! form). Where the kernel refuses, the caller falls back to one discard per run.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
-use crate::memory::{GuestMemory, Pfn, PAGE_SIZE};
+use super::{GuestMemory, PageRange};
+
+/// A guest's vectored-discard state: our pidfd, opened on first use, and whether the kernel
+/// refused the vectored call once (then every later batch goes run by run).
+#[derive(Debug, Default)]
+pub(super) struct VectoredState {
+    pidfd: OnceLock<Option<SelfMadvise>>,
+    refused: AtomicBool,
+}
+
+impl VectoredState {
+    /// The pidfd, unless the kernel has none or refused a vectored discard before.
+    pub(super) fn get(&self) -> Option<&SelfMadvise> {
+        if self.refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.pidfd.get_or_init(SelfMadvise::open).as_ref()
+    }
+
+    /// Remembers that the kernel refused: discard run by run from now on.
+    pub(super) fn refuse(&self) {
+        self.refused.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Runs per call: the kernel's `UIO_MAXIOV`.
 pub const IOV_MAX: usize = 1024;
 
 /// A pidfd for this process, to give `process_madvise` our own address space.
 #[derive(Debug)]
-pub struct SelfMadvise {
+pub(super) struct SelfMadvise {
     pidfd: OwnedFd,
 }
 
 impl SelfMadvise {
     /// Opens a pidfd for this process; `None` if the kernel has no `pidfd_open` (before 5.3).
-    pub fn open() -> Option<SelfMadvise> {
+    pub(super) fn open() -> Option<SelfMadvise> {
         // SAFETY: plain syscall with our own pid and no flags; the result is checked.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
         if fd < 0 {
@@ -33,30 +58,34 @@ impl SelfMadvise {
         Some(SelfMadvise { pidfd })
     }
 
-    /// Discards `runs` (page runs inside `mem`, which must be anonymous RAM) with as few calls
-    /// as possible; returns the calls made. On a kernel error, returns it with the number of
-    /// leading runs already discarded, so the caller can finish the rest another way.
-    pub fn discard(
+    /// Discards `runs` (page runs inside `mem`, which must be private anonymous RAM) with as
+    /// few calls as possible, counting them in `calls`. On an error, returns the number of
+    /// leading runs already discarded, the error, and whether it was the kernel's (rather than
+    /// a run outside guest RAM), so the caller can finish the rest another way.
+    pub(super) fn discard(
         &self,
         mem: &GuestMemory,
-        runs: &[(u64, u64)],
+        runs: &[PageRange],
         calls: &mut u64,
-    ) -> Result<(), (usize, io::Error)> {
+    ) -> Result<(), (usize, io::Error, bool)> {
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX.min(runs.len()));
         let mut done = 0usize;
         for chunk in runs.chunks(IOV_MAX) {
             iov.clear();
             let mut bytes = 0usize;
-            for &(start, len) in chunk {
-                // Bounds-checked: a run outside guest RAM never becomes an iovec.
+            for r in chunk {
+                // Bounds-checked: a run outside guest RAM never becomes an iovec (and the runs
+                // of this chunk before it are not discarded yet).
+                let outside = |e: String| (done, io::Error::other(e), false);
+                let (addr, len) = r.byte_span().ok_or_else(|| outside(r.to_string()))?;
                 let p = mem
-                    .host_ptr(Pfn(start).addr(), len * PAGE_SIZE)
-                    .map_err(|e| (done, io::Error::other(e.to_string())))?;
+                    .host_ptr(addr, len)
+                    .map_err(|e| outside(e.to_string()))?;
                 iov.push(libc::iovec {
                     iov_base: p.cast(),
-                    iov_len: (len * PAGE_SIZE) as usize,
+                    iov_len: len as usize,
                 });
-                bytes += (len * PAGE_SIZE) as usize;
+                bytes += len as usize;
             }
             *calls += 1;
             // SAFETY: every iovec is a page-aligned range inside our own guest mapping, whose
@@ -72,7 +101,7 @@ impl SelfMadvise {
                 )
             };
             if rc < 0 {
-                return Err((done, io::Error::last_os_error()));
+                return Err((done, io::Error::last_os_error(), true));
             }
             if rc as usize != bytes {
                 // A partial advice: report how many whole runs are known done.
@@ -85,7 +114,11 @@ impl SelfMadvise {
                     left -= v.iov_len;
                     whole += 1;
                 }
-                return Err((done + whole, io::Error::other("partial process_madvise")));
+                return Err((
+                    done + whole,
+                    io::Error::other("partial process_madvise"),
+                    true,
+                ));
             }
             done += chunk.len();
         }
@@ -96,7 +129,7 @@ impl SelfMadvise {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{Backing, GuestAddress};
+    use crate::memory::{Backing, GuestAddress, PAGE_SIZE};
 
     #[test]
     fn test_vectored_discard_zeroes_exactly_the_runs() {
@@ -105,7 +138,7 @@ mod tests {
         let Some(m) = SelfMadvise::open() else {
             return;
         };
-        let runs = [(1, 2), (10, 1), (63, 1)];
+        let runs = [(1, 2), (10, 1), (63, 1)].map(|(s, l)| PageRange::new(s, l));
         let mut calls = 0;
         if m.discard(&mem, &runs, &mut calls).is_err() {
             // An older kernel refuses DONTNEED here; the device falls back.
@@ -113,10 +146,11 @@ mod tests {
         }
         assert_eq!(calls, 1);
         for p in 0..64u64 {
-            let zero = runs.iter().any(|&(s, l)| p >= s && p < s + l);
+            let zero = runs.iter().any(|r| r.contains(p));
             let b = mem.read_u8(GuestAddress(p * PAGE_SIZE + 7)).unwrap();
             assert_eq!(b == 0, zero, "page {p}");
         }
-        assert!(m.discard(&mem, &[(64, 1)], &mut calls).is_err());
+        let outside = m.discard(&mem, &[runs[0], PageRange::new(64, 1)], &mut calls);
+        assert!(matches!(outside, Err((0, _, false))), "{outside:?}");
     }
 }
