@@ -1,12 +1,14 @@
 //! The frontend's guest RAM, from SET_MEM_TABLE: its regions, the translation of ring addresses
 //! from the frontend's userspace address space, and one [`GuestMemory`] the device works on.
 //!
-//! The device addresses guest RAM as one flat mapping from guest-physical 0. A frontend whose
-//! regions all come from one file with file offset == guest-physical address (User-Mode Linux:
-//! its physmem file; QEMU with one memfd region at 0) is mapped whole, shared, from offset 0:
-//! the device's lookups stay as fast as for its own RAM, and a discard punches a hole at the
-//! right file offset (`fallocate(PUNCH_HOLE)`; `MADV_DONTNEED` frees nothing on shared files).
-//! Other layouts are refused with a typed error that names the region.
+//! A frontend whose regions all come from one file with file offset == guest-physical address
+//! (User-Mode Linux: its physmem file; QEMU with one memfd region at 0) is mapped whole, shared,
+//! from offset 0, as one flat region: the device's lookups stay as fast as for its own RAM.
+//! Any other layout (several files, or file offsets that differ from guest addresses: QEMU's
+//! RAM below and above 4 GiB) becomes one [`GuestMemory`] region per table entry
+//! ([`GuestMemory::from_regions`]), each mapped from its own fd at its own offset. Either way a
+//! discard punches a hole at the right file offset (`fallocate(PUNCH_HOLE)`; `MADV_DONTNEED`
+//! frees nothing on shared files).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use vhost::vhost_user::message::VhostUserMemoryRegion;
 
 use super::error::VhostUserError;
-use crate::memory::{GuestAddress, GuestMemory, MAX_GUEST_SIZE, PAGE_SIZE};
+use crate::memory::{GuestAddress, GuestMemory, RegionSpec, MAX_GUEST_SIZE, PAGE_SIZE};
 
 /// Most regions we take in one table (virtio_uml sends one or two; QEMU up to 8).
 pub const MAX_REGIONS: usize = 8;
@@ -38,7 +40,8 @@ pub struct Region {
 pub struct FrontendMemory {
     regions: Vec<Region>,
     guest: Arc<GuestMemory>,
-    file: OwnedFd,
+    /// Each distinct file behind the regions, once (for [`FrontendMemory::backed_bytes`]).
+    files: Vec<OwnedFd>,
     ram_bytes: u64,
 }
 
@@ -76,7 +79,9 @@ impl FrontendMemory {
         let mut regions = Vec::with_capacity(table.len());
         let mut span = 0u64;
         let mut ram_bytes = 0u64;
-        let first = file_id(&files[0])?;
+        // (device, inode) of each distinct file, and the first region that uses it.
+        let mut ids: Vec<(u64, u64)> = Vec::new();
+        let mut distinct: Vec<usize> = Vec::new();
         for (i, (r, f)) in table.iter().zip(&files).enumerate() {
             let reg = Region {
                 guest_addr: r.guest_phys_addr,
@@ -102,22 +107,21 @@ impl FrontendMemory {
                 }
             }
             let id = file_id(f)?;
-            if (id.0, id.1) != (first.0, first.1) {
-                return Err(bad(format!(
-                    "region {i} is backed by another file than region 0 (one file taken)"
-                )));
-            }
             if id.3 & libc::S_IFMT != libc::S_IFREG {
                 return Err(bad(format!(
                     "region {i}: fd is not a regular file or memfd"
                 )));
             }
-            if reg.mmap_offset != reg.guest_addr {
+            let file_end = reg.mmap_offset.checked_add(reg.size);
+            if file_end.is_none_or(|e| u64::try_from(id.2).unwrap_or(0) < e) {
                 return Err(bad(format!(
-                    "region {i}: file offset {:#x} differs from guest address {:#x} (only \
-                     offset == guest address layouts are mapped)",
-                    reg.mmap_offset, reg.guest_addr
+                    "region {i}: file of {:#x} bytes is shorter than offset {:#x} + size {:#x}",
+                    id.2, reg.mmap_offset, reg.size
                 )));
+            }
+            if !ids.contains(&(id.0, id.1)) {
+                ids.push((id.0, id.1));
+                distinct.push(i);
             }
             for (j, o) in regions.iter().enumerate() {
                 let o: &Region = o;
@@ -129,22 +133,38 @@ impl FrontendMemory {
             ram_bytes += reg.size;
             regions.push(reg);
         }
-        if u64::try_from(first.2).unwrap_or(0) < span {
-            return Err(bad(format!(
-                "file of {:#x} bytes is shorter than the regions' end {span:#x}",
-                first.2
-            )));
-        }
-        let mut files = files;
-        let file: OwnedFd = files.swap_remove(0).into();
-        let map_fd = file
-            .try_clone()
-            .map_err(|source| VhostUserError::Os { op: "dup", source })?;
-        let guest = Arc::new(GuestMemory::from_frontend_fd(map_fd, span)?);
+        let dup = |f: &File| -> Result<OwnedFd, VhostUserError> {
+            f.try_clone()
+                .map(OwnedFd::from)
+                .map_err(|source| VhostUserError::Os { op: "dup", source })
+        };
+        let flat = ids.len() == 1 && regions.iter().all(|r| r.mmap_offset == r.guest_addr);
+        let guest = if flat {
+            // One file laid out by guest address: one flat mapping of [0, span).
+            GuestMemory::from_frontend_fd(dup(&files[0])?, span)?
+        } else {
+            let specs = regions
+                .iter()
+                .zip(&files)
+                .map(|(r, f)| {
+                    Ok(RegionSpec {
+                        guest_base: GuestAddress(r.guest_addr),
+                        size: r.size,
+                        fd: Some(dup(f)?),
+                        fd_offset: r.mmap_offset,
+                    })
+                })
+                .collect::<Result<Vec<_>, VhostUserError>>()?;
+            GuestMemory::from_regions(specs)?
+        };
+        let files = distinct
+            .into_iter()
+            .map(|i| dup(&files[i]))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(FrontendMemory {
             regions,
-            guest,
-            file,
+            guest: Arc::new(guest),
+            files,
             ram_bytes,
         })
     }
@@ -164,15 +184,20 @@ impl FrontendMemory {
         self.ram_bytes
     }
 
-    /// Bytes of the RAM file still allocated on the host (`st_blocks`): what discards return.
+    /// Bytes of the RAM files still allocated on the host (`st_blocks`, each file once): what
+    /// discards return.
     pub fn backed_bytes(&self) -> Result<u64, VhostUserError> {
-        // SAFETY: a zeroed `stat` is a valid out-parameter for fstat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `file` is our open descriptor and `st` a valid out-pointer.
-        if unsafe { libc::fstat(self.file.as_raw_fd(), &mut st) } != 0 {
-            return Err(VhostUserError::os("fstat(region fd)"));
+        let mut total = 0u64;
+        for file in &self.files {
+            // SAFETY: a zeroed `stat` is a valid out-parameter for fstat.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `file` is our open descriptor and `st` a valid out-pointer.
+            if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
+                return Err(VhostUserError::os("fstat(region fd)"));
+            }
+            total += u64::try_from(st.st_blocks).unwrap_or(0) * 512;
         }
-        Ok(u64::try_from(st.st_blocks).unwrap_or(0) * 512)
+        Ok(total)
     }
 
     /// The guest-physical address of `[user_addr, user_addr + len)` in the frontend's address
@@ -233,7 +258,8 @@ mod tests {
             vec![],
             vec![region(0, 0, 0, 0)],
             vec![region(0x800, 0x1000, 0, 0x800)],
-            vec![region(0, 0x1000, 0, 0x1000)],
+            // Past the end of its (1 MiB) file.
+            vec![region(0, 0x2000, 0, 1 << 20)],
             vec![region(u64::MAX - 0xfff, 0x1000, 0, u64::MAX - 0xfff)],
             vec![region(0, 1 << 30, 0, 0)],
         ];
@@ -254,10 +280,40 @@ mod tests {
         let f = memfd(1 << 20);
         let files = vec![f.try_clone().unwrap(), f];
         assert!(FrontendMemory::new(&overlap, files).is_err());
-        let two_files = [
-            region(0, 0x1000, 0, 0),
-            region(0x1000, 0x1000, 0x1000, 0x1000),
+    }
+
+    #[test]
+    fn test_two_files_at_their_own_offsets_map_as_two_regions() {
+        use std::os::unix::fs::FileExt;
+        // QEMU's layout: RAM below 4 GiB from one memfd, above it from another at an offset.
+        let (low, high) = (memfd(1 << 20), memfd(3 << 20));
+        let t = [
+            region(0, 1 << 20, 0x7f00_0000_0000, 0),
+            region(1 << 32, 1 << 20, 0x7f10_0000_0000, 2 << 20),
         ];
-        assert!(FrontendMemory::new(&two_files, vec![memfd(1 << 20), memfd(1 << 20)]).is_err());
+        let files = vec![low.try_clone().unwrap(), high.try_clone().unwrap()];
+        let m = FrontendMemory::new(&t, files).unwrap();
+        let g = m.guest();
+        assert_eq!(g.size(), (1 << 32) + (1 << 20));
+        g.write(GuestAddress(0x1000), b"low").unwrap();
+        g.write(GuestAddress((1 << 32) + 0x2000), b"high").unwrap();
+        let mut buf = [0u8; 4];
+        low.read_exact_at(&mut buf[..3], 0x1000).unwrap();
+        assert_eq!(&buf[..3], b"low");
+        high.read_exact_at(&mut buf, (2 << 20) + 0x2000).unwrap();
+        assert_eq!(&buf, b"high");
+        // The hole between the regions is not guest RAM.
+        assert!(g.write(GuestAddress(2 << 20), b"x").is_err());
+        assert_eq!(
+            m.translate(0x7f10_0000_2000, 4),
+            Some(GuestAddress((1 << 32) + 0x2000))
+        );
+        // Both files count once each; a discard gives the page back in the right file.
+        let before = m.backed_bytes().unwrap();
+        assert!(before >= 2 * 4096);
+        g.discard(GuestAddress((1 << 32) + 0x2000), 4096).unwrap();
+        assert_eq!(m.backed_bytes().unwrap(), before - 4096);
+        high.read_exact_at(&mut buf, (2 << 20) + 0x2000).unwrap();
+        assert_eq!(buf, [0; 4]);
     }
 }
