@@ -11,57 +11,64 @@ use vballoon::memory::GuestAddress;
 use vballoon::virtq::defs::*;
 use vballoon::virtq::{need_event, vring_size, Descriptor, QueueLayout};
 
+/// Asserts each `(uapi name, our value)` pair, naming the one that differs.
+fn assert_all_match(u: &uapi::Uapi, expected: &[(&str, u64)]) {
+    for &(name, ours) in expected {
+        assert_eq!(u.get(name), ours, "{name}");
+    }
+}
+
 #[test]
 fn test_ring_constants_match_uapi() {
-    let u = uapi();
-    assert_eq!(u.get("VRING_DESC_F_NEXT"), u64::from(VIRTQ_DESC_F_NEXT));
-    assert_eq!(u.get("VRING_DESC_F_WRITE"), u64::from(VIRTQ_DESC_F_WRITE));
-    assert_eq!(
-        u.get("VRING_DESC_F_INDIRECT"),
-        u64::from(VIRTQ_DESC_F_INDIRECT)
+    assert_all_match(
+        uapi(),
+        &[
+            ("VRING_DESC_F_NEXT", u64::from(VIRTQ_DESC_F_NEXT)),
+            ("VRING_DESC_F_WRITE", u64::from(VIRTQ_DESC_F_WRITE)),
+            ("VRING_DESC_F_INDIRECT", u64::from(VIRTQ_DESC_F_INDIRECT)),
+            ("VRING_USED_F_NO_NOTIFY", u64::from(VIRTQ_USED_F_NO_NOTIFY)),
+            (
+                "VRING_AVAIL_F_NO_INTERRUPT",
+                u64::from(VIRTQ_AVAIL_F_NO_INTERRUPT),
+            ),
+            (
+                "VIRTIO_RING_F_INDIRECT_DESC",
+                u64::from(VIRTIO_F_INDIRECT_DESC),
+            ),
+            ("VIRTIO_RING_F_EVENT_IDX", u64::from(VIRTIO_F_EVENT_IDX)),
+            ("VIRTIO_F_VERSION_1", u64::from(VIRTIO_F_VERSION_1)),
+            ("VRING_DESC_ALIGN_SIZE", DESC_TABLE_ALIGN),
+            ("VRING_AVAIL_ALIGN_SIZE", AVAIL_RING_ALIGN),
+            ("VRING_USED_ALIGN_SIZE", USED_RING_ALIGN),
+        ],
     );
-    assert_eq!(
-        u.get("VRING_USED_F_NO_NOTIFY"),
-        u64::from(VIRTQ_USED_F_NO_NOTIFY)
-    );
-    assert_eq!(
-        u.get("VRING_AVAIL_F_NO_INTERRUPT"),
-        u64::from(VIRTQ_AVAIL_F_NO_INTERRUPT)
-    );
-    assert_eq!(
-        u.get("VIRTIO_RING_F_INDIRECT_DESC"),
-        u64::from(VIRTIO_F_INDIRECT_DESC)
-    );
-    assert_eq!(
-        u.get("VIRTIO_RING_F_EVENT_IDX"),
-        u64::from(VIRTIO_F_EVENT_IDX)
-    );
-    assert_eq!(u.get("VIRTIO_F_VERSION_1"), u64::from(VIRTIO_F_VERSION_1));
-    assert_eq!(u.get("VRING_DESC_ALIGN_SIZE"), DESC_TABLE_ALIGN);
-    assert_eq!(u.get("VRING_AVAIL_ALIGN_SIZE"), AVAIL_RING_ALIGN);
-    assert_eq!(u.get("VRING_USED_ALIGN_SIZE"), USED_RING_ALIGN);
 }
 
 #[test]
 fn test_struct_layouts_match_uapi() {
     let u = uapi();
-    assert_eq!(u.get("sizeof.vring_desc"), size_of::<Descriptor>() as u64);
     assert_eq!(u.get("sizeof.vring_desc"), DESC_SIZE);
-    assert_eq!(
-        u.get("offsetof.vring_desc.addr"),
-        offset_of!(Descriptor, addr) as u64
-    );
-    assert_eq!(
-        u.get("offsetof.vring_desc.len"),
-        offset_of!(Descriptor, len) as u64
-    );
-    assert_eq!(
-        u.get("offsetof.vring_desc.flags"),
-        offset_of!(Descriptor, flags) as u64
-    );
-    assert_eq!(
-        u.get("offsetof.vring_desc.next"),
-        offset_of!(Descriptor, next) as u64
+    assert_all_match(
+        u,
+        &[
+            ("sizeof.vring_desc", size_of::<Descriptor>() as u64),
+            (
+                "offsetof.vring_desc.addr",
+                offset_of!(Descriptor, addr) as u64,
+            ),
+            (
+                "offsetof.vring_desc.len",
+                offset_of!(Descriptor, len) as u64,
+            ),
+            (
+                "offsetof.vring_desc.flags",
+                offset_of!(Descriptor, flags) as u64,
+            ),
+            (
+                "offsetof.vring_desc.next",
+                offset_of!(Descriptor, next) as u64,
+            ),
+        ],
     );
     for ring in ["vring_avail", "vring_used"] {
         assert_eq!(u.get(&format!("offsetof.{ring}.flags")), 0);
