@@ -63,10 +63,13 @@ impl SwapFile {
         Ok(swap)
     }
 
-    /// `enable`, or `None` after saying why `test` is skipped.
-    fn enable_or_skip(test: &str, tag: &str, bytes: u64) -> Option<SwapFile> {
+    /// `enable`, or `None` after saying why the calling test (this thread) is skipped.
+    fn enable_or_skip(tag: &str, bytes: u64) -> Option<SwapFile> {
         SwapFile::enable(tag, bytes)
-            .map_err(|reason| eprintln!("SKIPPED {test}: {reason}"))
+            .map_err(|reason| {
+                let test = std::thread::current().name().unwrap_or("test").to_string();
+                eprintln!("SKIPPED {test}: {reason}");
+            })
             .ok()
     }
 }
@@ -173,11 +176,7 @@ fn migrate(src: &GuestMemory, dst: &GuestMemory, tracking: DirtyTracking) -> Mig
 
 #[test]
 fn test_swapped_out_pages_migrate_with_their_data() {
-    let Some(swap) = SwapFile::enable_or_skip(
-        "test_swapped_out_pages_migrate_with_their_data",
-        "migrate",
-        512 << 20,
-    ) else {
+    let Some(swap) = SwapFile::enable_or_skip("migrate", 512 << 20) else {
         return;
     };
     let used_pages = USED / PAGE_SIZE;
@@ -231,11 +230,7 @@ fn test_swapped_out_pages_migrate_with_their_data() {
 #[test]
 fn test_verify_reads_pages_unpopulated_on_both_sides() {
     // Pages that went to swap on both sides must not count as equal without being read.
-    let Some(swap) = SwapFile::enable_or_skip(
-        "test_verify_reads_pages_unpopulated_on_both_sides",
-        "verify",
-        256 << 20,
-    ) else {
+    let Some(swap) = SwapFile::enable_or_skip("verify", 256 << 20) else {
         return;
     };
     let src = GuestMemory::new(GUEST, Backing::Anonymous).unwrap();
