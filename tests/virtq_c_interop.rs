@@ -155,21 +155,17 @@ impl Digest {
 
     fn check(&self, family: &str) {
         let u = uapi();
-        assert_eq!(
-            self.count,
-            u.get(&format!("need_event.{family}.count")),
-            "{family}"
-        );
-        assert_eq!(
-            self.yes,
-            u.get(&format!("need_event.{family}.yes")),
-            "{family}"
-        );
-        assert_eq!(
-            self.hash,
-            u.get(&format!("need_event.{family}.hash")),
-            "{family}"
-        );
+        for (what, ours) in [
+            ("count", self.count),
+            ("yes", self.yes),
+            ("hash", self.hash),
+        ] {
+            assert_eq!(
+                ours,
+                u.get(&format!("need_event.{family}.{what}")),
+                "{family} {what}"
+            );
+        }
     }
 }
 
@@ -177,31 +173,35 @@ fn edge_distances() -> impl Iterator<Item = u16> {
     (0..=300).chain(0x7f00..=0x8100).chain(0xfe00..=0xffff)
 }
 
+/// Feeds `n` draws of the `seed` stream, each turned into need_event's (event_idx, new, old)
+/// by `args`, and compares the digest with the C program's `family`.
+fn check_random(family: &str, seed: u64, n: u32, args: impl Fn(u64) -> (u16, u16, u16)) {
+    let mut rng = SplitMix(seed);
+    let mut d = Digest::new();
+    for _ in 0..n {
+        let (ev, new, old) = args(rng.next());
+        d.add(need_event(ev, new, old));
+    }
+    d.check(family);
+}
+
 #[test]
 fn test_need_event_matches_vring_need_event_uniform() {
-    let mut rng = SplitMix(0x5eed);
-    let mut d = Digest::new();
-    for _ in 0..4_000_000 {
-        let z = rng.next();
-        d.add(need_event(z as u16, (z >> 16) as u16, (z >> 32) as u16));
-    }
-    d.check("uniform");
+    check_random("uniform", 0x5eed, 4_000_000, |z| {
+        (z as u16, (z >> 16) as u16, (z >> 32) as u16)
+    });
 }
 
 #[test]
 fn test_need_event_matches_vring_need_event_near_misses() {
-    let mut rng = SplitMix(0xbeef);
-    let mut d = Digest::new();
-    for _ in 0..1_000_000 {
-        let z = rng.next();
+    check_random("near", 0xbeef, 1_000_000, |z| {
         let old = z as u16;
         let new = old.wrapping_add(((z >> 16) & 0x3f) as u16);
         let ev = old
             .wrapping_add(((z >> 32) & 0x7f) as u16)
             .wrapping_sub(0x20);
-        d.add(need_event(ev, new, old));
-    }
-    d.check("near");
+        (ev, new, old)
+    });
 }
 
 #[test]
