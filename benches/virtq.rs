@@ -8,6 +8,9 @@
 //!
 //! Run: `cargo bench --bench virtq -- --warm-up-time 1 --measurement-time 3`.
 
+#[path = "../tests/virtio_queue_support/mod.rs"]
+mod virtio_queue_support;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +27,8 @@ use vballoon::virtq::{
     pair_with, Descriptor, DescriptorChain, DeviceQueue, DriverQueue, NotifyMode, PairConfig,
     QueueLayout, Segment,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
+use virtio_queue_support::their_queue;
 use vm_memory::{GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 const MEM: u64 = 4 << 20;
@@ -232,15 +236,7 @@ fn device_side(c: &mut Criterion) {
         // Theirs, on an identical ring in its own mapping.
         let (mem, layout, chains) = replay_rings(nseg);
         let vm = vm_view(&mem);
-        let mut q = Queue::new(QUEUE).unwrap();
-        q.set_size(QUEUE);
-        let a = |x: GuestAddress| vm_memory::GuestAddress(x.raw());
-        q.try_set_desc_table_address(a(layout.desc_table()))
-            .unwrap();
-        q.try_set_avail_ring_address(a(layout.avail_ring()))
-            .unwrap();
-        q.try_set_used_ring_address(a(layout.used_ring())).unwrap();
-        q.set_ready(true);
+        let mut q = their_queue(&layout, false);
         let mut avail = 0u16;
         g.bench_function(format!("virtio_queue_{nseg}seg"), |b| {
             b.iter(|| {

@@ -123,6 +123,13 @@ fn hdr(start_pfn: u64, bmap_len: u64) -> BmapHeader {
     }
 }
 
+/// A one-word bitmap message whose header is `hdr(0, 8)` with one field made bad.
+fn bmap_with(bad: impl FnOnce(&mut BmapHeader)) -> Msg {
+    let mut h = hdr(0, 8);
+    bad(&mut h);
+    bmap(h, &[1; 8])
+}
+
 fn ext(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
@@ -172,21 +179,11 @@ fn hostile(enc: Encoding) -> Vec<(&'static str, Msg, Check)> {
                     matches!(p, PagesError::BitmapHeaderTruncated { len: 31, .. })
                 })
             }),
-            (
-                "page_shift 13",
-                bmap(
-                    BmapHeader {
-                        page_shift: 13,
-                        ..hdr(0, 8)
-                    },
-                    &[1; 8],
-                ),
-                |e| {
-                    decode_err(e, |p| {
-                        matches!(p, PagesError::BadPageShift { page_shift: 13, .. })
-                    })
-                },
-            ),
+            ("page_shift 13", bmap_with(|h| h.page_shift = 13), |e| {
+                decode_err(e, |p| {
+                    matches!(p, PagesError::BadPageShift { page_shift: 13, .. })
+                })
+            }),
             ("bmap_len > body", bmap(hdr(0, 16), &[1; 8]), |e| {
                 decode_err(e, |p| {
                     matches!(
@@ -215,28 +212,12 @@ fn hostile(enc: Encoding) -> Vec<(&'static str, Msg, Check)> {
                     })
                 },
             ),
-            (
-                "cmd 1",
-                bmap(
-                    BmapHeader {
-                        cmd: 1,
-                        ..hdr(0, 8)
-                    },
-                    &[1; 8],
-                ),
-                |e| decode_err(e, |p| matches!(p, PagesError::BadBitmapCommand { cmd: 1 })),
-            ),
-            (
-                "flag 7",
-                bmap(
-                    BmapHeader {
-                        flag: 7,
-                        ..hdr(0, 8)
-                    },
-                    &[1; 8],
-                ),
-                |e| decode_err(e, |p| matches!(p, PagesError::BadBitmapFlag { flag: 7 })),
-            ),
+            ("cmd 1", bmap_with(|h| h.cmd = 1), |e| {
+                decode_err(e, |p| matches!(p, PagesError::BadBitmapCommand { cmd: 1 }))
+            }),
+            ("flag 7", bmap_with(|h| h.flag = 7), |e| {
+                decode_err(e, |p| matches!(p, PagesError::BadBitmapFlag { flag: 7 }))
+            }),
             (
                 "longer than 1 MiB + 32",
                 seg(vec![0; (1 << 20) + 33]),

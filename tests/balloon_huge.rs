@@ -6,15 +6,18 @@
 //! Hugetlb tests reserve their pages through /proc/sys/vm/nr_hugepages for their run and give
 //! them back; they skip, saying why, only where the kernel refuses.
 
+mod huge_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use huge_support::guests_on;
 use vballoon::device::HugePartial;
 use vballoon::guest::HUGE_PAGE_ORDER;
 use vballoon::machine::{MachineConfig, Session};
 use vballoon::memory::{
-    huge_pages_unavailable, Backing, GuestAddress, GuestMemory, HugetlbReservation, Pfn,
-    HUGE_PAGE_PAGES, HUGE_PAGE_SIZE, PAGE_SIZE,
+    Backing, GuestAddress, GuestMemory, HugetlbReservation, Pfn, HUGE_PAGE_PAGES, HUGE_PAGE_SIZE,
+    PAGE_SIZE,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -23,26 +26,8 @@ const GUEST: u64 = 64 * MIB;
 
 /// Guest RAM on `backing`, all of it touched, and the reservation it needs (hugetlb).
 fn memory(backing: Backing) -> Option<(Option<HugetlbReservation>, Arc<GuestMemory>)> {
-    let res = if backing == Backing::Hugetlb {
-        match HugetlbReservation::new(GUEST / HUGE_PAGE_SIZE) {
-            Ok(r) => Some(r),
-            Err(e) if huge_pages_unavailable(&e) => {
-                eprintln!("skipping {backing:?}: the kernel refused hugetlb pages: {e}");
-                return None;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    } else {
-        None
-    };
-    let mem = match GuestMemory::new(GUEST, backing) {
-        Ok(m) => m,
-        Err(e) if huge_pages_unavailable(&e) => {
-            eprintln!("skipping {backing:?}: {e}");
-            return None;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let (res, mut guests) = guests_on(backing, GUEST, 1)?;
+    let mem = guests.pop()?;
     mem.fill(GuestAddress(0), GUEST, 0x6b).unwrap();
     Some((res, Arc::new(mem)))
 }

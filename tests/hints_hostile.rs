@@ -20,12 +20,6 @@ use vballoon::virtq::{DriverQueue, NotifyMode, Segment};
 
 /// 64 MiB: sixteen 4 MiB blocks.
 const PAGES: u64 = 16384;
-/// The hint queues' indexes with every feature negotiated (inflate, deflate, stats first).
-const MISC: u16 = 3;
-/// free_page_vq, after misc.
-const FREE_PAGE: u16 = 4;
-/// reporting_vq, last.
-const REPORTING: u16 = 5;
 /// Where the rig's buffers go (rings sit below).
 const BUFS: u64 = 0x10_0000;
 /// The free page hint command id the tests issue.
@@ -37,6 +31,10 @@ struct Rig {
     queues: Vec<DriverQueue>,
     next_buf: u64,
     events: Arc<Mutex<Vec<HintEvent>>>,
+    /// The hint queues' indexes, as the abi numbers them for what was negotiated.
+    misc: u16,
+    free_page: u16,
+    reporting: u16,
 }
 
 impl Rig {
@@ -54,6 +52,8 @@ impl Rig {
         .unwrap();
         let queues = DriverStart::new(64, 0x4000).start(&mut dev).unwrap();
         assert_eq!(queues.len(), 6);
+        let q = dev.features().expect("negotiated").queues();
+        let hint_queue = |i: Option<u16>| i.expect("every hint queue negotiated");
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         dev.set_hint_sink(Some(Arc::new(move |e| sink.lock().unwrap().push(e))));
@@ -63,6 +63,9 @@ impl Rig {
             queues,
             next_buf: BUFS,
             events,
+            misc: hint_queue(q.misc),
+            free_page: hint_queue(q.free_page),
+            reporting: hint_queue(q.reporting),
         }
     }
 
@@ -162,19 +165,19 @@ fn hdr(req_id: u64, start_pfn: u64, bmap_len: u64, flag: u16) -> BmapHeader {
 fn test_hostile_unused_page_replies() {
     let mut r = Rig::new();
     // The request buffer: the device holds it, and writes the request into it.
-    let req = r.send(MISC, &[Seg::In(16)]);
-    assert!(r.serve(MISC).is_empty());
+    let req = r.send(r.misc, &[Seg::In(16)]);
+    assert!(r.serve(r.misc).is_empty());
     assert!(r.dev.holds_misc_request_buffer());
     let at = r.next_buf - 64;
     assert!(r.dev.request_unused_pages(u64::from(ID)).unwrap());
-    assert_eq!(r.used(MISC), vec![(req, 16)]);
+    assert_eq!(r.used(r.misc), vec![(req, 16)]);
     let mut got = [0u8; 16];
     r.mem().read(GuestAddress(at), &mut got).unwrap();
     assert_eq!(got, ReqHeader::get_unused_pages(u64::from(ID)).to_bytes());
     let id = u64::from(ID);
     let ones = [0xffu8; 8];
 
-    r.refuse(MISC, &reply(hdr(999, 64, 8, 0), &ones), |e| {
+    r.refuse(r.misc, &reply(hdr(999, 64, 8, 0), &ones), |e| {
         matches!(
             e,
             HintError::StaleReply {
@@ -187,7 +190,7 @@ fn test_hostile_unused_page_replies() {
         page_shift: 13,
         ..hdr(id, 64, 8, 0)
     };
-    r.refuse(MISC, &reply(bad_shift, &ones), |e| {
+    r.refuse(r.misc, &reply(bad_shift, &ones), |e| {
         matches!(
             e,
             HintError::BadReply {
@@ -195,7 +198,7 @@ fn test_hostile_unused_page_replies() {
             }
         )
     });
-    r.refuse(MISC, &reply(hdr(id, 64, 16, 0), &ones), |e| {
+    r.refuse(r.misc, &reply(hdr(id, 64, 16, 0), &ones), |e| {
         matches!(
             e,
             HintError::BadReply {
@@ -203,7 +206,7 @@ fn test_hostile_unused_page_replies() {
             }
         )
     });
-    r.refuse(MISC, &reply(hdr(id, PAGES - 32, 8, 0), &ones), |e| {
+    r.refuse(r.misc, &reply(hdr(id, PAGES - 32, 8, 0), &ones), |e| {
         matches!(
             e,
             HintError::BadReply {
@@ -211,7 +214,7 @@ fn test_hostile_unused_page_replies() {
             } if *pfn == PAGES
         )
     });
-    r.refuse(MISC, &reply(hdr(id, 64, 8, 7), &ones), |e| {
+    r.refuse(r.misc, &reply(hdr(id, 64, 8, 7), &ones), |e| {
         matches!(
             e,
             HintError::BadReply {
@@ -219,7 +222,7 @@ fn test_hostile_unused_page_replies() {
             }
         )
     });
-    r.refuse(MISC, &[Seg::Out(vec![0; 10])], |e| {
+    r.refuse(r.misc, &[Seg::Out(vec![0; 10])], |e| {
         matches!(
             e,
             HintError::BadReply {
@@ -230,22 +233,25 @@ fn test_hostile_unused_page_replies() {
     // Wrong direction: a reply with a device-writable part.
     let mut mixed = reply(hdr(id, 64, 8, 0), &ones);
     mixed.push(Seg::In(64));
-    r.refuse(MISC, &mixed, |e| {
+    r.refuse(r.misc, &mixed, |e| {
         matches!(e, HintError::Direction { found: "mixed", .. })
     });
-    r.refuse(MISC, &[Seg::At(BUFS, 2 << 20, false)], |e| {
+    r.refuse(r.misc, &[Seg::At(BUFS, 2 << 20, false)], |e| {
         matches!(e, HintError::ReplyTooLong { .. })
     });
-    r.refuse(MISC, &[Seg::In(8)], |e| {
+    r.refuse(r.misc, &[Seg::In(8)], |e| {
         matches!(e, HintError::RequestBufferLength { len: 8, .. })
     });
     assert_eq!(r.dev.hint_counters().bad_buffers, 9);
 
     // Nothing lost: the request is still current, and good replies count whole.
-    let a = r.send(MISC, &reply(hdr(id, 64, 8, BALLOON_FLAG_CONT), &[0x0f; 8]));
-    let b = r.send(MISC, &reply(hdr(id, 256, 1, BALLOON_FLAG_DONE), &[0x80]));
-    assert!(r.serve(MISC).is_empty());
-    assert_eq!(r.used(MISC), vec![(a, 0), (b, 0)]);
+    let a = r.send(
+        r.misc,
+        &reply(hdr(id, 64, 8, BALLOON_FLAG_CONT), &[0x0f; 8]),
+    );
+    let b = r.send(r.misc, &reply(hdr(id, 256, 1, BALLOON_FLAG_DONE), &[0x80]));
+    assert!(r.serve(r.misc).is_empty());
+    assert_eq!(r.used(r.misc), vec![(a, 0), (b, 0)]);
     let mut pages = Vec::new();
     for e in r.events() {
         match e {
@@ -262,9 +268,9 @@ fn test_hostile_unused_page_replies() {
         .collect();
     assert_eq!(pages, want);
     // Replies after DONE are stale.
-    r.send(MISC, &reply(hdr(id, 64, 8, BALLOON_FLAG_DONE), &ones));
+    r.send(r.misc, &reply(hdr(id, 64, 8, BALLOON_FLAG_DONE), &ones));
     assert!(
-        r.serve(MISC).is_empty(),
+        r.serve(r.misc).is_empty(),
         "a late reply is counted, not an error"
     );
     assert!(r.events().is_empty());
@@ -278,13 +284,13 @@ fn test_hostile_free_page_buffers() {
     r.dev.start_free_page_hint(ID).unwrap();
     let block = |pfn: u64| Seg::At(pfn * PAGE_SIZE, (1024 * PAGE_SIZE) as u32, true);
     // Blocks before the ack are not hints.
-    let h = r.send(FREE_PAGE, &[block(1024)]);
-    assert!(r.serve(FREE_PAGE).is_empty());
-    assert_eq!(r.used(FREE_PAGE), vec![(h, 0)]);
+    let h = r.send(r.free_page, &[block(1024)]);
+    assert!(r.serve(r.free_page).is_empty());
+    assert_eq!(r.used(r.free_page), vec![(h, 0)]);
     assert!(r.events().is_empty());
     assert_eq!(r.dev.hint_counters().stale_blocks, 1);
 
-    r.refuse(FREE_PAGE, &[Seg::Out(vec![1, 2, 3])], |e| {
+    r.refuse(r.free_page, &[Seg::Out(vec![1, 2, 3])], |e| {
         matches!(
             e,
             HintError::BadCmdId {
@@ -293,29 +299,29 @@ fn test_hostile_free_page_buffers() {
         )
     });
     r.refuse(
-        FREE_PAGE,
+        r.free_page,
         &[Seg::Out(0x1234u32.to_le_bytes().to_vec())],
         |e| matches!(e, HintError::UnknownCmdId { cmd_id: 0x1234, .. }),
     );
     // The ack starts hinting.
-    r.send(FREE_PAGE, &[Seg::Out(ID.to_le_bytes().to_vec())]);
-    assert!(r.serve(FREE_PAGE).is_empty());
+    r.send(r.free_page, &[Seg::Out(ID.to_le_bytes().to_vec())]);
+    assert!(r.serve(r.free_page).is_empty());
     assert_eq!(r.dev.free_page_status(), FreePageStatus::Start(ID));
-    r.used(FREE_PAGE);
+    r.used(r.free_page);
     // Wrong direction: a block the device may only read is taken for a command id.
     r.refuse(
-        FREE_PAGE,
+        r.free_page,
         &[Seg::At(2048 * PAGE_SIZE, 4 << 20, false)],
         |e| matches!(e, HintError::BadCmdId { .. }),
     );
     r.refuse(
-        FREE_PAGE,
+        r.free_page,
         &[Seg::Out(ID.to_le_bytes().to_vec()), Seg::In(PAGE_SIZE)],
         |e| matches!(e, HintError::Direction { found: "mixed", .. }),
     );
     // Blocks that are not whole pages; one bad block refuses the whole buffer.
     r.refuse(
-        FREE_PAGE,
+        r.free_page,
         &[block(3072), Seg::At(4096 * PAGE_SIZE + 100, 4096, true)],
         |e| {
             matches!(
@@ -327,13 +333,13 @@ fn test_hostile_free_page_buffers() {
             )
         },
     );
-    r.refuse(FREE_PAGE, &[Seg::At(4096 * PAGE_SIZE, 100, true)], |e| {
+    r.refuse(r.free_page, &[Seg::At(4096 * PAGE_SIZE, 100, true)], |e| {
         matches!(e, HintError::BadBlock { .. })
     });
     // Still started: good blocks count.
-    let h = r.send(FREE_PAGE, &[block(5120), block(6144)]);
-    assert!(r.serve(FREE_PAGE).is_empty());
-    assert_eq!(r.used(FREE_PAGE), vec![(h, 0)]);
+    let h = r.send(r.free_page, &[block(5120), block(6144)]);
+    assert!(r.serve(r.free_page).is_empty());
+    assert_eq!(r.used(r.free_page), vec![(h, 0)]);
     assert_eq!(
         r.events(),
         vec![
@@ -350,9 +356,9 @@ fn test_hostile_free_page_buffers() {
         ]
     );
     // The guest's STOP ends it; later blocks are ignored.
-    r.send(FREE_PAGE, &[Seg::Out(0u32.to_le_bytes().to_vec())]);
-    r.send(FREE_PAGE, &[block(7168)]);
-    assert!(r.serve(FREE_PAGE).is_empty());
+    r.send(r.free_page, &[Seg::Out(0u32.to_le_bytes().to_vec())]);
+    r.send(r.free_page, &[block(7168)]);
+    assert!(r.serve(r.free_page).is_empty());
     assert_eq!(r.events(), vec![HintEvent::Finished { id: u64::from(ID) }]);
     assert_eq!(r.dev.free_page_status(), FreePageStatus::Stop);
     assert_eq!(r.dev.hint_counters().stale_blocks, 2);
@@ -381,7 +387,7 @@ fn test_hostile_reports_discard_nothing() {
     }
     // A report the device could only read.
     r.refuse(
-        REPORTING,
+        r.reporting,
         &[Seg::At(2048 * PAGE_SIZE, (512 * PAGE_SIZE) as u32, false)],
         |e| {
             matches!(
@@ -395,16 +401,16 @@ fn test_hostile_reports_discard_nothing() {
     );
     // One bad block refuses the whole report: the good one next to it stays.
     r.refuse(
-        REPORTING,
+        r.reporting,
         &[block(2048), Seg::At(2560 * PAGE_SIZE + 8, 4096, true)],
         |e| matches!(e, HintError::BadBlock { .. }),
     );
     assert!(intact(&r, 2048) && intact(&r, 2560));
     assert_eq!(r.dev.hint_counters().reported_pages, 0);
     // A good report is discarded.
-    let h = r.send(REPORTING, &[block(2048), block(3072)]);
-    assert!(r.serve(REPORTING).is_empty());
-    assert_eq!(r.used(REPORTING), vec![(h, 0)]);
+    let h = r.send(r.reporting, &[block(2048), block(3072)]);
+    assert!(r.serve(r.reporting).is_empty());
+    assert_eq!(r.used(r.reporting), vec![(h, 0)]);
     assert!(!intact(&r, 2048) && !intact(&r, 3072) && intact(&r, 2560));
     assert_eq!(r.dev.hint_counters().reported_pages, 1024);
     assert!(r.guarded.canaries_intact());

@@ -3,9 +3,12 @@
 //! workload writing meanwhile, a page written right after it was hinted is sent again, and a
 //! balloon that offers no hint feature gives no hints without breaking anything.
 
+mod migration_support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use migration_support::{WrapHints, Wrapped};
 use vballoon::abi::AbiMode;
 use vballoon::device::HintOffer;
 use vballoon::guest::Guest;
@@ -184,7 +187,6 @@ fn test_bitmap_mode_in_v3_abi() {
 /// guest allocates one hinted page and writes it (for upstream hinting, after memory pressure
 /// made the balloon give the block back). The page must reach the destination anyway.
 struct WriteAfterHint {
-    inner: Arc<BalloonHints>,
     written: Arc<Mutex<Option<u64>>>,
 }
 
@@ -195,29 +197,22 @@ struct WriteAfterHintSource<'a> {
     round: u32,
 }
 
-impl HintProvider for WriteAfterHint {
+impl WrapHints for WriteAfterHint {
     fn name(&self) -> &str {
         "write-after-hint"
     }
-    fn supports(&self, mode: HintMode) -> bool {
-        self.inner.supports(mode)
-    }
-    fn hint_source<'a>(
+    fn wrap<'a>(
         &'a self,
-        mode: HintMode,
+        _balloon: &'a BalloonHints,
+        inner: Box<dyn HintSource + 'a>,
         guest: &'a GuestRunner,
-    ) -> Result<Option<Box<dyn HintSource + 'a>>, MigrationError> {
-        Ok(self.inner.hint_source(mode, guest)?.map(|inner| {
-            Box::new(WriteAfterHintSource {
-                inner,
-                guest,
-                written: Arc::clone(&self.written),
-                round: 0,
-            }) as Box<dyn HintSource + 'a>
-        }))
-    }
-    fn unused_pages(&self, guest: &Guest, out: &mut PageSet) {
-        self.inner.unused_pages(guest, out);
+    ) -> Box<dyn HintSource + 'a> {
+        Box::new(WriteAfterHintSource {
+            inner,
+            guest,
+            written: Arc::clone(&self.written),
+            round: 0,
+        })
     }
 }
 
@@ -271,9 +266,11 @@ fn test_page_written_right_after_it_was_hinted_is_sent_again() {
             ..BalloonHintsConfig::default()
         }));
         let written = Arc::new(Mutex::new(None));
-        let p: Arc<dyn HintProvider> = Arc::new(WriteAfterHint {
-            inner,
-            written: Arc::clone(&written),
+        let p: Arc<dyn HintProvider> = Arc::new(Wrapped {
+            balloon: inner,
+            wrap: WriteAfterHint {
+                written: Arc::clone(&written),
+            },
         });
         let o = MigrateOptions {
             hints: mode,

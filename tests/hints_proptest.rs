@@ -12,16 +12,14 @@ mod migration_support;
 
 use std::sync::{Arc, Mutex};
 
-use migration_support::{Call, Hooked};
+use migration_support::{Call, Hooked, WrapHints, Wrapped};
 use proptest::prelude::*;
-use vballoon::guest::Guest;
 use vballoon::machine::{
     migrate_local, BalloonHints, BalloonHintsConfig, GuestRunner, HintMode, HintProvider, HintRun,
     MigrateOptions, Scenario,
 };
 use vballoon::memory::PAGE_SIZE;
-use vballoon::migration::{GuestControl, HintSource, MigrationError};
-use vballoon::pages::PageSet;
+use vballoon::migration::{GuestControl, HintSource};
 
 const MIB: u64 = 1 << 20;
 
@@ -58,7 +56,6 @@ struct Script {
 }
 
 struct ScriptProvider {
-    inner: Arc<BalloonHints>,
     script: Mutex<Option<Script>>,
 }
 
@@ -125,31 +122,24 @@ impl Player<'_> {
     }
 }
 
-impl HintProvider for ScriptProvider {
+impl WrapHints for ScriptProvider {
     fn name(&self) -> &str {
         "script"
     }
-    fn supports(&self, mode: HintMode) -> bool {
-        self.inner.supports(mode)
-    }
-    fn hint_source<'a>(
+    fn wrap<'a>(
         &'a self,
-        mode: HintMode,
+        balloon: &'a BalloonHints,
+        inner: Box<dyn HintSource + 'a>,
         guest: &'a GuestRunner,
-    ) -> Result<Option<Box<dyn HintSource + 'a>>, MigrationError> {
+    ) -> Box<dyn HintSource + 'a> {
         let script = self.script.lock().unwrap().take().expect("one migration");
-        Ok(self.inner.hint_source(mode, guest)?.map(|inner| {
-            let mut player = Player {
-                provider: &self.inner,
-                guest,
-                script,
-            };
-            let hook = move |_: Call| player.play();
-            Box::new(Hooked { inner, hook }) as Box<dyn HintSource + 'a>
-        }))
-    }
-    fn unused_pages(&self, guest: &Guest, out: &mut PageSet) {
-        self.inner.unused_pages(guest, out);
+        let mut player = Player {
+            provider: balloon,
+            guest,
+            script,
+        };
+        let hook = move |_: Call| player.play();
+        Box::new(Hooked { inner, hook })
     }
 }
 
@@ -181,13 +171,15 @@ proptest! {
             ..Scenario::m2().with_guest_bytes(16 * MIB)
         };
         let (guest, _) = s.build().unwrap();
-        let provider = Arc::new(ScriptProvider {
-            inner: Arc::new(BalloonHints::new(BalloonHintsConfig {
+        let provider = Arc::new(Wrapped {
+            balloon: Arc::new(BalloonHints::new(BalloonHintsConfig {
                 run: HintRun::Manual,
                 queue_size: 64,
                 ..BalloonHintsConfig::default()
             })),
-            script: Mutex::new(Some(Script { ops })),
+            wrap: ScriptProvider {
+                script: Mutex::new(Some(Script { ops })),
+            },
         });
         let p: Arc<dyn HintProvider> = provider.clone();
         let o = MigrateOptions {
@@ -204,9 +196,9 @@ proptest! {
         let r = migrate_local(&guest, &o).unwrap();
         let v = r.verify.clone().unwrap();
         prop_assert!(v.ok(), "{mode}: {v:?} {:?}", r.result.per_round);
-        let st = provider.inner.stats();
+        let st = provider.balloon.stats();
         prop_assert!(st.errors.is_empty(), "{:?}", st.errors);
-        prop_assert!(provider.inner.device_errors().is_empty(), "{:?}", provider.inner.device_errors());
+        prop_assert!(provider.balloon.device_errors().is_empty(), "{:?}", provider.balloon.device_errors());
         guest.resume();
         guest.lock().guest.allocator().check_invariants().unwrap();
     }

@@ -25,12 +25,24 @@ fn config(tracking: DirtyTracking) -> MigrationConfig {
     }
 }
 
-#[test]
-fn test_in_process_migration_with_writer_and_hints_is_exact() {
-    let src = GuestMemory::new(256 * MIB, Backing::Anonymous).unwrap();
-    let g = populate(&src, 24, 16, 1);
+/// A 256 MiB source on `backing` populated by `populate(used_mib, stale_mib, seed)`, its dirty
+/// log, and an empty anonymous destination of the same size.
+fn source_and_dest(
+    backing: Backing,
+    used_mib: u64,
+    stale_mib: u64,
+    seed: u64,
+) -> (GuestMemory, TestGuest, DirtyLog, GuestMemory) {
+    let src = GuestMemory::new(256 * MIB, backing).unwrap();
+    let g = populate(&src, used_mib, stale_mib, seed);
     let log = DirtyLog::for_memory(&src);
     let dst = GuestMemory::new(256 * MIB, Backing::Anonymous).unwrap();
+    (src, g, log, dst)
+}
+
+#[test]
+fn test_in_process_migration_with_writer_and_hints_is_exact() {
+    let (src, g, log, dst) = source_and_dest(Backing::Anonymous, 24, 16, 1);
     let wl = Workload::new(true);
     let mut hints = StaticHints::new(free_bitmap(&g.used)).trickle(8);
     let (a, b) = in_process_pair(TIMEOUT).unwrap();
@@ -67,10 +79,7 @@ fn test_in_process_migration_with_writer_and_hints_is_exact() {
 #[test]
 fn test_tcp_migration_with_kernel_tracking_catches_unmarked_writes() {
     // The workload does not mark the log: only the kernel tracker can see its writes.
-    let src = GuestMemory::new(256 * MIB, Backing::Memfd).unwrap();
-    let g = populate(&src, 16, 0, 2);
-    let log = DirtyLog::for_memory(&src);
-    let dst = GuestMemory::new(256 * MIB, Backing::Anonymous).unwrap();
+    let (src, g, log, dst) = source_and_dest(Backing::Memfd, 16, 0, 2);
     let wl = Workload::new(false);
     let listener = tcp_listen("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

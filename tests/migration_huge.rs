@@ -5,16 +5,16 @@
 //! Hugetlb guests reserve their pages through /proc/sys/vm/nr_hugepages for the run and give
 //! them back; they skip, saying why, only where the kernel refuses.
 
+mod huge_support;
 mod migration_support;
 
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
 
+use huge_support::guests_on;
 use migration_support::*;
-use vballoon::memory::{
-    huge_pages_unavailable, Backing, GuestAddress, GuestMemory, HugetlbReservation, HUGE_PAGE_SIZE,
-};
+use vballoon::memory::{Backing, GuestAddress, GuestMemory, HugetlbReservation, HUGE_PAGE_SIZE};
 use vballoon::migration::*;
 use vballoon::pages::PageSet;
 
@@ -29,29 +29,9 @@ const BACKINGS: [Backing; 4] = [
 
 /// Source and destination RAM on `backing` (and the hugetlb pages they need), or `None`.
 fn pair(backing: Backing) -> Option<(Option<HugetlbReservation>, GuestMemory, GuestMemory)> {
-    let res = if backing == Backing::Hugetlb {
-        match HugetlbReservation::new(2 * GUEST / HUGE_PAGE_SIZE) {
-            Ok(r) => Some(r),
-            Err(e) if huge_pages_unavailable(&e) => {
-                eprintln!("skipping hugetlb: the kernel refused hugetlb pages: {e}");
-                return None;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    } else {
-        None
-    };
-    match (
-        GuestMemory::new(GUEST, backing),
-        GuestMemory::new(GUEST, backing),
-    ) {
-        (Ok(a), Ok(b)) => Some((res, a, b)),
-        (Err(e), _) | (_, Err(e)) if huge_pages_unavailable(&e) => {
-            eprintln!("skipping {backing:?}: {e}");
-            None
-        }
-        (Err(e), _) | (_, Err(e)) => panic!("{e}"),
-    }
+    let (res, mut guests) = guests_on(backing, GUEST, 2)?;
+    let (dst, src) = (guests.pop()?, guests.pop()?);
+    Some((res, src, dst))
 }
 
 /// Runs `f` with source and destination RAM on each of `backings` this host can provide.

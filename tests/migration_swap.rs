@@ -62,6 +62,16 @@ impl SwapFile {
         swap.on = true;
         Ok(swap)
     }
+
+    /// `enable`, or `None` after saying why the calling test (this thread) is skipped.
+    fn enable_or_skip(tag: &str, bytes: u64) -> Option<SwapFile> {
+        SwapFile::enable(tag, bytes)
+            .map_err(|reason| {
+                let test = std::thread::current().name().unwrap_or("test").to_string();
+                eprintln!("SKIPPED {test}: {reason}");
+            })
+            .ok()
+    }
 }
 
 impl Drop for SwapFile {
@@ -166,12 +176,8 @@ fn migrate(src: &GuestMemory, dst: &GuestMemory, tracking: DirtyTracking) -> Mig
 
 #[test]
 fn test_swapped_out_pages_migrate_with_their_data() {
-    let swap = match SwapFile::enable("migrate", 512 << 20) {
-        Ok(s) => s,
-        Err(reason) => {
-            eprintln!("SKIPPED test_swapped_out_pages_migrate_with_their_data: {reason}");
-            return;
-        }
+    let Some(swap) = SwapFile::enable_or_skip("migrate", 512 << 20) else {
+        return;
     };
     let used_pages = USED / PAGE_SIZE;
     let mut used = PageSet::new(GUEST / PAGE_SIZE);
@@ -224,12 +230,8 @@ fn test_swapped_out_pages_migrate_with_their_data() {
 #[test]
 fn test_verify_reads_pages_unpopulated_on_both_sides() {
     // Pages that went to swap on both sides must not count as equal without being read.
-    let swap = match SwapFile::enable("verify", 256 << 20) {
-        Ok(s) => s,
-        Err(reason) => {
-            eprintln!("SKIPPED test_verify_reads_pages_unpopulated_on_both_sides: {reason}");
-            return;
-        }
+    let Some(swap) = SwapFile::enable_or_skip("verify", 256 << 20) else {
+        return;
     };
     let src = GuestMemory::new(GUEST, Backing::Anonymous).unwrap();
     let dst = GuestMemory::new(GUEST, Backing::Anonymous).unwrap();

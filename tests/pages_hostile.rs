@@ -100,52 +100,34 @@ fn test_bitmap_header_truncated() {
     );
 }
 
+/// A header field other than the one value v3 allows: page_shift, cmd, flag.
 #[test]
-fn test_bitmap_page_shift_other_than_12() {
-    let b = bmap(
-        BmapHeader {
-            page_shift: 16,
-            ..hdr(0, 8)
-        },
-        &[1; 8],
-    );
-    assert_eq!(
-        try_decode(Encoding::Bitmap, &[&b], RAM),
-        Err(PagesError::BadPageShift {
-            page_shift: 16,
-            expected: 12
-        })
-    );
-}
-
-#[test]
-fn test_bitmap_unknown_cmd() {
-    let b = bmap(
-        BmapHeader {
-            cmd: 3,
-            ..hdr(0, 8)
-        },
-        &[1; 8],
-    );
-    assert_eq!(
-        try_decode(Encoding::Bitmap, &[&b], RAM),
-        Err(PagesError::BadBitmapCommand { cmd: 3 })
-    );
-}
-
-#[test]
-fn test_bitmap_flag_neither_cont_nor_done() {
-    let b = bmap(
-        BmapHeader {
-            flag: 2,
-            ..hdr(0, 8)
-        },
-        &[1; 8],
-    );
-    assert_eq!(
-        try_decode(Encoding::Bitmap, &[&b], RAM),
-        Err(PagesError::BadBitmapFlag { flag: 2 })
-    );
+fn test_bitmap_header_field_out_of_range() {
+    let ok = hdr(0, 8);
+    let cases = [
+        (
+            BmapHeader {
+                page_shift: 16,
+                ..ok
+            },
+            PagesError::BadPageShift {
+                page_shift: 16,
+                expected: 12,
+            },
+        ),
+        (
+            BmapHeader { cmd: 3, ..ok },
+            PagesError::BadBitmapCommand { cmd: 3 },
+        ),
+        (
+            BmapHeader { flag: 2, ..ok },
+            PagesError::BadBitmapFlag { flag: 2 },
+        ),
+    ];
+    for (h, want) in cases {
+        let b = bmap(h, &[1; 8]);
+        assert_eq!(try_decode(Encoding::Bitmap, &[&b], RAM), Err(want), "{h:?}");
+    }
 }
 
 #[test]

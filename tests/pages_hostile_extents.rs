@@ -122,34 +122,34 @@ fn test_auto_reserved_byte_set() {
 
 #[test]
 fn test_auto_body_errors_are_the_body_decoders() {
-    let body = bmap(
-        BmapHeader {
-            page_shift: 13,
-            ..hdr(0, 0)
-        },
-        &[],
-    );
-    assert_eq!(
-        try_decode(
-            Encoding::Auto,
-            &[&auto::header(AUTO_KIND_BITMAP), &body],
-            RAM
+    let bad_shift = BmapHeader {
+        page_shift: 13,
+        ..hdr(0, 0)
+    };
+    let cases = [
+        (
+            AUTO_KIND_BITMAP,
+            bmap(bad_shift, &[]),
+            PagesError::BadPageShift {
+                page_shift: 13,
+                expected: 12,
+            },
         ),
-        Err(PagesError::BadPageShift {
-            page_shift: 13,
-            expected: 12
-        })
-    );
-    let body = le64s(&[(RAM << 12) | 1]);
-    assert_eq!(
-        try_decode(
-            Encoding::Auto,
-            &[&auto::header(AUTO_KIND_EXTENTS), &body],
-            RAM
+        (
+            AUTO_KIND_EXTENTS,
+            le64s(&[(RAM << 12) | 1]),
+            PagesError::PageOutsideRam {
+                pfn: RAM,
+                max_pfn: RAM,
+            },
         ),
-        Err(PagesError::PageOutsideRam {
-            pfn: RAM,
-            max_pfn: RAM
-        })
-    );
+    ];
+    for (kind, body, want) in cases {
+        let segs: [&[u8]; 2] = [&auto::header(kind), &body];
+        assert_eq!(
+            try_decode(Encoding::Auto, &segs, RAM),
+            Err(want),
+            "kind {kind}"
+        );
+    }
 }

@@ -231,6 +231,9 @@ proptest! {
     }
 }
 
+/// One of PageSet's in-place set operations.
+type SetOp = fn(&mut PageSet, &PageSet);
+
 proptest! {
     #![proptest_config(config(256))]
 
@@ -274,15 +277,16 @@ proptest! {
         let (sa, sb) = (to_set(&a), to_set(&b));
         let (ma, mb): (BTreeSet<u64>, BTreeSet<u64>) =
             (a.iter().filter(|&&p| p < n).copied().collect(), b.iter().filter(|&&p| p < n).copied().collect());
-        let mut u = sa.clone();
-        u.union_with(&sb);
-        let mut d = sa.clone();
-        d.difference_with(&sb);
-        let mut i = sa.clone();
-        i.intersect_with(&sb);
-        prop_assert_eq!(u.iter().collect::<BTreeSet<_>>(), &ma | &mb);
-        prop_assert_eq!(d.iter().collect::<BTreeSet<_>>(), &ma - &mb);
-        prop_assert_eq!(i.iter().collect::<BTreeSet<_>>(), &ma & &mb);
+        let ops: [(&str, SetOp, BTreeSet<u64>); 3] = [
+            ("union", PageSet::union_with, &ma | &mb),
+            ("difference", PageSet::difference_with, &ma - &mb),
+            ("intersection", PageSet::intersect_with, &ma & &mb),
+        ];
+        for (name, op, want) in ops {
+            let mut got = sa.clone();
+            op(&mut got, &sb);
+            prop_assert_eq!(got.iter().collect::<BTreeSet<_>>(), want, "{}", name);
+        }
     }
 
     #[test]

@@ -11,57 +11,64 @@ use vballoon::memory::GuestAddress;
 use vballoon::virtq::defs::*;
 use vballoon::virtq::{need_event, vring_size, Descriptor, QueueLayout};
 
+/// Asserts each `(uapi name, our value)` pair, naming the one that differs.
+fn assert_all_match(u: &uapi::Uapi, expected: &[(&str, u64)]) {
+    for &(name, ours) in expected {
+        assert_eq!(u.get(name), ours, "{name}");
+    }
+}
+
 #[test]
 fn test_ring_constants_match_uapi() {
-    let u = uapi();
-    assert_eq!(u.get("VRING_DESC_F_NEXT"), u64::from(VIRTQ_DESC_F_NEXT));
-    assert_eq!(u.get("VRING_DESC_F_WRITE"), u64::from(VIRTQ_DESC_F_WRITE));
-    assert_eq!(
-        u.get("VRING_DESC_F_INDIRECT"),
-        u64::from(VIRTQ_DESC_F_INDIRECT)
+    assert_all_match(
+        uapi(),
+        &[
+            ("VRING_DESC_F_NEXT", u64::from(VIRTQ_DESC_F_NEXT)),
+            ("VRING_DESC_F_WRITE", u64::from(VIRTQ_DESC_F_WRITE)),
+            ("VRING_DESC_F_INDIRECT", u64::from(VIRTQ_DESC_F_INDIRECT)),
+            ("VRING_USED_F_NO_NOTIFY", u64::from(VIRTQ_USED_F_NO_NOTIFY)),
+            (
+                "VRING_AVAIL_F_NO_INTERRUPT",
+                u64::from(VIRTQ_AVAIL_F_NO_INTERRUPT),
+            ),
+            (
+                "VIRTIO_RING_F_INDIRECT_DESC",
+                u64::from(VIRTIO_F_INDIRECT_DESC),
+            ),
+            ("VIRTIO_RING_F_EVENT_IDX", u64::from(VIRTIO_F_EVENT_IDX)),
+            ("VIRTIO_F_VERSION_1", u64::from(VIRTIO_F_VERSION_1)),
+            ("VRING_DESC_ALIGN_SIZE", DESC_TABLE_ALIGN),
+            ("VRING_AVAIL_ALIGN_SIZE", AVAIL_RING_ALIGN),
+            ("VRING_USED_ALIGN_SIZE", USED_RING_ALIGN),
+        ],
     );
-    assert_eq!(
-        u.get("VRING_USED_F_NO_NOTIFY"),
-        u64::from(VIRTQ_USED_F_NO_NOTIFY)
-    );
-    assert_eq!(
-        u.get("VRING_AVAIL_F_NO_INTERRUPT"),
-        u64::from(VIRTQ_AVAIL_F_NO_INTERRUPT)
-    );
-    assert_eq!(
-        u.get("VIRTIO_RING_F_INDIRECT_DESC"),
-        u64::from(VIRTIO_F_INDIRECT_DESC)
-    );
-    assert_eq!(
-        u.get("VIRTIO_RING_F_EVENT_IDX"),
-        u64::from(VIRTIO_F_EVENT_IDX)
-    );
-    assert_eq!(u.get("VIRTIO_F_VERSION_1"), u64::from(VIRTIO_F_VERSION_1));
-    assert_eq!(u.get("VRING_DESC_ALIGN_SIZE"), DESC_TABLE_ALIGN);
-    assert_eq!(u.get("VRING_AVAIL_ALIGN_SIZE"), AVAIL_RING_ALIGN);
-    assert_eq!(u.get("VRING_USED_ALIGN_SIZE"), USED_RING_ALIGN);
 }
 
 #[test]
 fn test_struct_layouts_match_uapi() {
     let u = uapi();
-    assert_eq!(u.get("sizeof.vring_desc"), size_of::<Descriptor>() as u64);
     assert_eq!(u.get("sizeof.vring_desc"), DESC_SIZE);
-    assert_eq!(
-        u.get("offsetof.vring_desc.addr"),
-        offset_of!(Descriptor, addr) as u64
-    );
-    assert_eq!(
-        u.get("offsetof.vring_desc.len"),
-        offset_of!(Descriptor, len) as u64
-    );
-    assert_eq!(
-        u.get("offsetof.vring_desc.flags"),
-        offset_of!(Descriptor, flags) as u64
-    );
-    assert_eq!(
-        u.get("offsetof.vring_desc.next"),
-        offset_of!(Descriptor, next) as u64
+    assert_all_match(
+        u,
+        &[
+            ("sizeof.vring_desc", size_of::<Descriptor>() as u64),
+            (
+                "offsetof.vring_desc.addr",
+                offset_of!(Descriptor, addr) as u64,
+            ),
+            (
+                "offsetof.vring_desc.len",
+                offset_of!(Descriptor, len) as u64,
+            ),
+            (
+                "offsetof.vring_desc.flags",
+                offset_of!(Descriptor, flags) as u64,
+            ),
+            (
+                "offsetof.vring_desc.next",
+                offset_of!(Descriptor, next) as u64,
+            ),
+        ],
     );
     for ring in ["vring_avail", "vring_used"] {
         assert_eq!(u.get(&format!("offsetof.{ring}.flags")), 0);
@@ -148,21 +155,17 @@ impl Digest {
 
     fn check(&self, family: &str) {
         let u = uapi();
-        assert_eq!(
-            self.count,
-            u.get(&format!("need_event.{family}.count")),
-            "{family}"
-        );
-        assert_eq!(
-            self.yes,
-            u.get(&format!("need_event.{family}.yes")),
-            "{family}"
-        );
-        assert_eq!(
-            self.hash,
-            u.get(&format!("need_event.{family}.hash")),
-            "{family}"
-        );
+        for (what, ours) in [
+            ("count", self.count),
+            ("yes", self.yes),
+            ("hash", self.hash),
+        ] {
+            assert_eq!(
+                ours,
+                u.get(&format!("need_event.{family}.{what}")),
+                "{family} {what}"
+            );
+        }
     }
 }
 
@@ -170,31 +173,35 @@ fn edge_distances() -> impl Iterator<Item = u16> {
     (0..=300).chain(0x7f00..=0x8100).chain(0xfe00..=0xffff)
 }
 
+/// Feeds `n` draws of the `seed` stream, each turned into need_event's (event_idx, new, old)
+/// by `args`, and compares the digest with the C program's `family`.
+fn check_random(family: &str, seed: u64, n: u32, args: impl Fn(u64) -> (u16, u16, u16)) {
+    let mut rng = SplitMix(seed);
+    let mut d = Digest::new();
+    for _ in 0..n {
+        let (ev, new, old) = args(rng.next());
+        d.add(need_event(ev, new, old));
+    }
+    d.check(family);
+}
+
 #[test]
 fn test_need_event_matches_vring_need_event_uniform() {
-    let mut rng = SplitMix(0x5eed);
-    let mut d = Digest::new();
-    for _ in 0..4_000_000 {
-        let z = rng.next();
-        d.add(need_event(z as u16, (z >> 16) as u16, (z >> 32) as u16));
-    }
-    d.check("uniform");
+    check_random("uniform", 0x5eed, 4_000_000, |z| {
+        (z as u16, (z >> 16) as u16, (z >> 32) as u16)
+    });
 }
 
 #[test]
 fn test_need_event_matches_vring_need_event_near_misses() {
-    let mut rng = SplitMix(0xbeef);
-    let mut d = Digest::new();
-    for _ in 0..1_000_000 {
-        let z = rng.next();
+    check_random("near", 0xbeef, 1_000_000, |z| {
         let old = z as u16;
         let new = old.wrapping_add(((z >> 16) & 0x3f) as u16);
         let ev = old
             .wrapping_add(((z >> 32) & 0x7f) as u16)
             .wrapping_sub(0x20);
-        d.add(need_event(ev, new, old));
-    }
-    d.check("near");
+        (ev, new, old)
+    });
 }
 
 #[test]

@@ -20,6 +20,8 @@ const SIZE: u16 = 8;
 const MEM: u64 = 1 << 20;
 const BUF: u64 = 0x8_0000;
 const TABLE: u64 = 0x4_0000;
+/// 2 GiB + 1: two such buffers overflow a chain's 32-bit byte count.
+const HALF_4GIB_PLUS_1: u32 = 0x8000_0001;
 
 /// The guest's view: raw ring writes, no driver logic.
 struct Guest {
@@ -96,279 +98,142 @@ fn pop_err(dev: &mut DeviceQueue) -> VirtqError {
     }
 }
 
-#[test]
-fn test_head_out_of_range() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.publish(SIZE);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(
-            e,
-            VirtqError::HeadOutOfRange {
-                head: SIZE,
-                size: SIZE
-            }
-        ),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
+/// One test per protocol violation: `name(g, dev: guest) { ring writes } => expected error,`.
+/// Each test builds the rings, pops once, matches the error and checks the queue is dead.
+macro_rules! violations {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident($g:ident, $dev:ident: $guest:expr) $build:block => $pat:pat $(if $guard:expr)?,
+    )*) => {$(
+        $(#[$doc])*
+        #[test]
+        #[allow(unused_mut)]
+        fn $name() {
+            let (mut $g, mut $dev) = $guest;
+            $build
+            let e = pop_err(&mut $dev);
+            assert!(matches!(e, $pat $(if $guard)?), "{e}");
+            assert_needs_reset(&mut $dev, &e);
+        }
+    )*};
 }
 
-#[test]
-fn test_next_out_of_range() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.desc(0, BUF, 8, NEXT, 200);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(
-            e,
-            VirtqError::NextOutOfRange {
-                next: 200,
-                limit: 8
-            }
-        ),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+violations! {
+    test_head_out_of_range(g, dev: Guest::new(MEM)) {
+        g.publish(SIZE);
+    } => VirtqError::HeadOutOfRange { head: SIZE, size: SIZE },
 
-#[test]
-fn test_chain_loops() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.desc(0, BUF, 8, NEXT, 1);
-    g.desc(1, BUF, 8, NEXT, 2);
-    g.desc(2, BUF, 8, NEXT, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(matches!(e, VirtqError::ChainTooLong { limit: 8 }), "{e}");
-    assert_needs_reset(&mut dev, &e);
-}
+    test_next_out_of_range(g, dev: Guest::new(MEM)) {
+        g.desc(0, BUF, 8, NEXT, 200);
+        g.publish(0);
+    } => VirtqError::NextOutOfRange { next: 200, limit: 8 },
 
-#[test]
-fn test_chain_longer_than_queue() {
-    // No loop: an indirect table of SIZE + 1 linked entries.
-    let (mut g, mut dev) = Guest::new(MEM);
-    let n = SIZE + 1;
-    for i in 0..n {
-        let (flags, next) = if i + 1 < n { (NEXT, i + 1) } else { (0, 0) };
-        g.table_entry(TABLE, i, BUF, 8, flags, next);
-    }
-    g.desc(0, TABLE, 16 * u32::from(n), INDIRECT, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(matches!(e, VirtqError::ChainTooLong { limit: 8 }), "{e}");
-    assert_needs_reset(&mut dev, &e);
-}
+    test_chain_loops(g, dev: Guest::new(MEM)) {
+        g.desc(0, BUF, 8, NEXT, 1);
+        g.desc(1, BUF, 8, NEXT, 2);
+        g.desc(2, BUF, 8, NEXT, 0);
+        g.publish(0);
+    } => VirtqError::ChainTooLong { limit: 8 },
 
-#[test]
-fn test_loop_inside_indirect_table() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.table_entry(TABLE, 0, BUF, 8, NEXT, 1);
-    g.table_entry(TABLE, 1, BUF, 8, NEXT, 0);
-    g.desc(0, TABLE, 32, INDIRECT, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(matches!(e, VirtqError::ChainTooLong { limit: 8 }), "{e}");
-    assert_needs_reset(&mut dev, &e);
-}
+    /// No loop: an indirect table of SIZE + 1 linked entries.
+    test_chain_longer_than_queue(g, dev: Guest::new(MEM)) {
+        let n = SIZE + 1;
+        for i in 0..n {
+            let (flags, next) = if i + 1 < n { (NEXT, i + 1) } else { (0, 0) };
+            g.table_entry(TABLE, i, BUF, 8, flags, next);
+        }
+        g.desc(0, TABLE, 16 * u32::from(n), INDIRECT, 0);
+        g.publish(0);
+    } => VirtqError::ChainTooLong { limit: 8 },
 
-#[test]
-fn test_buffer_outside_memory() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.desc(0, MEM - 4, 8, 0, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::BufferOutsideMemory { addr, len: 8 } if addr == MEM - 4),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_loop_inside_indirect_table(g, dev: Guest::new(MEM)) {
+        g.table_entry(TABLE, 0, BUF, 8, NEXT, 1);
+        g.table_entry(TABLE, 1, BUF, 8, NEXT, 0);
+        g.desc(0, TABLE, 32, INDIRECT, 0);
+        g.publish(0);
+    } => VirtqError::ChainTooLong { limit: 8 },
 
-#[test]
-fn test_buffer_address_overflows() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.desc(0, u64::MAX - 3, 8, 0, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::BufferAddressOverflow { addr, len: 8 } if addr == u64::MAX - 3),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_buffer_outside_memory(g, dev: Guest::new(MEM)) {
+        g.desc(0, MEM - 4, 8, 0, 0);
+        g.publish(0);
+    } => VirtqError::BufferOutsideMemory { addr, len: 8 } if addr == MEM - 4,
 
-#[test]
-fn test_chain_longer_than_4gib() {
-    // Two overlapping buffers of 2 GiB + 1 byte each, inside a 2 GiB + 4 KiB guest (never
-    // touched, so it costs nothing).
-    let (mut g, mut dev) = Guest::new((1 << 31) + 4096);
-    let len = 0x8000_0001u32;
-    g.desc(0, 0, len, NEXT, 1);
-    g.desc(1, 0, len, 0, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::ChainBytesOverflow { total } if total == 2 * u64::from(len)),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_buffer_address_overflows(g, dev: Guest::new(MEM)) {
+        g.desc(0, u64::MAX - 3, 8, 0, 0);
+        g.publish(0);
+    } => VirtqError::BufferAddressOverflow { addr, len: 8 } if addr == u64::MAX - 3,
 
-#[test]
-fn test_nested_indirect() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.table_entry(TABLE, 0, BUF, 8, NEXT, 1);
-    g.table_entry(TABLE, 1, TABLE + 0x100, 16, INDIRECT, 0);
-    g.desc(0, TABLE, 32, INDIRECT, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(matches!(e, VirtqError::NestedIndirect { index: 1 }), "{e}");
-    assert_needs_reset(&mut dev, &e);
-}
+    /// Two overlapping buffers of 2 GiB + 1 byte each, inside a 2 GiB + 4 KiB guest (never
+    /// touched, so it costs nothing).
+    test_chain_longer_than_4gib(g, dev: Guest::new((1 << 31) + 4096)) {
+        g.desc(0, 0, HALF_4GIB_PLUS_1, NEXT, 1);
+        g.desc(1, 0, HALF_4GIB_PLUS_1, 0, 0);
+        g.publish(0);
+    } => VirtqError::ChainBytesOverflow { total } if total == 2 * u64::from(HALF_4GIB_PLUS_1),
 
-#[test]
-fn test_indirect_with_next() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.table_entry(TABLE, 0, BUF, 8, 0, 0);
-    g.desc(0, BUF, 8, NEXT, 1);
-    g.desc(1, TABLE, 16, INDIRECT | NEXT, 2);
-    g.desc(2, BUF, 8, 0, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::IndirectWithNext { index: 1 }),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_nested_indirect(g, dev: Guest::new(MEM)) {
+        g.table_entry(TABLE, 0, BUF, 8, NEXT, 1);
+        g.table_entry(TABLE, 1, TABLE + 0x100, 16, INDIRECT, 0);
+        g.desc(0, TABLE, 32, INDIRECT, 0);
+        g.publish(0);
+    } => VirtqError::NestedIndirect { index: 1 },
 
-#[test]
-fn test_indirect_table_length_not_multiple_of_16() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.table_entry(TABLE, 0, BUF, 8, 0, 0);
-    g.desc(0, TABLE, 24, INDIRECT, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::IndirectTableLength { len: 24 }),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_indirect_with_next(g, dev: Guest::new(MEM)) {
+        g.table_entry(TABLE, 0, BUF, 8, 0, 0);
+        g.desc(0, BUF, 8, NEXT, 1);
+        g.desc(1, TABLE, 16, INDIRECT | NEXT, 2);
+        g.desc(2, BUF, 8, 0, 0);
+        g.publish(0);
+    } => VirtqError::IndirectWithNext { index: 1 },
 
-#[test]
-fn test_indirect_table_empty() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.desc(0, TABLE, 0, INDIRECT, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::IndirectTableEmpty { addr: TABLE }),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_indirect_table_length_not_multiple_of_16(g, dev: Guest::new(MEM)) {
+        g.table_entry(TABLE, 0, BUF, 8, 0, 0);
+        g.desc(0, TABLE, 24, INDIRECT, 0);
+        g.publish(0);
+    } => VirtqError::IndirectTableLength { len: 24 },
 
-#[test]
-fn test_indirect_table_outside_memory() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.desc(0, MEM - 16, 32, INDIRECT, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::BufferOutsideMemory { len: 32, .. }),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_indirect_table_empty(g, dev: Guest::new(MEM)) {
+        g.desc(0, TABLE, 0, INDIRECT, 0);
+        g.publish(0);
+    } => VirtqError::IndirectTableEmpty { addr: TABLE },
 
-#[test]
-fn test_indirect_next_out_of_range() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.table_entry(TABLE, 0, BUF, 8, NEXT, 2);
-    g.desc(0, TABLE, 32, INDIRECT, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::NextOutOfRange { next: 2, limit: 2 }),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_indirect_table_outside_memory(g, dev: Guest::new(MEM)) {
+        g.desc(0, MEM - 16, 32, INDIRECT, 0);
+        g.publish(0);
+    } => VirtqError::BufferOutsideMemory { len: 32, .. },
 
-#[test]
-fn test_indirect_without_feature() {
-    let (mut g, mut dev) = Guest::with_features(MEM, feature(VIRTIO_F_VERSION_1));
-    g.table_entry(TABLE, 0, BUF, 8, 0, 0);
-    g.desc(0, TABLE, 16, INDIRECT, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::IndirectNotNegotiated { index: 0 }),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_indirect_next_out_of_range(g, dev: Guest::new(MEM)) {
+        g.table_entry(TABLE, 0, BUF, 8, NEXT, 2);
+        g.desc(0, TABLE, 32, INDIRECT, 0);
+        g.publish(0);
+    } => VirtqError::NextOutOfRange { next: 2, limit: 2 },
 
-#[test]
-fn test_avail_index_too_far_ahead() {
-    let (g, mut dev) = Guest::new(MEM);
-    g.set_avail_idx(SIZE + 1);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(
-            e,
-            VirtqError::AvailIndexAhead {
-                avail_idx: 9,
-                next_avail: 0,
-                size: 8
-            }
-        ),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_indirect_without_feature(g, dev: Guest::with_features(MEM, feature(VIRTIO_F_VERSION_1))) {
+        g.table_entry(TABLE, 0, BUF, 8, 0, 0);
+        g.desc(0, TABLE, 16, INDIRECT, 0);
+        g.publish(0);
+    } => VirtqError::IndirectNotNegotiated { index: 0 },
 
-#[test]
-fn test_avail_index_moved_backwards() {
-    // Never decrement avail idx (§2.7.13.3): after two pops, idx 1 looks 65535 ahead.
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.desc(0, BUF, 8, 0, 0);
-    g.publish(0);
-    g.publish(0);
-    assert!(dev.pop().unwrap().is_some());
-    assert!(dev.pop().unwrap().is_some());
-    g.set_avail_idx(1);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(
-            e,
-            VirtqError::AvailIndexAhead {
-                avail_idx: 1,
-                next_avail: 2,
-                ..
-            }
-        ),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
-}
+    test_avail_index_too_far_ahead(g, dev: Guest::new(MEM)) {
+        g.set_avail_idx(SIZE + 1);
+    } => VirtqError::AvailIndexAhead { avail_idx: 9, next_avail: 0, size: 8 },
 
-#[test]
-fn test_writable_before_readable() {
-    let (mut g, mut dev) = Guest::new(MEM);
-    g.desc(0, BUF, 8, NEXT, 1);
-    g.desc(1, BUF + 8, 8, WRITE | NEXT, 2);
-    g.desc(2, BUF + 16, 8, 0, 0);
-    g.publish(0);
-    let e = pop_err(&mut dev);
-    assert!(
-        matches!(e, VirtqError::WritableBeforeReadable { index: 2 }),
-        "{e}"
-    );
-    assert_needs_reset(&mut dev, &e);
+    /// Never decrement avail idx (§2.7.13.3): after two pops, idx 1 looks 65535 ahead.
+    test_avail_index_moved_backwards(g, dev: Guest::new(MEM)) {
+        g.desc(0, BUF, 8, 0, 0);
+        g.publish(0);
+        g.publish(0);
+        assert!(dev.pop().unwrap().is_some());
+        assert!(dev.pop().unwrap().is_some());
+        g.set_avail_idx(1);
+    } => VirtqError::AvailIndexAhead { avail_idx: 1, next_avail: 2, .. },
+
+    test_writable_before_readable(g, dev: Guest::new(MEM)) {
+        g.desc(0, BUF, 8, NEXT, 1);
+        g.desc(1, BUF + 8, 8, WRITE | NEXT, 2);
+        g.desc(2, BUF + 16, 8, 0, 0);
+        g.publish(0);
+    } => VirtqError::WritableBeforeReadable { index: 2 },
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! device pops and uses. Both views share one mapping: vm-memory gets a `GuestMemoryMmap` over
 //! our `GuestMemory`'s host pointer.
 
+mod virtio_queue_support;
+
 use std::sync::Arc;
 
 use vballoon::memory::{Backing, GuestAddress, GuestMemory};
@@ -17,6 +19,7 @@ use virtio_queue::desc::split::{Descriptor as TheirDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue_support::vm;
 use vm_memory::{Bytes, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 /// Our guest memory plus a vm-memory view of the same bytes. Field order matters: the view is
@@ -48,21 +51,9 @@ impl Shared {
     }
 }
 
-fn vm(a: GuestAddress) -> vm_memory::GuestAddress {
-    vm_memory::GuestAddress(a.raw())
-}
-
-/// Their device-side queue over our layout.
+/// Their device-side queue over our layout, checked valid against `mem`.
 fn their_queue(layout: &QueueLayout, event_idx: bool, mem: &GuestMemoryMmap) -> Queue {
-    let mut q = Queue::new(layout.size()).unwrap();
-    q.set_size(layout.size());
-    q.try_set_desc_table_address(vm(layout.desc_table()))
-        .unwrap();
-    q.try_set_avail_ring_address(vm(layout.avail_ring()))
-        .unwrap();
-    q.try_set_used_ring_address(vm(layout.used_ring())).unwrap();
-    q.set_event_idx(event_idx);
-    q.set_ready(true);
+    let q = virtio_queue_support::their_queue(layout, event_idx);
     assert!(q.is_valid(mem));
     q
 }

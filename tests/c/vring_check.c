@@ -16,6 +16,9 @@
 
 #define P(name, value) printf("%s %llu\n", name, (unsigned long long)(value))
 #define C(sym) P(#sym, sym)
+/* "sizeof.<struct>" and "offsetof.<struct>.<field>", the names the Rust side asks for. */
+#define SIZEOF(s) P("sizeof." #s, sizeof(struct s))
+#define OFFSETOF(s, f) P("offsetof." #s "." #f, offsetof(struct s, f))
 
 /* splitmix64: the same stream is generated on the Rust side. */
 static uint64_t mix_state;
@@ -113,22 +116,22 @@ static void ring_layout(void)
 	C(VRING_DESC_ALIGN_SIZE);
 	C(VRING_AVAIL_ALIGN_SIZE);
 	C(VRING_USED_ALIGN_SIZE);
-	P("sizeof.vring_desc", sizeof(struct vring_desc));
-	P("offsetof.vring_desc.addr", offsetof(struct vring_desc, addr));
-	P("offsetof.vring_desc.len", offsetof(struct vring_desc, len));
-	P("offsetof.vring_desc.flags", offsetof(struct vring_desc, flags));
-	P("offsetof.vring_desc.next", offsetof(struct vring_desc, next));
-	P("sizeof.vring_avail", sizeof(struct vring_avail));
-	P("offsetof.vring_avail.flags", offsetof(struct vring_avail, flags));
-	P("offsetof.vring_avail.idx", offsetof(struct vring_avail, idx));
-	P("offsetof.vring_avail.ring", offsetof(struct vring_avail, ring));
-	P("sizeof.vring_used_elem", sizeof(struct vring_used_elem));
-	P("offsetof.vring_used_elem.id", offsetof(struct vring_used_elem, id));
-	P("offsetof.vring_used_elem.len", offsetof(struct vring_used_elem, len));
-	P("sizeof.vring_used", sizeof(struct vring_used));
-	P("offsetof.vring_used.flags", offsetof(struct vring_used, flags));
-	P("offsetof.vring_used.idx", offsetof(struct vring_used, idx));
-	P("offsetof.vring_used.ring", offsetof(struct vring_used, ring));
+	SIZEOF(vring_desc);
+	OFFSETOF(vring_desc, addr);
+	OFFSETOF(vring_desc, len);
+	OFFSETOF(vring_desc, flags);
+	OFFSETOF(vring_desc, next);
+	SIZEOF(vring_avail);
+	OFFSETOF(vring_avail, flags);
+	OFFSETOF(vring_avail, idx);
+	OFFSETOF(vring_avail, ring);
+	SIZEOF(vring_used_elem);
+	OFFSETOF(vring_used_elem, id);
+	OFFSETOF(vring_used_elem, len);
+	SIZEOF(vring_used);
+	OFFSETOF(vring_used, flags);
+	OFFSETOF(vring_used, idx);
+	OFFSETOF(vring_used, ring);
 
 	static const unsigned long aligns[] = {4, 16, 64, 256, 4096, 65536};
 	/* A base that every align divides; vring_init only computes addresses. */
@@ -196,17 +199,15 @@ static void balloon(void)
 	C(VIRTIO_BALLOON_S_DIRECT_RECLAIM);
 #endif
 	C(VIRTIO_BALLOON_S_NR);
-	P("sizeof.virtio_balloon_config", sizeof(struct virtio_balloon_config));
-	P("offsetof.virtio_balloon_config.num_pages", offsetof(struct virtio_balloon_config, num_pages));
-	P("offsetof.virtio_balloon_config.actual", offsetof(struct virtio_balloon_config, actual));
-	P("offsetof.virtio_balloon_config.free_page_hint_cmd_id",
-	  offsetof(struct virtio_balloon_config, free_page_hint_cmd_id));
-	P("offsetof.virtio_balloon_config.free_page_report_cmd_id",
-	  offsetof(struct virtio_balloon_config, free_page_report_cmd_id));
-	P("offsetof.virtio_balloon_config.poison_val", offsetof(struct virtio_balloon_config, poison_val));
-	P("sizeof.virtio_balloon_stat", sizeof(struct virtio_balloon_stat));
-	P("offsetof.virtio_balloon_stat.tag", offsetof(struct virtio_balloon_stat, tag));
-	P("offsetof.virtio_balloon_stat.val", offsetof(struct virtio_balloon_stat, val));
+	SIZEOF(virtio_balloon_config);
+	OFFSETOF(virtio_balloon_config, num_pages);
+	OFFSETOF(virtio_balloon_config, actual);
+	OFFSETOF(virtio_balloon_config, free_page_hint_cmd_id);
+	OFFSETOF(virtio_balloon_config, free_page_report_cmd_id);
+	OFFSETOF(virtio_balloon_config, poison_val);
+	SIZEOF(virtio_balloon_stat);
+	OFFSETOF(virtio_balloon_stat, tag);
+	OFFSETOF(virtio_balloon_stat, val);
 }
 
 int main(void)

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use vballoon::guest::Guest;
+use vballoon::machine::{BalloonHints, GuestRunner, HintMode, HintProvider};
 use vballoon::memory::{GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use vballoon::migration::crc32c_append;
 use vballoon::migration::{
@@ -244,6 +246,46 @@ impl<H: FnMut(Call) + Send> HintSource for Hooked<'_, H> {
 
     fn done(&mut self) {
         self.inner.done();
+    }
+}
+
+/// What a test puts around each hint source the balloon hands out (see [`Wrapped`]).
+pub trait WrapHints: Send + Sync {
+    /// The provider's name in reports.
+    fn name(&self) -> &str;
+    /// Wraps `inner`, the balloon's source for one migration of `guest`.
+    fn wrap<'a>(
+        &'a self,
+        balloon: &'a BalloonHints,
+        inner: Box<dyn HintSource + 'a>,
+        guest: &'a GuestRunner,
+    ) -> Box<dyn HintSource + 'a>;
+}
+
+/// The balloon's hint provider, every source it hands out wrapped by `wrap`; the rest is the
+/// balloon's.
+pub struct Wrapped<W> {
+    pub balloon: Arc<BalloonHints>,
+    pub wrap: W,
+}
+
+impl<W: WrapHints> HintProvider for Wrapped<W> {
+    fn name(&self) -> &str {
+        self.wrap.name()
+    }
+    fn supports(&self, mode: HintMode) -> bool {
+        self.balloon.supports(mode)
+    }
+    fn hint_source<'a>(
+        &'a self,
+        mode: HintMode,
+        guest: &'a GuestRunner,
+    ) -> Result<Option<Box<dyn HintSource + 'a>>, MigrationError> {
+        let source = self.balloon.hint_source(mode, guest)?;
+        Ok(source.map(|inner| self.wrap.wrap(&self.balloon, inner, guest)))
+    }
+    fn unused_pages(&self, guest: &Guest, out: &mut PageSet) {
+        self.balloon.unused_pages(guest, out);
     }
 }
 
