@@ -12,7 +12,7 @@ use vballoon::device::{BalloonDevice, DeviceConfig, DiscardPolicy, QueueRole};
 use vballoon::guest::{BalloonDriver, DriverOptions, Step};
 use vballoon::guest::{Guest, GuestError, Workload};
 use vballoon::machine::{MachineConfig, Outcome, RunMode, Session};
-use vballoon::memory::{Backing, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
+use vballoon::memory::{Backing, GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use vballoon::pages::bitmap::{BmapHeader, BMAP_HEADER_LEN};
 use vballoon::pages::Encoding;
 use vballoon::virtq::{Descriptor, NotifyMode};
@@ -49,7 +49,7 @@ fn check_stats(s: &mut Session) {
 
 /// The first `runs` runs of the balloon read as zero, and no page of the workload changed.
 fn check_zero_and_untouched(s: &Session, mem: &GuestMemory, sums: &[(Pfn, u64)], runs: usize) {
-    for (start, len) in s.balloon_set().runs().take(runs) {
+    for PageRange { start, len } in s.balloon_set().runs().take(runs) {
         assert!(mem
             .is_zero(GuestAddress(start * PAGE_SIZE), len * PAGE_SIZE)
             .unwrap());

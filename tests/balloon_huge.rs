@@ -16,8 +16,8 @@ use vballoon::device::HugePartial;
 use vballoon::guest::HUGE_PAGE_ORDER;
 use vballoon::machine::{MachineConfig, Session};
 use vballoon::memory::{
-    Backing, GuestAddress, GuestMemory, HugetlbReservation, Pfn, HUGE_PAGE_PAGES, HUGE_PAGE_SIZE,
-    PAGE_SIZE,
+    Backing, GuestAddress, GuestMemory, HugetlbReservation, PageRange, Pfn, HUGE_PAGE_PAGES,
+    HUGE_PAGE_SIZE, PAGE_SIZE,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -75,7 +75,7 @@ fn test_inflate_in_2mib_blocks_returns_whole_huge_pages() {
             "{backing:?}: {before} -> {after}"
         );
         let set = s.balloon_set();
-        for (start, len) in set.runs() {
+        for PageRange { start, len } in set.runs() {
             assert_eq!(
                 start % HUGE_PAGE_PAGES,
                 0,

@@ -153,7 +153,7 @@ fn test_alternating_bitmaps_in_every_buffer_cost_bounded_memory_and_lose_no_page
     assert_eq!(set.count(), per_buffer);
     assert!(set
         .runs()
-        .all(|(s, l)| l == 1 && s % 2 == 0 && s < NAMED_LIMIT));
+        .all(|r| r.len == 1 && r.start % 2 == 0 && r.start < NAMED_LIMIT));
     let c = r.dev.counters();
     assert_eq!(c.pages_inflated, per_buffer);
     assert_eq!(c.pages_inflated + c.pages_reinflated, n * per_buffer);

@@ -243,7 +243,7 @@ impl HintSource for RecordingHints<'_> {
 
     fn poll(&mut self, out: &mut dyn FnMut(PageRange)) -> Result<bool, MigrationError> {
         self.record("poll".into());
-        for (s, n) in self.free.runs() {
+        for PageRange { start: s, len: n } in self.free.runs() {
             out(PageRange::new(s, n));
         }
         Ok(false) // keeps "reporting": the engine must still stop polling at stop()

@@ -49,8 +49,8 @@ proptest! {
             let mut seen = Vec::new();
             match decode(enc, &segs, max_pfn, &mut seen) {
                 Ok(d) => {
-                    prop_assert!(seen.iter().all(|&(s, l)| l > 0 && s.checked_add(l).is_some_and(|e| e <= max_pfn)));
-                    prop_assert_eq!(d.pages, seen.iter().map(|r| r.1).sum::<u64>());
+                    prop_assert!(seen.iter().all(|r: &PageRange| r.len > 0 && r.start.checked_add(r.len).is_some_and(|e| e <= max_pfn)));
+                    prop_assert_eq!(d.pages, seen.iter().map(|r| r.len).sum::<u64>());
                 }
                 Err(_) => prop_assert!(seen.is_empty()),
             }
@@ -75,7 +75,7 @@ proptest! {
                 }
                 let mut seen = Vec::new();
                 if decode(enc, &[&bytes], max_pfn, &mut seen).is_ok() {
-                    prop_assert!(seen.iter().all(|&(s, l)| s + l <= max_pfn));
+                    prop_assert!(seen.iter().all(|r: &PageRange| r.end() <= max_pfn));
                 } else {
                     prop_assert!(seen.is_empty());
                 }
@@ -91,7 +91,7 @@ proptest! {
         let blocks: Vec<HintBlock> = blocks.into_iter().map(HintBlock::from).collect();
         let mut seen = Vec::new();
         if hint::decode_blocks(&blocks, max_pfn, &mut seen).is_ok() {
-            prop_assert!(seen.iter().all(|&(s, l)| s.checked_add(l).is_some_and(|e| e <= max_pfn)));
+            prop_assert!(seen.iter().all(|r: &PageRange| r.start.checked_add(r.len).is_some_and(|e| e <= max_pfn)));
         } else {
             prop_assert!(seen.is_empty());
         }

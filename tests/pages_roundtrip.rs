@@ -212,7 +212,7 @@ proptest! {
         prop_assert_eq!((&back, pages), (&set, set.count()));
         // 4 MiB hint blocks are exactly the fully set aligned 1024-page groups.
         let hints: Vec<_> = hint::blocks(&set, HINT_BLOCK_ORDER, HINT_BLOCK_ORDER).unwrap().collect();
-        let want: Vec<u64> = set.runs().flat_map(|(s, l)| s.div_ceil(1024)..(s + l) / 1024).collect();
+        let want: Vec<u64> = set.runs().flat_map(|r| r.start.div_ceil(1024)..r.end() / 1024).collect();
         let got: Vec<u64> = hints.iter().map(|b| b.addr / HINT_BLOCK_BYTES).collect();
         prop_assert!(hints.iter().all(|b| b.len == HINT_BLOCK_BYTES));
         prop_assert_eq!(got, want);
@@ -260,9 +260,9 @@ proptest! {
         // Runs are maximal, sorted, and cover exactly the set.
         let runs: Vec<_> = set.runs().collect();
         for w in runs.windows(2) {
-            prop_assert!(w[0].0 + w[0].1 < w[1].0);
+            prop_assert!(w[0].end() < w[1].start);
         }
-        let covered: Vec<u64> = runs.iter().flat_map(|&(s, l)| s..s + l).collect();
+        let covered: Vec<u64> = runs.iter().flat_map(|r| r.start..r.end()).collect();
         prop_assert_eq!(covered, model.iter().copied().collect::<Vec<_>>());
         prop_assert_eq!(PageSet::from_runs(n, runs).unwrap(), set);
     }
@@ -293,14 +293,15 @@ proptest! {
     fn prop_coalescer_loses_and_duplicates_nothing(
         runs in prop::collection::vec((0u64..200, 1u64..20), 0..40),
     ) {
-        let mut out = Vec::new();
+        let mut out: Vec<PageRange> = Vec::new();
         let mut c = Coalescer::new(&mut out);
         for &(s, l) in &runs {
             vballoon::pages::PageSink::run(&mut c, s, l);
         }
         drop(c);
         let expand = |v: &[(u64, u64)]| v.iter().flat_map(|&(s, l)| s..s + l).collect::<Vec<_>>();
-        prop_assert_eq!(expand(&out), expand(&runs));
+        let got: Vec<(u64, u64)> = out.iter().map(|r| (r.start, r.len)).collect();
+        prop_assert_eq!(expand(&got), expand(&runs));
         prop_assert!(out.len() <= runs.len());
     }
 }
@@ -360,6 +361,6 @@ fn test_pfn_decoder_joins_shuffled_pages_into_one_run() {
         .collect();
     let mut runs = Vec::new();
     let d = decode(Encoding::Pfn, &[pfns], 2000, &mut runs).unwrap();
-    assert_eq!(runs, vec![(1000, 256)]);
+    assert_eq!(runs, vec![PageRange::new(1000, 256)]);
     assert_eq!((d.pages, d.runs, d.header), (256, 1, None));
 }

@@ -220,7 +220,7 @@ fn run_inflate(
     s.stop()?;
     mem.populate(GuestAddress(0), mem.size())?;
     let sample = Sample::of(&up, mem, &before, &after, full * HUGE_PAGE_SIZE);
-    Ok((sample, set.runs().collect()))
+    Ok((sample, set.runs().map(|r| (r.start, r.len)).collect()))
 }
 
 /// The floor: the same runs discarded from the host alone, one call per run.

@@ -275,7 +275,7 @@ fn run_variant(
 /// resident drop in bytes).
 fn floor_discard(mem: &GuestMemory, set: &PageSet, per_page: bool) -> Result<(f64, u64, i64)> {
     let before = mem.resident_pages(GuestAddress(0), mem.size())?;
-    let runs: Vec<(u64, u64)> = set.runs().collect();
+    let runs: Vec<(u64, u64)> = set.runs().map(|r| (r.start, r.len)).collect();
     let mut calls = 0u64;
     let t = Instant::now();
     for (s, l) in runs {

@@ -513,13 +513,13 @@ impl BalloonHints {
             // Allocating the block clears its mark; freeing it puts it back unreported.
             g.allocator_mut().alloc_at(p, o)?;
             let mut lost = PageSet::new(resident_before.npages());
-            for (s, n) in resident_before.runs_in(p.0, p.0 + (1 << o)) {
-                lost.insert_range(s, n);
+            for r in resident_before.runs_in(p.0, p.0 + (1 << o)) {
+                lost.insert_range(r.start, r.len);
             }
             lost.difference_with(&resident);
-            for (s, n) in lost.runs() {
-                g.fill(GuestAddress(s * PAGE_SIZE), n * PAGE_SIZE, 0xa5)?;
-                refilled += n;
+            for r in lost.runs() {
+                g.fill(GuestAddress(r.start * PAGE_SIZE), r.len * PAGE_SIZE, 0xa5)?;
+                refilled += r.len;
             }
             g.allocator_mut().free(p, o)?;
         }

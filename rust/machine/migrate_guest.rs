@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::guest::{Guest, Workload};
-use crate::memory::{GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
+use crate::memory::{GuestAddress, GuestMemory, PageRange, Pfn, PAGE_SIZE};
 use crate::migration::{DirtyLog, GuestControl};
 use crate::pages::PageSet;
 
@@ -215,7 +215,7 @@ impl GuestRunner {
         target.intersect_with(&resident_set(&self.memory)?);
         target.difference_with(before);
         let mut n = 0;
-        for (first, len) in target.runs() {
+        for PageRange { start: first, len } in target.runs() {
             self.memory
                 .discard(GuestAddress(first * PAGE_SIZE), len * PAGE_SIZE)?;
             st.guest.note_discarded(Pfn(first), len);

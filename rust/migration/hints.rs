@@ -159,10 +159,9 @@ pub(crate) fn report_runs(
 ) -> bool {
     let mut runs = free.runs_in(*cursor, free.npages());
     for _ in 0..limit {
-        let Some((first, len)) = runs.next() else {
+        let Some(run) = runs.next() else {
             return true;
         };
-        let run = PageRange::new(first, len);
         out(run);
         *cursor = run.end();
     }

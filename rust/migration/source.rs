@@ -561,7 +561,11 @@ impl Engine<'_> {
         let io = |op| move |e| map_io_error(op, io_timeout, e);
         let mut page = vec![0u8; PAGE];
         let mut sums = Vec::new();
-        for (first, n) in used.runs() {
+        for PageRange {
+            start: first,
+            len: n,
+        } in used.runs()
+        {
             sums.clear();
             for pfn in first..first + n {
                 self.mem.read(Pfn(pfn).addr(), &mut page)?;

@@ -126,7 +126,11 @@ impl Engine<'_> {
             } else {
                 None
             };
-            for (first, n) in set.runs_in(chunk, end) {
+            for PageRange {
+                start: first,
+                len: n,
+            } in set.runs_in(chunk, end)
+            {
                 let mut pfn = first;
                 while pfn < first + n {
                     // A stretch of unpopulated pages is one zero run, whatever its length.

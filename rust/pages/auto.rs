@@ -28,7 +28,7 @@ use super::extents::{self, EXTENTS_MAX_MESSAGE_LEN};
 use super::sink::Coalescer;
 use super::stream::Stream;
 use super::window;
-use super::{Message, PageSink, Pages, PagesError};
+use super::{Message, PageRange, PageSink, Pages, PagesError};
 
 /// Bytes of the auto header.
 pub const AUTO_HEADER_LEN: usize = 8;
@@ -62,8 +62,8 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
     window::for_each_window(pages, |w| {
         let bitmap_len = BMAP_HEADER_LEN + w.bmap_len();
         let mut extents_len = 0;
-        for (_, len) in w.runs() {
-            extents_len += extents::record_len(len);
+        for r in w.runs() {
+            extents_len += extents::record_len(r.len);
             if extents_len >= bitmap_len {
                 break;
             }
@@ -73,7 +73,7 @@ pub fn encode_with(pages: Pages<'_>, emit: &mut dyn FnMut(&[&[u8]])) -> Result<(
             return;
         }
         buf.clear();
-        for (pfn, len) in w.runs() {
+        for PageRange { start: pfn, len } in w.runs() {
             if buf.len() + extents::record_len(len) > EXTENTS_MAX_MESSAGE_LEN {
                 emit(&[&extents_head, &buf]);
                 buf.clear();

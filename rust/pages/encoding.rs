@@ -78,7 +78,7 @@ impl Pages<'_> {
     /// runs in the order given.
     pub fn for_each_run(&self, mut f: impl FnMut(u64, u64)) {
         match self {
-            Pages::Set(set) => set.runs().for_each(|(s, l)| f(s, l)),
+            Pages::Set(set) => set.runs().for_each(|r| f(r.start, r.len)),
             Pages::Runs(list) => list.iter().for_each(|r| f(r.start, r.len)),
         }
     }

@@ -68,8 +68,8 @@ impl Iterator for Blocks<'_> {
         let min_pages = 1u64 << self.min_order;
         loop {
             if self.pfn >= self.end {
-                let (s, l) = self.runs.next()?;
-                (self.pfn, self.end) = (s, s + l);
+                let r = self.runs.next()?;
+                (self.pfn, self.end) = (r.start, r.end());
             }
             // The largest block that is aligned at `pfn`, fits the run and the order cap.
             let align = self.pfn.trailing_zeros().min(63);

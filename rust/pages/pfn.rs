@@ -114,6 +114,6 @@ mod tests {
             .collect();
         let mut runs = Vec::new();
         decode(&[&pfns], 8, &mut runs).unwrap();
-        assert_eq!(runs, vec![(1, 1), (5, 3)]);
+        assert_eq!(runs, crate::memory::page_ranges(&[(1, 1), (5, 3)]));
     }
 }

@@ -3,6 +3,8 @@
 //! Bit `i` of word `w` stands for page `base + 64·w + i`, which is Linux `set_bit` order on
 //! `unsigned long[]` and, with little-endian words, bit `i` of the byte stream.
 
+use crate::memory::PageRange;
+
 /// Bits per bitmap word.
 pub const WORD_BITS: u64 = 64;
 
@@ -95,7 +97,7 @@ pub(crate) fn word_runs(base: u64, mut w: u64, mut f: impl FnMut(u64, u64)) {
     }
 }
 
-/// Iterator over the maximal runs of set bits in a word slice, as `(start_pfn, len)`.
+/// Iterator over the maximal runs of set bits in a word slice, as [`PageRange`]s.
 ///
 /// Zero words are skipped whole and run ends are found with `trailing_zeros`/`trailing_ones`,
 /// so the cost is one step per zero word plus one per run.
@@ -136,7 +138,7 @@ impl<'a> Runs<'a> {
         }
     }
 
-    fn finish(&mut self) -> Option<(u64, u64)> {
+    fn finish(&mut self) -> Option<PageRange> {
         self.idx = self.words.len();
         self.cur = 0;
         None
@@ -144,9 +146,9 @@ impl<'a> Runs<'a> {
 }
 
 impl Iterator for Runs<'_> {
-    type Item = (u64, u64);
+    type Item = PageRange;
 
-    fn next(&mut self) -> Option<(u64, u64)> {
+    fn next(&mut self) -> Option<PageRange> {
         while self.cur == 0 {
             self.idx += 1;
             match self.words.get(self.idx) {
@@ -190,7 +192,7 @@ impl Iterator for Runs<'_> {
             end = self.nbits;
             self.finish();
         }
-        Some((self.base + start, end - start))
+        Some(PageRange::new(self.base + start, end - start))
     }
 }
 
@@ -224,7 +226,9 @@ mod tests {
         for words in patterns {
             for nbits in [0, 1, 63, 64, 65, 100, 128, 150, 192] {
                 let nbits = nbits.min(words.len() as u64 * 64);
-                let got: Vec<_> = Runs::new(words, 0, 0, nbits).collect();
+                let got: Vec<_> = Runs::new(words, 0, 0, nbits)
+                    .map(|r| (r.start, r.len))
+                    .collect();
                 assert_eq!(got, naive(words, nbits), "{words:x?} {nbits}");
             }
         }
@@ -234,7 +238,7 @@ mod tests {
     fn test_runs_from_offset_and_base() {
         let words = [u64::MAX, u64::MAX];
         let got: Vec<_> = Runs::new(&words, 1000, 70, 128).collect();
-        assert_eq!(got, vec![(1070, 58)]);
+        assert_eq!(got, vec![PageRange::new(1070, 58)]);
     }
 
     #[test]

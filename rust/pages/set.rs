@@ -382,9 +382,9 @@ impl fmt::Debug for PageSet {
             self.npages,
             self.count()
         )?;
-        for (i, (s, l)) in runs.iter().take(SHOWN).enumerate() {
+        for (i, r) in runs.iter().take(SHOWN).enumerate() {
             let sep = if i == 0 { "" } else { ", " };
-            write!(f, "{sep}{s:#x}+{l}")?;
+            write!(f, "{sep}{:#x}+{}", r.start, r.len)?;
         }
         if runs.len() > SHOWN {
             write!(f, ", ...")?;
@@ -422,10 +422,13 @@ mod tests {
         s.insert_range(10, 500);
         s.remove_range(100, 28);
         s.remove_range(990, 100);
-        assert_eq!(s.runs().collect::<Vec<_>>(), vec![(10, 90), (128, 382)]);
+        assert_eq!(
+            s.runs().map(|r| (r.start, r.len)).collect::<Vec<_>>(),
+            vec![(10, 90), (128, 382)]
+        );
         assert_eq!(
             s.runs_in(50, 200).collect::<Vec<_>>(),
-            vec![(50, 50), (128, 72)]
+            crate::memory::page_ranges(&[(50, 50), (128, 72)])
         );
         assert_eq!(s.count(), 472);
         assert_eq!(s.count_range(0, 1000), 472);
@@ -441,7 +444,10 @@ mod tests {
         let mut s = PageSet::new(70);
         s.words_mut()[1] = u64::MAX;
         assert_eq!(s.count(), 6);
-        assert_eq!(s.runs().collect::<Vec<_>>(), vec![(64, 6)]);
+        assert_eq!(
+            s.runs().map(|r| (r.start, r.len)).collect::<Vec<_>>(),
+            vec![(64, 6)]
+        );
         assert_eq!(s.iter().count(), 6);
         assert_eq!(s.last(), Some(69));
         assert_eq!(s, PageSet::from_runs(70, [(64, 6)]).unwrap());
@@ -470,9 +476,18 @@ mod tests {
         d.difference_with(&b);
         let mut i = a.clone();
         i.intersect_with(&b);
-        assert_eq!(u.runs().collect::<Vec<_>>(), vec![(0, 150)]);
-        assert_eq!(d.runs().collect::<Vec<_>>(), vec![(0, 50)]);
-        assert_eq!(i.runs().collect::<Vec<_>>(), vec![(50, 50)]);
+        assert_eq!(
+            u.runs().map(|r| (r.start, r.len)).collect::<Vec<_>>(),
+            vec![(0, 150)]
+        );
+        assert_eq!(
+            d.runs().map(|r| (r.start, r.len)).collect::<Vec<_>>(),
+            vec![(0, 50)]
+        );
+        assert_eq!(
+            i.runs().map(|r| (r.start, r.len)).collect::<Vec<_>>(),
+            vec![(50, 50)]
+        );
     }
 
     #[test]

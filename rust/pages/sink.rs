@@ -1,11 +1,12 @@
 //! Where decoded pages go: a sink of runs, and an adapter that joins adjacent runs.
 
 use super::PageSet;
+use crate::memory::PageRange;
 
-/// Receives the pages a decoder found, as runs `(start_pfn, len)` with `len >= 1`.
+/// Receives the pages a decoder found, as runs of `len >= 1` pages from `start`.
 ///
-/// Implemented for closures `FnMut(u64, u64)`, for [`PageSet`] (which inserts them) and for
-/// `Vec<(u64, u64)>` (which appends them). Decoders validate a whole message before the first
+/// Implemented for closures `FnMut(u64, u64)` (start, len), for [`PageSet`] (which inserts
+/// them) and for `Vec<PageRange>` (which appends them). Decoders validate a whole message before the first
 /// call, so a sink never sees part of a malformed message.
 pub trait PageSink {
     /// Takes `len` pages starting at `start`.
@@ -33,9 +34,9 @@ impl PageSink for PageSet {
     }
 }
 
-impl PageSink for Vec<(u64, u64)> {
+impl PageSink for Vec<PageRange> {
     fn run(&mut self, start: u64, len: u64) {
-        self.push((start, len));
+        self.push(PageRange::new(start, len));
     }
 }
 
@@ -123,13 +124,13 @@ mod tests {
             c.flush();
             assert_eq!((c.runs(), c.pages()), (3, 12));
         }
-        assert_eq!(out, vec![(0, 8), (9, 3), (5, 1)]);
+        assert_eq!(out, crate::memory::page_ranges(&[(0, 8), (9, 3), (5, 1)]));
     }
 
     #[test]
     fn test_coalescer_flushes_on_drop() {
         let mut out = Vec::new();
         Coalescer::new(&mut out).run(7, 1);
-        assert_eq!(out, vec![(7, 1)]);
+        assert_eq!(out, vec![PageRange::new(7, 1)]);
     }
 }

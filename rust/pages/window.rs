@@ -43,7 +43,10 @@ impl Window<'_> {
 pub(crate) fn check_below(pages: Pages<'_>, limit: u64) -> Result<(), PagesError> {
     match pages {
         Pages::Set(set) => match set.runs_in(limit, u64::MAX).next() {
-            Some((pfn, _)) => Err(PagesError::PfnTooLarge { pfn, limit }),
+            Some(r) => Err(PagesError::PfnTooLarge {
+                pfn: r.start,
+                limit,
+            }),
             None => Ok(()),
         },
         Pages::Runs(list) => {

@@ -90,7 +90,7 @@ impl PyPageSet {
 
     /// Maximal runs `(start, length)`, lowest first.
     fn runs(&self) -> Vec<(u64, u64)> {
-        self.read().runs().collect()
+        self.read().runs().map(|r| (r.start, r.len)).collect()
     }
 
     fn __contains__(&self, pfn: u64) -> bool {

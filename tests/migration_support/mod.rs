@@ -87,7 +87,7 @@ pub fn populate(mem: &GuestMemory, used_mib: u64, stale_mib: u64, seed: u64) -> 
 /// The guest's free pages: everything not used.
 pub fn free_bitmap(used: &PageSet) -> PageSet {
     let mut free = PageSet::full(used.npages());
-    for (s, n) in used.runs() {
+    for PageRange { start: s, len: n } in used.runs() {
         free.remove_range(s, n);
     }
     free

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use vballoon::pages::bitmap::BmapHeader;
-use vballoon::pages::{decode, Encoding, PagesError};
+use vballoon::pages::{decode, Encoding, PageRange, PagesError};
 
 /// Guest RAM the tests decode against: 1 GiB of pages.
 pub const RAM: u64 = 1 << 18;
@@ -13,7 +13,7 @@ pub fn try_decode(
     segs: &[&[u8]],
     max_pfn: u64,
 ) -> Result<Vec<(u64, u64)>, PagesError> {
-    let mut seen = Vec::new();
+    let mut seen: Vec<PageRange> = Vec::new();
     let r = decode(enc, segs, max_pfn, &mut seen);
     if r.is_err() {
         assert!(
@@ -21,7 +21,7 @@ pub fn try_decode(
             "{enc}: sink saw {seen:?} from a rejected message"
         );
     }
-    r.map(|_| seen)
+    r.map(|_| seen.iter().map(|r| (r.start, r.len)).collect())
 }
 
 pub fn le32s(pfns: &[u32]) -> Vec<u8> {
