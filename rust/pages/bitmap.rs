@@ -313,11 +313,9 @@ decoder! {
     pub fn decode -> BmapHeader;
     /// Decodes a bitmap message from the rest of `st`.
     fn decode_stream(mut st, max_pfn, sink) {
-        let len = st.remaining();
-        let need = BMAP_HEADER_LEN;
-        let raw = st
-            .read::<BMAP_HEADER_LEN>()
-            .ok_or(PagesError::BitmapHeaderTruncated { len, need })?;
+        let raw = st.read_header::<BMAP_HEADER_LEN>(|len, need| {
+            PagesError::BitmapHeaderTruncated { len, need }
+        })?;
         let h = BmapHeader::from_bytes(&raw);
         h.validate()?;
         // Bound the length before trusting it: a hostile bmap_len must not size anything.
