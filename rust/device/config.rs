@@ -202,6 +202,8 @@ mod tests {
             assert_eq!(p.name().parse::<DiscardPolicy>(), Ok(p));
         }
         assert_eq!("Per_Page".parse(), Ok(DiscardPolicy::PerPage));
+        assert_eq!(" per page ".parse(), Ok(DiscardPolicy::PerPage));
+        assert_eq!("RUNS".parse(), Ok(DiscardPolicy::Coalesced));
         assert!("sometimes".parse::<DiscardPolicy>().is_err());
     }
 }
