@@ -1,7 +1,6 @@
 //! What the host configures a balloon device with: the features it offers and how it frees
 //! memory.
 
-use std::fmt;
 use std::str::FromStr;
 
 use super::{HintOffer, HugePartial};
@@ -11,6 +10,7 @@ use crate::abi::{
     VIRTIO_BALLOON_F_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
 };
 use crate::pages::Encoding;
+use crate::util::named_enum;
 use crate::virtq::defs::{feature, VIRTIO_F_VERSION_1};
 use crate::virtq::NotifyMode;
 
@@ -51,42 +51,27 @@ impl DiscardPolicy {
         DiscardPolicy::Vectored,
         DiscardPolicy::Parallel,
     ];
-
-    /// "coalesced", "per-page", "never", "vectored" or "parallel".
-    pub fn name(self) -> &'static str {
-        match self {
-            DiscardPolicy::Coalesced => "coalesced",
-            DiscardPolicy::PerPage => "per-page",
-            DiscardPolicy::Never => "never",
-            DiscardPolicy::Vectored => "vectored",
-            DiscardPolicy::Parallel => "parallel",
-        }
-    }
 }
 
-impl fmt::Display for DiscardPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(DiscardPolicy {
+    Coalesced => "coalesced" | "coalesce" | "runs",
+    PerPage => "per-page" | "per_page" | "per page" | "perpage" | "page",
+    Never => "never" | "off" | "none",
+    Vectored => "vectored" | "vector" | "batched",
+    Parallel => "parallel" | "threads",
+});
 
 impl FromStr for DiscardPolicy {
     type Err = String;
 
     /// Parses a name (`per_page` and `perpage` too), ignoring ASCII case.
     fn from_str(s: &str) -> Result<DiscardPolicy, String> {
-        let t = s.trim().to_ascii_lowercase().replace(['_', ' '], "-");
-        match t.as_str() {
-            "coalesced" | "coalesce" | "runs" => Ok(DiscardPolicy::Coalesced),
-            "per-page" | "perpage" | "page" => Ok(DiscardPolicy::PerPage),
-            "never" | "off" | "none" => Ok(DiscardPolicy::Never),
-            "vectored" | "vector" | "batched" => Ok(DiscardPolicy::Vectored),
-            "parallel" | "threads" => Ok(DiscardPolicy::Parallel),
-            _ => Err(format!(
+        DiscardPolicy::parse(s).ok_or_else(|| {
+            format!(
                 "unknown discard policy {s:?} (expected coalesced, per-page, never, vectored or \
                  parallel)"
-            )),
-        }
+            )
+        })
     }
 }
 
@@ -217,6 +202,8 @@ mod tests {
             assert_eq!(p.name().parse::<DiscardPolicy>(), Ok(p));
         }
         assert_eq!("Per_Page".parse(), Ok(DiscardPolicy::PerPage));
+        assert_eq!(" per page ".parse(), Ok(DiscardPolicy::PerPage));
+        assert_eq!("RUNS".parse(), Ok(DiscardPolicy::Coalesced));
         assert!("sometimes".parse::<DiscardPolicy>().is_err());
     }
 }

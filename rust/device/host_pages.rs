@@ -16,7 +16,7 @@
 //! Deflate only updates the counts: a discarded page faults back in, zeroed, when the guest
 //! touches it, and if the guest later balloons the rest of it again it is discarded again.
 
-use std::fmt;
+use crate::util::named_enum;
 use std::str::FromStr;
 
 use crate::memory::{PageRange, PAGE_SIZE};
@@ -33,33 +33,17 @@ pub enum HugePartial {
     Split,
 }
 
-impl HugePartial {
-    /// "wait" or "split".
-    pub fn name(self) -> &'static str {
-        match self {
-            HugePartial::Wait => "wait",
-            HugePartial::Split => "split",
-        }
-    }
-}
-
-impl fmt::Display for HugePartial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(HugePartial {
+    Wait => "wait" | "whole",
+    Split => "split" | "now",
+});
 
 impl FromStr for HugePartial {
     type Err = String;
 
     fn from_str(s: &str) -> Result<HugePartial, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "wait" | "whole" => Ok(HugePartial::Wait),
-            "split" | "now" => Ok(HugePartial::Split),
-            _ => Err(format!(
-                "unknown huge-page policy {s:?} (expected wait or split)"
-            )),
-        }
+        HugePartial::parse(s)
+            .ok_or_else(|| format!("unknown huge-page policy {s:?} (expected wait or split)"))
     }
 }
 

@@ -178,7 +178,7 @@ struct Reply {
     in_flight: Option<(u16, Instant)>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct MiscSide {
     queue: u16,
     req_head: Option<u16>,
@@ -197,6 +197,21 @@ struct FreePageSide {
     next_slot: usize,
     cmd_heads: HashSet<u16>,
     block_heads: HashSet<u16>,
+}
+
+impl FreePageSide {
+    /// A queue set up but not hinting: no command id started yet (§5.5.6.7).
+    fn new(queue: u16) -> FreePageSide {
+        FreePageSide {
+            queue,
+            active: VIRTIO_BALLOON_CMD_ID_STOP,
+            hinting: false,
+            pending: VecDeque::new(),
+            next_slot: 0,
+            cmd_heads: HashSet::new(),
+            block_heads: HashSet::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -243,15 +258,7 @@ impl BalloonDriver {
             self.hints.area = Some(HintArea::reserve(guest, pieces)?);
         }
         if let Some(queue) = q.free_page {
-            self.hints.free_page = Some(FreePageSide {
-                queue,
-                active: VIRTIO_BALLOON_CMD_ID_STOP,
-                hinting: false,
-                pending: VecDeque::new(),
-                next_slot: 0,
-                cmd_heads: HashSet::new(),
-                block_heads: HashSet::new(),
-            });
+            self.hints.free_page = Some(FreePageSide::new(queue));
             guest.set_shrinker(Some(self.hint_shrinker()));
         }
         if let Some(queue) = q.reporting {
@@ -263,9 +270,7 @@ impl BalloonDriver {
         if let Some(queue) = q.misc {
             self.hints.misc = Some(MiscSide {
                 queue,
-                req_head: None,
-                reply: None,
-                orphans: HashSet::new(),
+                ..MiscSide::default()
             });
             self.post_request_buffer(guest)?;
         }

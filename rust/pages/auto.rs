@@ -93,11 +93,10 @@ decoder! {
     pub fn decode -> Option<BmapHeader>;
     /// Decodes an auto message from the rest of `st`.
     fn decode_stream(mut st, max_pfn, sink) {
-        let len = st.remaining();
-        let need = AUTO_HEADER_LEN;
-        let h = st
-            .read::<AUTO_HEADER_LEN>()
-            .ok_or(PagesError::AutoHeaderTruncated { len, need })?;
+        let h = st.read_header::<AUTO_HEADER_LEN>(|len, need| PagesError::AutoHeaderTruncated {
+            len,
+            need,
+        })?;
         if let Some(offset) = (1..AUTO_HEADER_LEN).find(|&i| h[i] != 0) {
             return Err(PagesError::AutoReserved {
                 offset,

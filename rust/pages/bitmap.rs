@@ -313,11 +313,9 @@ decoder! {
     pub fn decode -> BmapHeader;
     /// Decodes a bitmap message from the rest of `st`.
     fn decode_stream(mut st, max_pfn, sink) {
-        let len = st.remaining();
-        let need = BMAP_HEADER_LEN;
-        let raw = st
-            .read::<BMAP_HEADER_LEN>()
-            .ok_or(PagesError::BitmapHeaderTruncated { len, need })?;
+        let raw = st.read_header::<BMAP_HEADER_LEN>(|len, need| {
+            PagesError::BitmapHeaderTruncated { len, need }
+        })?;
         let h = BmapHeader::from_bytes(&raw);
         h.validate()?;
         // Bound the length before trusting it: a hostile bmap_len must not size anything.
@@ -395,16 +393,19 @@ mod tests {
     use super::*;
     use crate::pages::PageSet;
 
+    /// Asserts the wire layout: `$ty` is `$len` bytes with each field at its offset.
+    macro_rules! assert_layout {
+        ($ty:ty, $len:expr, { $($field:ident: $off:expr),+ $(,)? }) => {
+            assert_eq!(size_of::<$ty>(), $len);
+            $(assert_eq!(offset_of!($ty, $field), $off, stringify!($field));)+
+        };
+    }
+
     #[test]
     fn test_bmap_header_layout() {
-        assert_eq!(size_of::<BmapHeader>(), BMAP_HEADER_LEN);
-        assert_eq!(offset_of!(BmapHeader, cmd), 0);
-        assert_eq!(offset_of!(BmapHeader, page_shift), 2);
-        assert_eq!(offset_of!(BmapHeader, flag), 4);
-        assert_eq!(offset_of!(BmapHeader, reserved), 6);
-        assert_eq!(offset_of!(BmapHeader, req_id), 8);
-        assert_eq!(offset_of!(BmapHeader, start_pfn), 16);
-        assert_eq!(offset_of!(BmapHeader, bmap_len), 24);
+        assert_layout!(BmapHeader, BMAP_HEADER_LEN, {
+            cmd: 0, page_shift: 2, flag: 4, reserved: 6, req_id: 8, start_pfn: 16, bmap_len: 24,
+        });
         let h = BmapHeader {
             cmd: 0x0102,
             page_shift: 12,
@@ -424,10 +425,7 @@ mod tests {
 
     #[test]
     fn test_req_header_layout() {
-        assert_eq!(size_of::<ReqHeader>(), REQ_HEADER_LEN);
-        assert_eq!(offset_of!(ReqHeader, cmd), 0);
-        assert_eq!(offset_of!(ReqHeader, reserved), 2);
-        assert_eq!(offset_of!(ReqHeader, param), 8);
+        assert_layout!(ReqHeader, REQ_HEADER_LEN, { cmd: 0, reserved: 2, param: 8 });
         let r = ReqHeader::get_unused_pages(0xdead_beef);
         let b = r.to_bytes();
         assert_eq!(&b[..8], &[0; 8]);

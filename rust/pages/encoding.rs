@@ -1,7 +1,7 @@
 //! One entry point over all wire encodings: pick one by name, encode a page source into
 //! messages, decode a message into a sink.
 
-use std::fmt;
+use crate::util::named_enum;
 use std::str::FromStr;
 
 use super::bitmap::BmapHeader;
@@ -30,34 +30,21 @@ impl Encoding {
         Encoding::Extents,
         Encoding::Auto,
     ];
-
-    /// The lower-case name: "pfn", "bitmap", "extents" or "auto".
-    pub fn name(self) -> &'static str {
-        match self {
-            Encoding::Pfn => "pfn",
-            Encoding::Bitmap => "bitmap",
-            Encoding::Extents => "extents",
-            Encoding::Auto => "auto",
-        }
-    }
 }
 
-impl fmt::Display for Encoding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(Encoding {
+    Pfn => "pfn",
+    Bitmap => "bitmap",
+    Extents => "extents",
+    Auto => "auto",
+});
 
 impl FromStr for Encoding {
     type Err = PagesError;
 
     /// Parses a name, ignoring ASCII case and surrounding blanks.
     fn from_str(s: &str) -> Result<Encoding, PagesError> {
-        let t = s.trim();
-        Encoding::ALL
-            .into_iter()
-            .find(|e| e.name().eq_ignore_ascii_case(t))
-            .ok_or_else(|| PagesError::UnknownEncoding { name: s.to_owned() })
+        Encoding::parse(s).ok_or_else(|| PagesError::UnknownEncoding { name: s.to_owned() })
     }
 }
 

@@ -4,6 +4,8 @@
 //! descriptors, so every decoder reads the concatenation of the segments, and a field may
 //! straddle two of them.
 
+use super::PagesError;
+
 /// A read cursor over the concatenation of `segments`.
 pub(crate) struct Stream<'a, S> {
     segs: &'a [S],
@@ -47,6 +49,16 @@ impl<'a, S: AsRef<[u8]>> Stream<'a, S> {
     /// Bytes read so far.
     pub(crate) fn pos(&self) -> usize {
         self.pos
+    }
+
+    /// A message's `N`-byte header, or `truncated(bytes left, N)` if fewer are left.
+    #[inline]
+    pub(crate) fn read_header<const N: usize>(
+        &mut self,
+        truncated: impl FnOnce(usize, usize) -> PagesError,
+    ) -> Result<[u8; N], PagesError> {
+        let len = self.remaining;
+        self.read::<N>().ok_or_else(|| truncated(len, N))
     }
 
     /// The next `N` bytes, or `None` (consuming nothing) if fewer are left.

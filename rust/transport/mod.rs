@@ -94,12 +94,8 @@ struct QueueSlot {
 
 /// The registers both sides of one virtio device share; see the module docs.
 pub struct Transport {
-    device_id: u32,
-    device_features: u64,
-    queue_max_size: u16,
-    driver_writable: u16,
-    feature_check: Option<FeatureCheck>,
-    notify: NotifyMode,
+    /// What the device set up (its `num_queues` is `queues.len()`).
+    cfg: TransportConfig,
     driver_features: AtomicU64,
     status: AtomicU8,
     /// Resets so far (driver writes of 0 and [`Transport::reset`]), for the device to notice.
@@ -114,11 +110,7 @@ pub struct Transport {
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
-            .field("device_id", &self.device_id)
-            .field(
-                "device_features",
-                &format_args!("{:#x}", self.device_features),
-            )
+            .field("cfg", &self.cfg)
             .field(
                 "driver_features",
                 &format_args!("{:#x}", self.driver_features()),
@@ -158,30 +150,25 @@ impl Transport {
             });
         }
         Ok(Arc::new(Transport {
-            device_id: cfg.device_id,
-            device_features: cfg.device_features,
-            queue_max_size: cfg.queue_max_size,
-            driver_writable: cfg.driver_writable,
-            feature_check: cfg.feature_check,
-            notify: cfg.notify,
+            config_change: notifier(cfg.notify)?,
+            cfg,
             driver_features: AtomicU64::new(0),
             status: AtomicU8::new(0),
             resets: AtomicU64::new(0),
             status_lock: Mutex::new(()),
             config: ConfigSpace::new(),
-            config_change: notifier(cfg.notify)?,
             queues,
         }))
     }
 
     /// Device ID (`DeviceID`).
     pub fn device_id(&self) -> u32 {
-        self.device_id
+        self.cfg.device_id
     }
 
     /// How notifications are delivered.
     pub fn notify_mode(&self) -> NotifyMode {
-        self.notify
+        self.cfg.notify
     }
 
     // ---- status (§2.1) ----
@@ -266,7 +253,7 @@ impl Transport {
 
     /// Feature bits the device offers (`DeviceFeatures`).
     pub fn device_features(&self) -> u64 {
-        self.device_features
+        self.cfg.device_features
     }
 
     /// Feature bits the driver accepted (`DriverFeatures`); final once FEATURES_OK is set.
@@ -287,11 +274,11 @@ impl Transport {
         if self.status() & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
             return Err(TransportError::FeaturesAfterOk);
         }
-        let extra = features & !self.device_features;
+        let extra = features & !self.cfg.device_features;
         if extra != 0 {
             return Err(TransportError::FeaturesNotOffered {
                 features,
-                offered: self.device_features,
+                offered: self.cfg.device_features,
             });
         }
         self.driver_features.store(features, Ordering::Release);
@@ -299,10 +286,10 @@ impl Transport {
     }
 
     fn check_features(&self, features: u64) -> Result<(), String> {
-        if features & !self.device_features != 0 {
+        if features & !self.cfg.device_features != 0 {
             return Err(format!("{features:#x} has bits not offered"));
         }
-        match &self.feature_check {
+        match &self.cfg.feature_check {
             Some(check) => check(features),
             None => Ok(()),
         }
@@ -326,7 +313,7 @@ impl Transport {
             return Err(TransportError::ConfigOffset { offset });
         }
         let mask = 0xfu32 << offset;
-        if u32::from(self.driver_writable) & mask != mask {
+        if u32::from(self.cfg.driver_writable) & mask != mask {
             return Err(TransportError::ConfigReadOnly { offset });
         }
         self.config.write_u32(offset, value)
@@ -354,7 +341,7 @@ impl Transport {
 
     /// Largest size the driver may give a queue (`QueueNumMax`).
     pub fn queue_max_size(&self) -> u16 {
-        self.queue_max_size
+        self.cfg.queue_max_size
     }
 
     fn slot(&self, index: u16) -> Result<&QueueSlot, TransportError> {
@@ -369,11 +356,11 @@ impl Transport {
     /// Driver write of a queue's size and ring addresses; only while the queue is not ready
     /// and before DRIVER_OK.
     pub fn set_queue(&self, index: u16, layout: QueueLayout) -> Result<(), TransportError> {
-        if layout.size() > self.queue_max_size {
+        if layout.size() > self.cfg.queue_max_size {
             return Err(TransportError::QueueSize {
                 index,
                 size: layout.size(),
-                max: self.queue_max_size,
+                max: self.cfg.queue_max_size,
             });
         }
         if self.has_status(VIRTIO_CONFIG_S_DRIVER_OK) {

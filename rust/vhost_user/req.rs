@@ -32,7 +32,31 @@ impl Handler {
     }
 }
 
+/// Trait methods that pass all their arguments to the [`Handler`] method of the same name and
+/// log its error (`done`).
+macro_rules! forward_to_handler {
+    ($(fn $name:ident(&mut self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)+) => {
+        $(
+            fn $name(&mut self $(, $arg: $ty)*) -> Result<$ret> {
+                let r = Handler::$name(self $(, $arg)*);
+                self.done(r)
+            }
+        )+
+    };
+}
+
 impl VhostUserBackendReqHandlerMut for Handler {
+    forward_to_handler! {
+        fn set_features(&mut self, features: u64) -> ();
+        fn set_vring_num(&mut self, index: u32, num: u32) -> ();
+        fn set_vring_base(&mut self, index: u32, base: u32) -> ();
+        fn get_vring_base(&mut self, index: u32) -> VhostUserVringState;
+        fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> ();
+        fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> ();
+        fn set_vring_enable(&mut self, index: u32, enable: bool) -> ();
+        fn set_config(&mut self, offset: u32, buf: &[u8], flags: VhostUserConfigFlags) -> ();
+    }
+
     fn set_owner(&mut self) -> Result<()> {
         Ok(())
     }
@@ -52,11 +76,6 @@ impl VhostUserBackendReqHandlerMut for Handler {
         Ok(self.offer.virtio_features())
     }
 
-    fn set_features(&mut self, features: u64) -> Result<()> {
-        let r = Handler::set_features(self, features);
-        self.done(r)
-    }
-
     fn set_mem_table(
         &mut self,
         ctx: &[VhostUserMemoryRegion],
@@ -65,11 +84,6 @@ impl VhostUserBackendReqHandlerMut for Handler {
     ) -> Result<Option<Vec<VhostUserMemoryRegionBase>>> {
         let r = Handler::set_mem_table(self, ctx, files);
         self.done(r).map(|()| None)
-    }
-
-    fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
-        let r = Handler::set_vring_num(self, index, num);
-        self.done(r)
     }
 
     fn set_vring_addr(
@@ -82,26 +96,6 @@ impl VhostUserBackendReqHandlerMut for Handler {
         _log: u64,
     ) -> Result<()> {
         let r = Handler::set_vring_addr(self, index, flags, descriptor, used, available);
-        self.done(r)
-    }
-
-    fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
-        let r = Handler::set_vring_base(self, index, base);
-        self.done(r)
-    }
-
-    fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
-        let r = Handler::get_vring_base(self, index);
-        self.done(r)
-    }
-
-    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {
-        let r = Handler::set_vring_kick(self, index, fd);
-        self.done(r)
-    }
-
-    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
-        let r = Handler::set_vring_call(self, index, fd);
         self.done(r)
     }
 
@@ -130,11 +124,6 @@ impl VhostUserBackendReqHandlerMut for Handler {
         Ok(u64::from(super::handler::MAX_QUEUES))
     }
 
-    fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
-        let r = Handler::set_vring_enable(self, index, enable);
-        self.done(r)
-    }
-
     fn get_config(
         &mut self,
         offset: u32,
@@ -142,11 +131,6 @@ impl VhostUserBackendReqHandlerMut for Handler {
         _flags: VhostUserConfigFlags,
     ) -> Result<Vec<u8>> {
         let r = Handler::get_config(self, offset, size);
-        self.done(r)
-    }
-
-    fn set_config(&mut self, offset: u32, buf: &[u8], flags: VhostUserConfigFlags) -> Result<()> {
-        let r = Handler::set_config(self, offset, buf, flags);
         self.done(r)
     }
 

@@ -371,10 +371,7 @@ impl DeviceQueue {
     /// Signals the interrupt notifier if [`DeviceQueue::needs_interrupt`]; returns whether it did.
     pub fn signal_used(&mut self) -> Result<bool> {
         let needed = self.needs_interrupt()?;
-        if needed {
-            self.interrupt.notify()?;
-        }
-        Ok(needed)
+        self.interrupt.notify_if(needed)
     }
 
     /// Asks the driver to kick again for new buffers (§2.7.10) and returns whether buffers

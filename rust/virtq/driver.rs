@@ -325,10 +325,7 @@ impl DriverQueue {
     /// Kicks the device if [`DriverQueue::should_kick`]; returns whether it did.
     pub fn kick(&mut self) -> Result<bool> {
         let needed = self.should_kick()?;
-        if needed {
-            self.kick.notify()?;
-        }
-        Ok(needed)
+        self.kick.notify_if(needed)
     }
 
     /// Takes the next chain the device returned, freeing its descriptors; `Ok(None)` if none.

@@ -40,30 +40,43 @@ impl PeerRequest {
 mod tests {
     use super::*;
 
+    /// Checks `need_event(event, new, old) == want` for each `(event, new, old, want)`.
+    fn check(cases: &[(u16, u16, u16, bool)]) {
+        for &(event, new, old, want) in cases {
+            assert_eq!(need_event(event, new, old), want, "{event} {new} {old}");
+        }
+    }
+
     #[test]
     fn test_spec_example_used_event_zero() {
-        // §2.7.10: used_event 0 means "notify after the first buffer" (index 0 -> 1).
-        assert!(need_event(0, 1, 0));
-        assert!(!need_event(0, 0, 0));
-        // ... and again after the 65536th, when the index wraps back past 0.
-        assert!(need_event(0, 1, 65535));
+        check(&[
+            // §2.7.10: used_event 0 means "notify after the first buffer" (index 0 -> 1).
+            (0, 1, 0, true),
+            (0, 0, 0, false),
+            // ... and again after the 65536th, when the index wraps back past 0.
+            (0, 1, 65535, true),
+        ]);
     }
 
     #[test]
     fn test_window_is_half_open() {
-        assert!(need_event(5, 6, 5));
-        assert!(need_event(5, 10, 3));
-        assert!(!need_event(5, 5, 3));
-        assert!(!need_event(10, 10, 11));
-        assert!(!need_event(2, 10, 3));
+        check(&[
+            (5, 6, 5, true),
+            (5, 10, 3, true),
+            (5, 5, 3, false),
+            (10, 10, 11, false),
+            (2, 10, 3, false),
+        ]);
     }
 
     #[test]
     fn test_wrap_around() {
-        assert!(need_event(65535, 2, 65530));
-        assert!(need_event(0, 2, 65530));
-        assert!(!need_event(3, 2, 65530));
-        assert!(!need_event(1, 5, 5));
+        check(&[
+            (65535, 2, 65530, true),
+            (0, 2, 65530, true),
+            (3, 2, 65530, false),
+            (1, 5, 5, false),
+        ]);
     }
 
     #[test]

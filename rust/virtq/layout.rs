@@ -262,13 +262,13 @@ impl QueueLayout {
     /// Address of `avail.ring[slot]` (slot < size).
     #[inline]
     pub fn avail_entry(&self, slot: u16) -> GuestAddress {
-        GuestAddress(self.avail_ring.0 + RING_HEADER_SIZE + AVAIL_ELEM_SIZE * u64::from(slot))
+        ring_entry(self.avail_ring, AVAIL_ELEM_SIZE, slot)
     }
 
     /// Address of `used_event` (`avail.ring[size]`, §2.7.6).
     #[inline]
     pub fn used_event(&self) -> GuestAddress {
-        GuestAddress(self.avail_ring.0 + RING_HEADER_SIZE + AVAIL_ELEM_SIZE * u64::from(self.size))
+        ring_entry(self.avail_ring, AVAIL_ELEM_SIZE, self.size)
     }
 
     /// Address of `used.flags`.
@@ -286,14 +286,21 @@ impl QueueLayout {
     /// Address of `used.ring[slot]` (slot < size).
     #[inline]
     pub fn used_elem(&self, slot: u16) -> GuestAddress {
-        GuestAddress(self.used_ring.0 + RING_HEADER_SIZE + USED_ELEM_SIZE * u64::from(slot))
+        ring_entry(self.used_ring, USED_ELEM_SIZE, slot)
     }
 
     /// Address of `avail_event` (just past `used.ring[size]`, §2.7.8).
     #[inline]
     pub fn avail_event(&self) -> GuestAddress {
-        GuestAddress(self.used_ring.0 + RING_HEADER_SIZE + USED_ELEM_SIZE * u64::from(self.size))
+        ring_entry(self.used_ring, USED_ELEM_SIZE, self.size)
     }
+}
+
+/// Address of entry `i` of the avail or used ring at `ring` with `elem`-byte entries; `i ==
+/// size` is the event word that follows the last entry (§2.7.6, §2.7.8).
+#[inline]
+fn ring_entry(ring: GuestAddress, elem: u64, i: u16) -> GuestAddress {
+    GuestAddress(ring.0 + RING_HEADER_SIZE + elem * u64::from(i))
 }
 
 #[cfg(test)]

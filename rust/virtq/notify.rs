@@ -214,6 +214,14 @@ impl Notifier {
         }
     }
 
+    /// Sends one notification if `needed` (the peer asked for it); returns `needed`.
+    pub fn notify_if(&self, needed: bool) -> Result<bool> {
+        if needed {
+            self.notify()?;
+        }
+        Ok(needed)
+    }
+
     /// Takes the pending notifications without blocking: how many arrived since the last take
     /// (an eventfd may merge several into one count).
     pub fn take(&self) -> Result<u64> {
