@@ -11,7 +11,7 @@ use vballoon::abi::{
     VIRTIO_BALLOON_F_STATS_VQ,
 };
 use vballoon::memory::PAGE_SIZE;
-use vballoon::vhost_user::{VhostUserBackend, DEFAULT_FEATURES};
+use vballoon::vhost_user::{VhostStatus, VhostUserBackend, DEFAULT_FEATURES};
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
 use vhost_support::*;
@@ -58,6 +58,16 @@ mod tempdir {
 /// Every upstream feature (the backend's default offer).
 const ALL: [&str; 6] = DEFAULT_FEATURES;
 
+/// The driver reports `actual` pages; waits for the backend to see them and returns its status.
+fn settle(b: &VhostUserBackend, g: &mut Guest, actual: u32) -> VhostStatus {
+    g.set_actual(actual);
+    let seen = b
+        .status_view()
+        .wait_for(Some(actual), None, Duration::from_secs(10));
+    assert!(seen, "backend never saw actual = {actual}");
+    b.status()
+}
+
 #[test]
 fn test_inflate_punches_holes_and_deflate_returns_pages() {
     let (dir, b) = backend("inflate", &ALL);
@@ -94,9 +104,7 @@ fn test_inflate_punches_holes_and_deflate_returns_pages() {
         let u = g.used(0);
         assert_eq!(u.len, 0);
     }
-    g.set_actual(512);
-    assert!(b.wait_for(Some(512), None, Duration::from_secs(10)));
-    let st = b.status();
+    let st = settle(&b, &mut g, 512);
     assert_eq!(st.inflated_pages, 512);
     assert_eq!(st.totals.inflate_buffers, 2);
     assert!(st.totals.discard_calls >= 1 && st.totals.discard_calls <= 2);
@@ -107,9 +115,7 @@ fn test_inflate_punches_holes_and_deflate_returns_pages() {
 
     g.post(1, &pfns(first, 256));
     g.used(1);
-    g.set_actual(256);
-    assert!(b.wait_for(Some(256), None, Duration::from_secs(10)));
-    let st = b.status();
+    let st = settle(&b, &mut g, 256);
     assert_eq!(st.inflated_pages, 256);
     assert_eq!(st.totals.deflate_buffers, 1);
     assert!(st.errors.is_empty(), "{:?}", st.errors);
@@ -145,7 +151,9 @@ fn test_stats_arrive_and_are_polled() {
     assert!(b.stats().contains(&("total_memory", 64 << 20)));
     // The last sample stays readable after the frontend is gone.
     drop(g);
-    assert!(b.wait_for(None, Some(false), Duration::from_secs(10)));
+    assert!(b
+        .status_view()
+        .wait_for(None, Some(false), Duration::from_secs(10)));
     assert!(b.stats().contains(&("free_memory", 2 << 20)));
 }
 
@@ -222,7 +230,9 @@ fn test_disconnect_then_second_frontend() {
         // Dies in the middle of an inflate: a buffer posted, no kick answered yet.
         g.post(0, &pfns(PAGES / PAGE_SIZE, 16));
     }
-    assert!(b.wait_for(None, Some(false), Duration::from_secs(10)));
+    assert!(b
+        .status_view()
+        .wait_for(None, Some(false), Duration::from_secs(10)));
     let st = b.status();
     assert!(!st.driver_ok);
     assert_eq!(st.frontends_served, 1);
@@ -240,7 +250,9 @@ fn test_disconnect_then_second_frontend() {
     let (fds, maps) = references(fd);
     assert!(fds >= 2 && maps >= 2, "{fds} fds, {maps} mappings");
     drop(g);
-    assert!(b.wait_for(None, Some(false), Duration::from_secs(10)));
+    assert!(b
+        .status_view()
+        .wait_for(None, Some(false), Duration::from_secs(10)));
     // Nothing leaked: only the test's own fd and mapping of its RAM file remain.
     eventually("fds and mappings released", || references(fd) == (1, 1));
 }

@@ -24,7 +24,9 @@ fn backend(name: &str) -> (std::path::PathBuf, VhostUserBackend) {
 }
 
 fn served_next(path: &std::path::Path, b: &VhostUserBackend, n: u64) {
-    assert!(b.wait_for(None, Some(false), Duration::from_secs(10)));
+    assert!(b
+        .status_view()
+        .wait_for(None, Some(false), Duration::from_secs(10)));
     let mut g = Guest::connect(path, ram());
     g.negotiate(1, 2);
     eventually("next frontend served", || b.status().driver_ok);
@@ -39,13 +41,17 @@ fn test_garbage_and_stalled_frontends_are_dropped() {
     s.write_all(&[0xff; 12]).unwrap();
     s.write_all(&[0u8; 64]).unwrap();
     eventually("first accepted", || b.status().frontends_served == 1);
-    assert!(b.wait_for(None, Some(false), Duration::from_secs(10)));
+    assert!(b
+        .status_view()
+        .wait_for(None, Some(false), Duration::from_secs(10)));
     assert!(!b.status().errors.is_empty());
     // Half a header, then silence: dropped after the message timeout.
     let mut s2 = UnixStream::connect(&path).unwrap();
     eventually("second accepted", || b.status().frontends_served == 2);
     s2.write_all(&[1, 0, 0]).unwrap();
-    assert!(b.wait_for(None, Some(false), Duration::from_secs(20)));
+    assert!(b
+        .status_view()
+        .wait_for(None, Some(false), Duration::from_secs(20)));
     served_next(&path, &b, 3);
     drop(s);
 }

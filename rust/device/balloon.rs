@@ -136,7 +136,7 @@ impl BalloonDevice {
         let device_features = cfg.device_features() | (extra & allowed);
         let offered = BalloonFeatures::new(device_features, cfg.abi);
         let require_mth = cfg.require_must_tell_host;
-        let check: FeatureCheck = Arc::new(move |f| virtio::accepts(f, require_mth));
+        let check = FeatureCheck::new(move |f| virtio::accepts(f, require_mth));
         let transport = Transport::new(TransportConfig {
             device_id: VIRTIO_ID_BALLOON,
             device_features,

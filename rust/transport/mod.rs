@@ -33,11 +33,31 @@ pub use status::*;
 use crate::virtq::defs::MAX_QUEUE_SIZE;
 use crate::virtq::{check_queue_size, Notifier, NotifyMode, QueueLayout};
 
-/// Decides whether the device accepts the features a driver wrote (checked at FEATURES_OK).
-pub type FeatureCheck = Arc<dyn Fn(u64) -> Result<(), String> + Send + Sync>;
+/// Decides whether the device accepts the features a driver wrote (checked at FEATURES_OK):
+/// `Err` says why not.
+#[derive(Clone)]
+pub struct FeatureCheck(Arc<dyn Fn(u64) -> Result<(), String> + Send + Sync>);
+
+impl FeatureCheck {
+    /// A check that runs `rule` on the driver's features.
+    pub fn new(rule: impl Fn(u64) -> Result<(), String> + Send + Sync + 'static) -> FeatureCheck {
+        FeatureCheck(Arc::new(rule))
+    }
+
+    /// Runs the rule on `features`.
+    pub fn check(&self, features: u64) -> Result<(), String> {
+        (self.0)(features)
+    }
+}
+
+impl std::fmt::Debug for FeatureCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FeatureCheck(..)")
+    }
+}
 
 /// What the device puts in the transport when it creates it.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TransportConfig {
     /// Device ID (5 for the balloon).
     pub device_id: u32,
@@ -54,26 +74,6 @@ pub struct TransportConfig {
     pub driver_writable: u16,
     /// Extra acceptance rule for the driver's features; `None` accepts any subset of the offer.
     pub feature_check: Option<FeatureCheck>,
-}
-
-impl std::fmt::Debug for TransportConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransportConfig")
-            .field("device_id", &self.device_id)
-            .field(
-                "device_features",
-                &format_args!("{:#x}", self.device_features),
-            )
-            .field("num_queues", &self.num_queues)
-            .field("queue_max_size", &self.queue_max_size)
-            .field("notify", &self.notify)
-            .field(
-                "driver_writable",
-                &format_args!("{:#06x}", self.driver_writable),
-            )
-            .field("feature_check", &self.feature_check.is_some())
-            .finish()
-    }
 }
 
 /// One queue's registers as the driver set them (virtio-mmio `QueueNum`, `QueueDesc*`,
@@ -290,7 +290,7 @@ impl Transport {
             return Err(format!("{features:#x} has bits not offered"));
         }
         match &self.cfg.feature_check {
-            Some(check) => check(features),
+            Some(check) => check.check(features),
             None => Ok(()),
         }
     }

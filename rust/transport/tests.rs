@@ -50,7 +50,7 @@ fn test_features_not_offered_are_rejected() {
 
 #[test]
 fn test_device_may_refuse_features_ok() {
-    let check: FeatureCheck = Arc::new(|f| {
+    let check = FeatureCheck::new(|f| {
         if f & 1 == 0 {
             Err("bit 0 is required".into())
         } else {

@@ -208,24 +208,13 @@ impl VhostUserBackend {
         self.status_view().status()
     }
 
-    /// A handle that reads the status without the backend itself (for waiting while another
-    /// thread may close it).
+    /// A handle that reads the status without the backend itself, and waits on it
+    /// ([`StatusView::wait_for`]) while another thread may close the backend.
     pub fn status_view(&self) -> StatusView {
         StatusView {
             shared: Arc::clone(&self.shared),
             current: Arc::clone(&self.current),
         }
-    }
-
-    /// Waits until `actual_pages` (if given) and `connected` (if given) hold, or `timeout`.
-    pub fn wait_for(
-        &self,
-        actual_pages: Option<u32>,
-        connected: Option<bool>,
-        timeout: Duration,
-    ) -> bool {
-        self.status_view()
-            .wait_for(actual_pages, connected, timeout)
     }
 
     /// Stops serving, closes and unlinks the socket; idempotent.
