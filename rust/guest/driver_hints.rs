@@ -28,7 +28,7 @@
 //! hand the free blocks themselves to the device.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{serviced, BalloonDriver, DriverError};
@@ -44,6 +44,7 @@ use crate::pages::bitmap::{
 };
 use crate::pages::hint::{encode_cmd_id, CMD_ID_LEN};
 use crate::pages::{Message, PageSet};
+use crate::util::lock;
 use crate::virtq::{QueueLayout, Segment};
 
 /// Order of a hinted block (4 MiB).
@@ -164,11 +165,6 @@ fn pieces_for(pages: u64) -> usize {
 struct Held {
     blocks: Vec<Pfn>,
     shrunk: u64,
-}
-
-fn lock(h: &Mutex<Held>) -> MutexGuard<'_, Held> {
-    // Plain data: a panic elsewhere leaves it usable.
-    h.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Debug)]

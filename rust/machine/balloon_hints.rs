@@ -35,7 +35,7 @@
 //! [`QueuedHints`] filters what arrives under any but the current one.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,7 @@ use crate::guest::{BalloonDriver, DriverOptions, HintDriverCounters, HintOptions
 use crate::memory::{GuestAddress, GuestMemory, PageRange, PAGE_SIZE};
 use crate::migration::{HintFeed, HintSource, MigrationError, QueuedHints};
 use crate::pages::PageSet;
+use crate::util::lock;
 use crate::virtq::{EventFd, Notifier, NotifyMode};
 
 #[path = "balloon_hints_source.rs"]
@@ -140,10 +141,6 @@ pub struct BalloonHintsStats {
 /// The first request and command id (QEMU's `VIRTIO_BALLOON_FREE_PAGE_HINT_CMD_ID_MIN`).
 const FIRST_ID: u32 = 0x8000_0000;
 const _: () = assert!(FIRST_ID >= VIRTIO_BALLOON_CMD_ID_MIN);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn hint_err(e: impl std::fmt::Display) -> MigrationError {
     MigrationError::Hint(e.to_string())

@@ -69,7 +69,7 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, GuestState> {
         // A poisoned lock means a guest step panicked; the allocator's own checks still hold.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 }
 
@@ -165,12 +165,7 @@ impl GuestRunner {
     }
 
     fn wake(&self) {
-        if let Some(t) = self
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(t) = crate::util::lock(&self.thread).as_ref() {
             t.thread().unpark();
         }
     }
@@ -227,7 +222,7 @@ impl GuestRunner {
     /// Stops the workload thread (also done on drop).
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let t = crate::util::lock(&self.thread).take();
         if let Some(t) = t {
             t.thread().unpark();
             let _ = t.join();

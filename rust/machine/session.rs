@@ -16,6 +16,7 @@ use crate::guest::{Guest, GuestError};
 use crate::memory::{process_rss_bytes, GuestAddress, GuestMemory, Pfn, PAGE_SIZE};
 use crate::pages::PageSet;
 use crate::transport::Transport;
+use crate::util::lock;
 use crate::virtq::{EventFd, NotifyMode};
 
 /// How long the device thread sleeps in `poll` before looking again (a lost wake-up costs at
@@ -23,10 +24,6 @@ use crate::virtq::{EventFd, NotifyMode};
 const DEVICE_POLL_MS: i32 = 200;
 /// Longest single wait for an interrupt in threaded mode, so deadlines are checked.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
-
-fn lock(d: &Mutex<BalloonDevice>) -> MutexGuard<'_, BalloonDevice> {
-    d.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 struct DeviceThread {
     stop: EventFd,

@@ -195,7 +195,7 @@ pub struct HintFeed {
 impl HintFeed {
     fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
         // A poisoned lock only means another thread panicked mid-push; the data is plain.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 
     /// The id the device currently asks for: a request id (≥ [`CMD_ID_MIN`]),

@@ -102,7 +102,7 @@ pub struct PySession {
 
 impl PySession {
     fn lock(&self) -> PyResult<MutexGuard<'_, Option<State>>> {
-        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = crate::util::lock(&self.state);
         if guard.is_none() {
             return Err(config_err("the session is closed"));
         }
@@ -297,7 +297,7 @@ impl PySession {
 
     /// Stops the device thread (threaded mode) and releases the session.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let state = crate::util::lock(&self.state).take();
         if let Some(mut state) = state {
             py.detach(|| state.session.stop())?;
         }
@@ -307,19 +307,11 @@ impl PySession {
     /// Whether `close()` has run.
     #[getter]
     fn closed(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
+        crate::util::lock(&self.state).is_none()
     }
 
     fn __repr__(&self) -> String {
-        match self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        match crate::util::lock(&self.state).as_ref() {
             None => "Session(closed)".into(),
             Some(s) => {
                 let c = s.session.config();

@@ -34,7 +34,7 @@ pub struct PyVhostUserBackend {
 
 impl PyVhostUserBackend {
     fn lock(&self) -> MutexGuard<'_, Option<VhostUserBackend>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.inner)
     }
 
     fn with<T>(

@@ -1,6 +1,6 @@
 //! A connected virtqueue pair for scripting: driver and device ends, and the ring pump.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -12,17 +12,12 @@ use super::records::record;
 use super::results::PyPumpResult;
 use crate::bench::{pump_buffers, PumpConfig};
 use crate::memory::GuestAddress;
+use crate::util::lock;
 use crate::virtq::defs::{feature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use crate::virtq::{
     pair_with, DescriptorChain, DeviceQueue, DriverQueue, NotifyMode, PairConfig, QueueLayout,
     Segment,
 };
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave a queue half-updated in a way that matters
-    // more than the error the caller already saw, so poisoning is ignored.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn segments(readable: Vec<(u64, u32)>, writable: Vec<(u64, u32)>) -> Vec<Segment> {
     let r = readable

@@ -169,7 +169,7 @@ impl LifecycleHarness {
         let log = Arc::new(Mutex::new(PageSet::new(mem.pages())));
         let sink = Arc::clone(&log);
         let hook: WriteLog = Arc::new(move |pfn: Pfn, n: u64| {
-            let mut set = sink.lock().unwrap_or_else(|e| e.into_inner());
+            let mut set = crate::util::lock(&sink);
             let end = pfn.0.saturating_add(n).min(set.npages());
             if pfn.0 < end {
                 set.insert_range(pfn.0, end - pfn.0);
@@ -209,7 +209,7 @@ impl LifecycleHarness {
                 deflated: c.pages_deflated,
             });
         }
-        let logged = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let logged = crate::util::lock(&log).clone();
         drop(dev);
         if !self.guarded.canaries_intact() {
             return Err(LifecycleViolation::Canary);
@@ -299,7 +299,7 @@ fn serve(dev: &mut BalloonDevice, t: &Transport) {
 }
 
 fn logged_count(log: &Mutex<PageSet>) -> u64 {
-    log.lock().unwrap_or_else(|e| e.into_inner()).count()
+    crate::util::lock(log).count()
 }
 
 /// Nothing may have been logged since the reset at `since` (pages logged then).

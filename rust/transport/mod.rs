@@ -23,13 +23,14 @@ mod error;
 mod status;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 pub use config::{ConfigSpace, CONFIG_SPACE_SIZE};
 pub use device::{Activation, QueueActivation, VirtioDevice};
 pub use error::TransportError;
 pub use status::*;
 
+use crate::util::lock;
 use crate::virtq::defs::MAX_QUEUE_SIZE;
 use crate::virtq::{check_queue_size, Notifier, NotifyMode, QueueLayout};
 
@@ -126,11 +127,6 @@ fn notifier(mode: NotifyMode) -> Result<Notifier, TransportError> {
         NotifyMode::EventFd => Notifier::eventfd()?,
         NotifyMode::Polling => Notifier::polling(),
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these short locks leaves plain data behind; keep going.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Transport {

@@ -3,18 +3,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use crate::device::DeviceCounters;
 use crate::device::HintCounters;
+pub(crate) use crate::util::lock;
 
 /// Errors kept for [`VhostStatus::errors`].
 pub const ERROR_LOG: usize = 64;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Counters summed over every device instance (each negotiation builds a fresh one).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
