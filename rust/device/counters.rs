@@ -109,6 +109,7 @@ impl DeviceCounters {
     }
 }
 
+/// Adds `n` to counter `c` (relaxed: counters order nothing).
 pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }

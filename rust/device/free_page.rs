@@ -18,11 +18,12 @@
 //! tells the guest to reuse the blocks it holds.
 
 use super::handler::{read_chain, refuse_hint, Cx, Effects, Handler, QueueHandler, Step};
-use super::hints::{add, remember, FreePageStatus, HintError, HintEvent};
+use super::hints::{remember, FreePageStatus, HintError, HintEvent};
 use super::BalloonDevice;
 use crate::abi::{
     CONFIG_FREE_PAGE_HINT_CMD_ID, VIRTIO_BALLOON_CMD_ID_DONE, VIRTIO_BALLOON_CMD_ID_MIN,
 };
+use crate::device::counters::add;
 use crate::device::role::QueueRole;
 use crate::device::BalloonError;
 use crate::pages::hint::{decode_block, decode_cmd_id, CMD_ID_LEN, CMD_ID_STOP};

@@ -258,10 +258,7 @@ impl HintQueues {
     }
 }
 
-pub(crate) fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
+/// Keeps `id` among the last `RETIRED_IDS` ids issued.
 pub(crate) fn remember<T: PartialEq>(list: &mut Vec<T>, id: T) {
     if list.len() == RETIRED_IDS {
         list.remove(0);

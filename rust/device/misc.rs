@@ -13,8 +13,9 @@
 //! even compared, so a reply either counts whole or not at all.
 
 use super::handler::{read_chain, refuse_hint, Cx, Effects, Finish, Handler, QueueHandler, Step};
-use super::hints::{add, remember, HintError, HintEvent};
+use super::hints::{remember, HintError, HintEvent};
 use super::BalloonDevice;
+use crate::device::counters::add;
 use crate::device::role::QueueRole;
 use crate::device::BalloonError;
 use crate::memory::{GuestAddress, PageRange};

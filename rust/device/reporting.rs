@@ -10,8 +10,9 @@
 
 use super::free_page::decode_segment;
 use super::handler::{refuse_hint, Cx, Effects, QueueHandler, Step};
-use super::hints::{add, HintError};
+use super::hints::HintError;
 use super::runs::{merge_runs, total_pages};
+use crate::device::counters::add;
 use crate::device::role::QueueRole;
 use crate::memory::PageRange;
 use crate::virtq::DescriptorChain;

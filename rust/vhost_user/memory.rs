@@ -79,9 +79,8 @@ impl FrontendMemory {
         let mut regions = Vec::with_capacity(table.len());
         let mut span = 0u64;
         let mut ram_bytes = 0u64;
-        // (device, inode) of each distinct file, and the first region that uses it.
-        let mut ids: Vec<(u64, u64)> = Vec::new();
-        let mut distinct: Vec<usize> = Vec::new();
+        // Each distinct file by (device, inode), with the first region that uses it.
+        let mut distinct: Vec<((u64, u64), usize)> = Vec::new();
         for (i, (r, f)) in table.iter().zip(&files).enumerate() {
             let reg = Region {
                 guest_addr: r.guest_phys_addr,
@@ -119,9 +118,8 @@ impl FrontendMemory {
                     id.2, reg.mmap_offset, reg.size
                 )));
             }
-            if !ids.contains(&(id.0, id.1)) {
-                ids.push((id.0, id.1));
-                distinct.push(i);
+            if !distinct.iter().any(|&(d, _)| d == (id.0, id.1)) {
+                distinct.push(((id.0, id.1), i));
             }
             for (j, o) in regions.iter().enumerate() {
                 let o: &Region = o;
@@ -138,7 +136,7 @@ impl FrontendMemory {
                 .map(OwnedFd::from)
                 .map_err(|source| VhostUserError::Os { op: "dup", source })
         };
-        let flat = ids.len() == 1 && regions.iter().all(|r| r.mmap_offset == r.guest_addr);
+        let flat = distinct.len() == 1 && regions.iter().all(|r| r.mmap_offset == r.guest_addr);
         let guest = if flat {
             // One file laid out by guest address: one flat mapping of [0, span).
             GuestMemory::from_frontend_fd(dup(&files[0])?, span)?
@@ -159,7 +157,7 @@ impl FrontendMemory {
         };
         let files = distinct
             .into_iter()
-            .map(|i| dup(&files[i]))
+            .map(|(_, i)| dup(&files[i]))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FrontendMemory {
             regions,
