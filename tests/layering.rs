@@ -67,8 +67,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Strips `//` comments (doc links name higher layers on purpose) and string literals'
-/// contents are left alone: a `crate::` inside a string is rare enough to fix by hand.
+/// The line without its `//` comment (doc links name higher layers on purpose). String
+/// literals are not parsed: a `crate::` inside one would count as an import.
 fn code_part(line: &str) -> &str {
     match line.find("//") {
         Some(i) => &line[..i],
