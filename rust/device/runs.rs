@@ -32,10 +32,7 @@ pub fn total_pages(runs: &[PageRange]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ranges(v: &[(u64, u64)]) -> Vec<PageRange> {
-        v.iter().map(|&(s, l)| PageRange::new(s, l)).collect()
-    }
+    use crate::memory::page_ranges as ranges;
 
     #[test]
     fn test_merge_runs_joins_overlapping_and_touching() {
