@@ -101,32 +101,30 @@ fn pagemap(mem: &GuestMemory, addr: u64, len: u64) -> Vec<u64> {
         .collect()
 }
 
-/// The `Swap:` figure of /proc/self/smaps for the mapping of `mem`, in bytes.
+/// The `Swap:` figures of /proc/self/smaps summed over the areas that overlap the mapping of
+/// `mem`, in bytes. The kernel may merge our mapping with a neighbouring anonymous area or split
+/// it (after `madvise`), so an area need not start where the mapping does.
 fn smaps_swap_bytes(mem: &GuestMemory) -> u64 {
     let start = mem.host_ptr(GuestAddress(0), 0).unwrap() as u64;
+    let end = start + mem.size();
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut in_ours = false;
+    let (mut in_ours, mut found, mut total) = (false, false, 0);
     for line in smaps.lines() {
-        if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-')) {
-            let lo = range.split('-').next().unwrap();
-            if u64::from_str_radix(lo, 16).is_ok() {
-                in_ours = u64::from_str_radix(lo, 16).unwrap() == start;
+        let head = line.split_once(' ').map_or(line, |(h, _)| h);
+        if let Some((lo, hi)) = head.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) {
+                in_ours = lo < end && hi > start;
+                found |= in_ours;
                 continue;
             }
         }
-        if in_ours {
-            if let Some(kb) = line.strip_prefix("Swap:") {
-                return kb
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap()
-                    * 1024;
-            }
+        if let Some(kb) = line.strip_prefix("Swap:").filter(|_| in_ours) {
+            let kb = kb.trim().trim_end_matches("kB").trim();
+            total += kb.parse::<u64>().unwrap() * 1024;
         }
     }
-    panic!("no smaps entry for the guest mapping at {start:#x}");
+    assert!(found, "no smaps entry for the guest mapping at {start:#x}");
+    total
 }
 
 /// Fills the used range with per-page random data and returns it.
